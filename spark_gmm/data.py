@@ -1,0 +1,211 @@
+"""Spark columns <-> NumPy blocks, and validation of the input.
+
+Everything the fit and transform read goes through :func:`resolve_features`, which turns the
+user's vector column, array column or list of numeric columns into one ``array<double>``
+expression, and :func:`batch_to_numpy`, which turns an Arrow batch of that column into a
+(rows, features) float64 array without per-row Python objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import pyarrow as pa
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, NumericType
+
+FEATURES = "__gmm_x"  # internal column names in prepared data
+WEIGHT = "__gmm_w"
+
+
+class InvalidInputError(ValueError):
+    """Input data that cannot be fitted or scored; the message names the column."""
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where the features come from: ``description`` names it in errors."""
+
+    description: str
+    array: Column  # array<double>, null where the input row is null
+    n_columns: Optional[int] = None  # known up front for inputCols
+
+
+def resolve_features(
+    df: DataFrame, features_col: str, input_cols: Optional[List[str]]
+) -> FeatureSource:
+    """The features as an ``array<double>`` column, or a clear error about the input."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if input_cols:
+        missing = [c for c in input_cols if c not in fields]
+        if missing:
+            raise InvalidInputError(
+                f"inputCols {missing} not found; the DataFrame has columns {sorted(fields)}"
+            )
+        wrong = [f"{c} ({fields[c].simpleString()})" for c in input_cols
+                 if not isinstance(fields[c], NumericType)]
+        if wrong:
+            raise InvalidInputError(f"inputCols must be numeric, got {', '.join(wrong)}")
+        cols = [F.col(_quote(c)).cast("double") for c in input_cols]
+        # A null in any column makes the row invalid, as a null vector would be.
+        any_null = F.greatest(*[F.col(_quote(c)).isNull() for c in input_cols]) \
+            if len(input_cols) > 1 else F.col(_quote(input_cols[0])).isNull()
+        array = F.when(any_null, F.lit(None)).otherwise(F.array(*cols))
+        return FeatureSource(f"inputCols {list(input_cols)}", array, len(input_cols))
+    if features_col not in fields:
+        raise InvalidInputError(
+            f"features column '{features_col}' not found; the DataFrame has columns "
+            f"{sorted(fields)} (set featuresCol or inputCols)"
+        )
+    dtype = fields[features_col]
+    col = F.col(_quote(features_col))
+    if isinstance(dtype, VectorUDT):
+        # vector_to_array throws on null vectors: a null row stays null and is reported.
+        array = F.when(col.isNull(), F.lit(None)).otherwise(vector_to_array(col, "float64"))
+    elif isinstance(dtype, ArrayType) and isinstance(dtype.elementType, NumericType):
+        array = col.cast("array<double>")
+    else:
+        raise InvalidInputError(
+            f"features column '{features_col}' must be a vector or an array of numbers, "
+            f"got {dtype.simpleString()}"
+        )
+    return FeatureSource(f"features column '{features_col}'", array)
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _row_is_valid(array: Column) -> Column:
+    """True where the array is non-null and every element is a finite number."""
+    bad_element = F.exists(
+        array, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
+    )
+    return array.isNotNull() & ~bad_element
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What validation found: row counts and the feature dimension."""
+
+    n_input_rows: int
+    n_skipped: int
+    n_features: int
+    total_weight: float
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_input_rows - self.n_skipped
+
+
+def prepare(
+    df: DataFrame,
+    source: FeatureSource,
+    weight_col: Optional[str],
+    handle_invalid: str,
+    expected_features: Optional[int] = None,
+):
+    """Validates the input in one aggregation job and returns (prepared DataFrame, report).
+
+    The prepared DataFrame has columns ``FEATURES`` (array<double>, all rows valid and of one
+    size) and ``WEIGHT`` (double >= 0); it keeps the input's partitioning.
+    """
+    weight = _weight_column(df, weight_col)
+    with_cols = df.select(source.array.alias(FEATURES), weight.alias(WEIGHT))
+    x, w = F.col(FEATURES), F.col(WEIGHT)
+    is_valid = _row_is_valid(x)
+    stats = with_cols.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.when(~is_valid | x.isNull(), 1).otherwise(0)).alias("invalid"),
+        F.sum(F.when(x.isNull(), 1).otherwise(0)).alias("nulls"),
+        F.min(F.when(is_valid, F.size(x))).alias("min_size"),
+        F.max(F.when(is_valid, F.size(x))).alias("max_size"),
+        F.sum(F.when(is_valid & (w.isNull() | F.isnan(w) | (w < 0) | (w == float("inf"))), 1)
+              .otherwise(0)).alias("bad_weights"),
+        F.sum(F.when(is_valid, w)).alias("total_weight"),
+    ).collect()[0]
+    n, invalid = int(stats["n"]), int(stats["invalid"] or 0)
+    if n == 0:
+        raise InvalidInputError(f"the input DataFrame is empty: no rows in {source.description}")
+    if invalid and handle_invalid == "error":
+        nulls = int(stats["nulls"] or 0)
+        what = []
+        if nulls:
+            what.append(f"{nulls} null")
+        if invalid - nulls:
+            what.append(f"{invalid - nulls} with NaN, infinite or null values")
+        raise InvalidInputError(
+            f"{source.description} has {invalid} invalid row(s) of {n} ({', '.join(what)}); "
+            "clean them or set handleInvalid='skip' to drop them"
+        )
+    if invalid == n:
+        raise InvalidInputError(
+            f"all {n} rows of {source.description} are invalid (null, NaN or infinite); "
+            "nothing is left to fit"
+        )
+    lo, hi = int(stats["min_size"]), int(stats["max_size"])
+    if lo != hi:
+        raise InvalidInputError(
+            f"{source.description} has vectors of different sizes ({lo} to {hi}); "
+            "all rows must have the same number of features"
+        )
+    if lo == 0:
+        raise InvalidInputError(f"{source.description} has vectors of size 0")
+    if expected_features is not None and lo != expected_features:
+        raise InvalidInputError(
+            f"{source.description} has {lo} features but the model expects {expected_features}"
+        )
+    if int(stats["bad_weights"] or 0):
+        raise InvalidInputError(
+            f"weight column '{weight_col}' has {int(stats['bad_weights'])} null, NaN, "
+            "negative or infinite value(s); weights must be finite and >= 0"
+        )
+    total_weight = float(stats["total_weight"] or 0.0)
+    if total_weight <= 0:
+        raise InvalidInputError(
+            f"weight column '{weight_col}' sums to zero over the valid rows: nothing to fit"
+        )
+    prepared = with_cols.where(is_valid) if invalid else with_cols
+    return prepared, InputReport(n, invalid, lo, total_weight)
+
+
+def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:
+    if not weight_col:
+        return F.lit(1.0)
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if weight_col not in fields:
+        raise InvalidInputError(
+            f"weight column '{weight_col}' not found; the DataFrame has columns {sorted(fields)}"
+        )
+    if not isinstance(fields[weight_col], NumericType):
+        raise InvalidInputError(
+            f"weight column '{weight_col}' must be numeric, got {fields[weight_col].simpleString()}"
+        )
+    return F.col(_quote(weight_col)).cast("double")
+
+
+def valid_rows(source: FeatureSource) -> Column:
+    """Filter expression keeping rows whose features are present and finite."""
+    return _row_is_valid(source.array)
+
+
+def list_array_to_numpy(column: pa.Array, n_features: int) -> np.ndarray:
+    """An Arrow list<double> array with no nulls (n rows) -> (n, n_features) float64."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten()  # honours the array's offset and slicing
+    out = values.to_numpy(zero_copy_only=False)
+    if out.dtype != np.float64:
+        out = out.astype(np.float64)
+    return out.reshape(len(column), n_features)
+
+
+def batch_to_numpy(batch: pa.RecordBatch, n_features: int):
+    """A prepared Arrow batch -> (X (n, d) float64, weights (n,) float64)."""
+    X = list_array_to_numpy(batch.column(FEATURES), n_features)
+    w = batch.column(WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return X, w

@@ -1,0 +1,524 @@
+"""Pure NumPy EM kernel for Gaussian mixtures (no pyspark import, ever).
+
+Shapes: n rows, d features, k components. Covariance layouts follow scikit-learn:
+full (k, d, d), tied (d, d), diag (k, d), spherical (k,).
+
+The Spark layer calls :func:`accumulate_stats` once per partition (or Arrow batch), adds the
+resulting :class:`SufficientStats` on the driver and calls :func:`m_step`. The same functions
+drive the single-process reference fit :func:`fit_em`, so Spark and NumPy share one loop
+(:func:`run_em`).
+
+Numerics: log-space E-step with precision Cholesky factors and log-sum-exp, as scikit-learn.
+Two differences keep large offsets (data at 1e8) exact where raw moments cancel:
+the full/tied log-density is computed as ``(X - mu_j) @ P_j`` rather than ``X @ P_j - mu_j @ P_j``,
+and moments are accumulated around a *shift* fixed before the pass (the current means for
+full/tied, the centre of the means for diag/spherical), so the M-step subtracts only a small
+correction.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+from scipy import linalg
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+# Rows x max(k, d) doubles held per temporary block: 2**20 doubles = 8 MiB, so a partition's
+# memory is bounded whatever its row count or k.
+BLOCK_ELEMENTS = 1 << 20
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class CovarianceError(ValueError):
+    """A covariance matrix is not positive definite (a collapsed or degenerate component)."""
+
+
+def check_covariance_type(covariance_type: str) -> str:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}, got {covariance_type!r}"
+        )
+    return covariance_type
+
+
+def covariance_shape(k: int, d: int, covariance_type: str) -> tuple:
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
+        check_covariance_type(covariance_type)
+    ]
+
+
+def n_parameters(k: int, d: int, covariance_type: str) -> int:
+    """Free parameters: k*d means + (k-1) weights + the covariance's own (scikit-learn's count)."""
+    cov = {
+        "full": k * d * (d + 1) // 2,
+        "tied": d * (d + 1) // 2,
+        "diag": k * d,
+        "spherical": k,
+    }[check_covariance_type(covariance_type)]
+    return int(cov + k * d + k - 1)
+
+
+def default_block_rows(k: int, d: int) -> int:
+    return max(1, BLOCK_ELEMENTS // max(k, d, 1))
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factor of each precision matrix (same layout as the covariances).
+
+    For full/tied, ``P`` with ``P @ P.T == inv(cov)`` (upper triangular), as scikit-learn.
+    For diag/spherical, ``1 / sqrt(variance)``. Raises :class:`CovarianceError` naming the
+    component when a covariance is not positive definite.
+    """
+    advice = "lower k, raise regCovar, or scale the features"
+    if covariance_type in ("full", "tied"):
+        covs = covariances[None] if covariance_type == "tied" else covariances
+        d = covs.shape[-1]
+        out = np.empty_like(covs)
+        for j, cov in enumerate(covs):
+            try:
+                cov_chol = linalg.cholesky(cov, lower=True)
+            except (linalg.LinAlgError, ValueError) as exc:
+                which = "the tied covariance" if covariance_type == "tied" else f"component {j}"
+                raise CovarianceError(
+                    f"covariance of {which} is not positive definite ({exc}); {advice}"
+                ) from None
+            out[j] = linalg.solve_triangular(cov_chol, np.eye(d), lower=True).T
+        return out[0] if covariance_type == "tied" else out
+    if not np.all(np.isfinite(covariances)) or np.any(covariances <= 0.0):
+        ok = np.isfinite(covariances) & (covariances > 0.0)
+        bad = np.flatnonzero(~ok.reshape(len(covariances), -1).all(1))
+        raise CovarianceError(
+            f"variance of component(s) {bad.tolist()} is not positive; {advice}"
+        )
+    return 1.0 / np.sqrt(covariances)
+
+
+@dataclass(frozen=True, eq=False)
+class MixtureParams:
+    """Fitted or candidate mixture parameters; precision Cholesky factors derived on creation.
+
+    weights (k,), means (k, d), covariances in the layout of ``covariance_type``.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    covariance_type: str
+    precisions_cholesky: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        check_covariance_type(self.covariance_type)
+        weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        means = np.atleast_2d(np.asarray(self.means, dtype=np.float64))
+        covariances = np.asarray(self.covariances, dtype=np.float64)
+        k, d = means.shape
+        if weights.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},), got {weights.shape}")
+        expected = covariance_shape(k, d, self.covariance_type)
+        if covariances.shape != expected:
+            raise ValueError(
+                f"{self.covariance_type} covariances must have shape {expected}, "
+                f"got {covariances.shape}"
+            )
+        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and weights.sum() > 0):
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        if not np.all(np.isfinite(means)):
+            raise ValueError("means must be finite")
+        object.__setattr__(self, "weights", weights / weights.sum())
+        object.__setattr__(self, "means", means)
+        object.__setattr__(self, "covariances", covariances)
+        object.__setattr__(
+            self, "precisions_cholesky", precision_cholesky(covariances, self.covariance_type)
+        )
+
+    @property
+    def k(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.means.shape[1]
+
+    def full_covariances(self) -> np.ndarray:
+        """Covariances as (k, d, d) matrices whatever the type."""
+        k, d = self.means.shape
+        t = self.covariance_type
+        if t == "full":
+            return self.covariances.copy()
+        if t == "tied":
+            return np.repeat(self.covariances[None], k, axis=0)
+        variances = self.covariances if t == "diag" else np.repeat(self.covariances[:, None], d, 1)
+        return np.einsum("kd,de->kde", variances, np.eye(d))
+
+    def n_parameters(self) -> int:
+        return n_parameters(self.k, self.d, self.covariance_type)
+
+
+# --------------------------------------------------------------------------- E-step
+
+
+def _center(means: np.ndarray) -> np.ndarray:
+    """A point inside the data's range, subtracted before matrix-product expansions."""
+    return means.mean(axis=0)
+
+
+def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """log N(x_i | mean_j, cov_j) for every row and component: (n, d) -> (n, k)."""
+    n, d = X.shape
+    means, prec_chol, t = params.means, params.precisions_cholesky, params.covariance_type
+    k = means.shape[0]
+    if t in ("full", "tied"):
+        chols = prec_chol if t == "full" else None
+        log_det = (
+            np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+            if t == "full"
+            else np.full(k, np.log(np.diag(prec_chol)).sum())
+        )
+        maha = np.empty((n, k))
+        for j in range(k):
+            y = (X - means[j]) @ (chols[j] if t == "full" else prec_chol)
+            maha[:, j] = np.einsum("ij,ij->i", y, y)
+    else:
+        c = _center(means)
+        Xc = X - c
+        Mc = means - c
+        if t == "diag":
+            prec = prec_chol**2  # (k, d)
+            log_det = np.log(prec_chol).sum(axis=1)
+            maha = (Mc**2 * prec).sum(axis=1) - 2.0 * (Xc @ (Mc * prec).T) + (Xc**2) @ prec.T
+        else:
+            prec = prec_chol**2  # (k,)
+            log_det = d * np.log(prec_chol)
+            maha = (
+                (Mc**2).sum(axis=1) * prec
+                - 2.0 * (Xc @ Mc.T) * prec
+                + np.outer(np.einsum("ij,ij->i", Xc, Xc), prec)
+            )
+        np.maximum(maha, 0.0, out=maha)  # rounding in the expansion can dip below zero
+    return -0.5 * (d * _LOG_2PI + maha) + log_det
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    m = a.max(axis=1)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - m_safe[:, None]).sum(axis=1)) + m_safe
+
+
+def e_step(X: np.ndarray, params: MixtureParams):
+    """Returns (log p(x_i) (n,), log responsibilities (n, k))."""
+    with np.errstate(divide="ignore"):
+        weighted = log_gaussian_prob(X, params) + np.log(params.weights)
+    log_prob_norm = _logsumexp_rows(weighted)
+    return log_prob_norm, weighted - log_prob_norm[:, None]
+
+
+def score_samples(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = None):
+    """Per-row log density log p(x_i): (n, d) -> (n,)."""
+    return predict(X, params, block_rows)[2]
+
+
+def predict(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = None):
+    """(labels (n,) int32, probabilities (n, k), log densities (n,)), computed in row blocks."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    block = block_rows or default_block_rows(params.k, params.d)
+    labels = np.empty(n, dtype=np.int32)
+    proba = np.empty((n, params.k))
+    logp = np.empty(n)
+    for start in range(0, n, block):
+        sl = slice(start, start + block)
+        lpn, log_resp = e_step(X[sl], params)
+        labels[sl] = log_resp.argmax(axis=1)
+        proba[sl] = np.exp(log_resp)
+        logp[sl] = lpn
+    return labels, proba, logp
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def moment_shift(means: np.ndarray, covariance_type: str) -> np.ndarray:
+    """(k, d) points around which a pass accumulates moments, fixed before the pass: each
+    component's mean for full/tied, the centre of the means for diag/spherical (whose moments
+    are matrix products over all components at once)."""
+    means = np.asarray(means, dtype=np.float64)
+    if covariance_type in ("full", "tied"):
+        return means.copy()
+    return np.repeat(_center(means)[None], means.shape[0], axis=0)
+
+
+def stats_shift(params: MixtureParams) -> np.ndarray:
+    return moment_shift(params.means, params.covariance_type)
+
+
+@dataclass(eq=False)
+class SufficientStats:
+    """Additive sufficient statistics of one pass (sum two with ``+``).
+
+    resp (k,): sum of w * r; first (k, d): sum of w * r * (x - shift_j);
+    second: sum of w * r * (x - shift_j)(x - shift_j)^T, (k, d, d) for full/tied, its diagonal
+    (k, d) for diag/spherical; counts (k,): rows whose most probable component is j;
+    log_likelihood: sum of w * log p(x); weight_sum: sum of w; n_rows: row count.
+    """
+
+    covariance_type: str
+    shift: np.ndarray
+    resp: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    counts: np.ndarray
+    log_likelihood: float = 0.0
+    weight_sum: float = 0.0
+    n_rows: int = 0
+
+    @classmethod
+    def zeros(cls, shift: np.ndarray, covariance_type: str) -> "SufficientStats":
+        k, d = shift.shape
+        second_shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
+        return cls(
+            covariance_type, shift, np.zeros(k), np.zeros((k, d)), np.zeros(second_shape),
+            np.zeros(k),
+        )
+
+    def __add__(self, other: "SufficientStats") -> "SufficientStats":
+        if other.covariance_type != self.covariance_type or not np.array_equal(
+            other.shift, self.shift
+        ):
+            raise ValueError("cannot add statistics accumulated around different shifts")
+        return SufficientStats(
+            self.covariance_type, self.shift,
+            self.resp + other.resp, self.first + other.first, self.second + other.second,
+            self.counts + other.counts,
+            self.log_likelihood + other.log_likelihood,
+            self.weight_sum + other.weight_sum, self.n_rows + other.n_rows,
+        )
+
+    def to_vector(self) -> np.ndarray:
+        """Flat float64 vector (the shift is not included: the receiver knows it)."""
+        head = np.array([self.log_likelihood, self.weight_sum, float(self.n_rows)])
+        return np.concatenate(
+            [head, self.resp, self.counts, self.first.ravel(), self.second.ravel()]
+        )
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray, shift: np.ndarray, covariance_type: str):
+        out = cls.zeros(shift, covariance_type)
+        k, d = shift.shape
+        sizes = [k, k, k * d, out.second.size]
+        expected = 3 + sum(sizes)
+        if vector.shape != (expected,):
+            raise ValueError(f"statistics vector has {vector.size} values, expected {expected}")
+        out.log_likelihood, out.weight_sum, n_rows = (float(v) for v in vector[:3])
+        out.n_rows = int(round(n_rows))
+        pos = 3
+        parts = []
+        for size in sizes:
+            parts.append(vector[pos : pos + size])
+            pos += size
+        out.resp = parts[0].copy()
+        out.counts = parts[1].copy()
+        out.first = parts[2].reshape(k, d).copy()
+        out.second = parts[3].reshape(out.second.shape).copy()
+        return out
+
+
+def _add_moments(stats: SufficientStats, X: np.ndarray, rw: np.ndarray) -> None:
+    """Adds the moments of a block with weighted responsibilities rw (n, k) into stats."""
+    stats.resp += rw.sum(axis=0)
+    if stats.covariance_type in ("full", "tied"):
+        for j in range(stats.shift.shape[0]):
+            Xc = X - stats.shift[j]
+            wXc = Xc * rw[:, j : j + 1]
+            stats.first[j] += wXc.sum(axis=0)
+            stats.second[j] += wXc.T @ Xc
+    else:
+        Xc = X - stats.shift[0]
+        stats.first += rw.T @ Xc
+        stats.second += rw.T @ (Xc * Xc)
+
+
+def _blocks(X: np.ndarray, sample_weight: Optional[np.ndarray], block: int):
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    for start in range(0, n, block):
+        yield X[start : start + block], w[start : start + block]
+
+
+def accumulate_stats(
+    X: np.ndarray,
+    sample_weight: Optional[np.ndarray],
+    params: MixtureParams,
+    block_rows: Optional[int] = None,
+) -> SufficientStats:
+    """E-step plus moments of rows X (n, d) with weights (n,) or None, in row blocks."""
+    stats = SufficientStats.zeros(stats_shift(params), params.covariance_type)
+    block = block_rows or default_block_rows(params.k, params.d)
+    for Xb, wb in _blocks(X, sample_weight, block):
+        log_prob_norm, log_resp = e_step(Xb, params)
+        resp = np.exp(log_resp)
+        _add_moments(stats, Xb, resp * wb[:, None])
+        stats.counts += np.bincount(log_resp.argmax(axis=1), minlength=params.k)
+        stats.log_likelihood += float(wb @ log_prob_norm)
+        stats.weight_sum += float(wb.sum())
+        stats.n_rows += Xb.shape[0]
+    return stats
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the closest center (Euclidean) for each row: (n, d), (k, d) -> (n,)."""
+    c = _center(centers)
+    Xc, Cc = X - c, centers - c
+    dist = (Cc**2).sum(axis=1) - 2.0 * (Xc @ Cc.T)  # + |x|^2, the same for every center
+    return dist.argmin(axis=1)
+
+
+def hard_assignment_stats(
+    X: np.ndarray,
+    sample_weight: Optional[np.ndarray],
+    centers: np.ndarray,
+    covariance_type: str,
+    block_rows: Optional[int] = None,
+) -> SufficientStats:
+    """Statistics of one-hot responsibilities from the nearest center (k-means initialisation).
+
+    Moments are taken around ``stats_shift`` of a mixture with these centers as means.
+    """
+    k, d = centers.shape
+    stats = SufficientStats.zeros(moment_shift(centers, covariance_type), covariance_type)
+    for Xb, wb in _blocks(X, sample_weight, block_rows or default_block_rows(k, d)):
+        labels = nearest_center(Xb, centers)
+        rw = np.zeros((Xb.shape[0], k))
+        rw[np.arange(Xb.shape[0]), labels] = wb
+        _add_moments(stats, Xb, rw)
+        stats.counts += np.bincount(labels, minlength=k)
+        stats.weight_sum += float(wb.sum())
+        stats.n_rows += Xb.shape[0]
+    return stats
+
+
+# --------------------------------------------------------------------------- M-step
+
+
+def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
+    """New parameters from summed statistics; ``reg_covar`` is added to every variance."""
+    t = stats.covariance_type
+    nk = stats.resp + 10.0 * np.finfo(np.float64).eps  # as scikit-learn: no empty division
+    delta = stats.first / nk[:, None]
+    means = stats.shift + delta
+    d = means.shape[1]
+    if t in ("full", "tied"):
+        scatter = stats.second - nk[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
+        if t == "full":
+            cov = scatter / nk[:, None, None]
+        else:
+            cov = scatter.sum(axis=0) / nk.sum()
+        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        cov[..., np.arange(d), np.arange(d)] += reg_covar
+    else:
+        var = np.maximum(stats.second / nk[:, None] - delta**2, 0.0)
+        cov = (var.mean(axis=1) if t == "spherical" else var) + reg_covar
+    return MixtureParams(nk / nk.sum(), means, cov, t)
+
+
+# --------------------------------------------------------------------------- the EM loop
+
+
+@dataclass
+class EMResult:
+    """One candidate's fit. ``history`` holds the mean per-row (weighted) log-likelihood of
+    each iteration's E-step; ``final_stats`` is a pass at the returned parameters."""
+
+    params: MixtureParams
+    n_iter: int = 0
+    converged: bool = False
+    history: List[float] = field(default_factory=list)
+    final_stats: Optional[SufficientStats] = None
+
+    @property
+    def log_likelihood(self) -> float:
+        """Total weighted log-likelihood at the returned parameters (Spark's definition)."""
+        return self.final_stats.log_likelihood
+
+    @property
+    def mean_log_likelihood(self) -> float:
+        return self.final_stats.log_likelihood / self.final_stats.weight_sum
+
+
+StatsFunction = Callable[[Sequence[MixtureParams]], List[SufficientStats]]
+
+
+def run_em(
+    compute_stats: StatsFunction,
+    initial: Sequence[MixtureParams],
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    final_pass: bool = True,
+    on_iteration: Optional[Callable[[int, int, float, float, float], None]] = None,
+) -> List[EMResult]:
+    """Advances every candidate together: one ``compute_stats`` call (one data pass) per
+    iteration for all candidates still running. A candidate stops when the change of its mean
+    per-row log-likelihood is below ``tol`` (scikit-learn's rule) or after ``max_iter``.
+
+    ``on_iteration(iteration, candidate, mean_log_likelihood, change, seconds)`` reports progress.
+    """
+    results = [EMResult(params) for params in initial]
+    active = list(range(len(results)))
+    iteration = 0
+    while active and iteration < max_iter:
+        iteration += 1
+        started = time.perf_counter()
+        stats_list = compute_stats([results[i].params for i in active])
+        seconds = time.perf_counter() - started
+        still = []
+        for i, stats in zip(active, stats_list):
+            res = results[i]
+            if stats.weight_sum <= 0:
+                raise ValueError("the total weight of the rows is zero")
+            ll = stats.log_likelihood / stats.weight_sum
+            change = ll - res.history[-1] if res.history else math.inf
+            res.history.append(ll)
+            res.params = m_step(stats, reg_covar)
+            res.n_iter = iteration
+            if on_iteration:
+                on_iteration(iteration, i, ll, change, seconds)
+            if abs(change) < tol:
+                res.converged = True
+            else:
+                still.append(i)
+        active = still
+    if final_pass and results:
+        for res, stats in zip(results, compute_stats([r.params for r in results])):
+            res.final_stats = stats
+    return results
+
+
+def local_stats_function(
+    X: np.ndarray, sample_weight: Optional[np.ndarray] = None, block_rows: Optional[int] = None
+) -> StatsFunction:
+    """A ``compute_stats`` over an in-memory array (the single-process reference)."""
+    return lambda candidates: [accumulate_stats(X, sample_weight, p, block_rows) for p in candidates]
+
+
+def fit_em(
+    X: np.ndarray,
+    initial: MixtureParams,
+    sample_weight: Optional[np.ndarray] = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    block_rows: Optional[int] = None,
+) -> EMResult:
+    """Single-process EM from given initial parameters (the numerical reference)."""
+    return run_em(
+        local_stats_function(X, sample_weight, block_rows), [initial], max_iter, tol, reg_covar
+    )[0]

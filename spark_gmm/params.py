@@ -1,0 +1,158 @@
+"""The Params mixin shared by GaussianMixture and GaussianMixtureModel.
+
+Spark's built-in names and defaults where they exist (featuresCol, predictionCol,
+probabilityCol, k, maxIter, seed, weightCol, aggregationDepth); scikit-learn's meaning for
+the rest. ``tol`` differs from Spark on purpose: see its doc.
+"""
+from __future__ import annotations
+
+import zlib
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasAggregationDepth,
+    HasFeaturesCol,
+    HasInputCols,
+    HasMaxIter,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasSeed,
+    HasTol,
+    HasWeightCol,
+)
+
+from spark_gmm.kernel import COVARIANCE_TYPES
+
+INIT_MODES = ("kmeans", "random")
+HANDLE_INVALID = ("error", "skip")
+
+
+def _one_of(name, allowed):
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _at_least(name, low, to_type):
+    def convert(value):
+        value = to_type(value)
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+        return value
+
+    return convert
+
+
+def _identity(value):
+    return value
+
+
+class _GaussianMixtureParams(
+    HasFeaturesCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasMaxIter,
+    HasTol,
+    HasSeed,
+    HasWeightCol,
+    HasAggregationDepth,
+    HasInputCols,
+):
+    """Params shared by the estimator and the model."""
+
+    k = Param(
+        Params._dummy(), "k", "Number of Gaussian components in the mixture (>= 1).",
+        typeConverter=_at_least("k", 1, TypeConverters.toInt),
+    )
+    covarianceType = Param(
+        Params._dummy(), "covarianceType",
+        "Covariance structure: full (one matrix per component), tied (one shared matrix), "
+        "diag (one variance vector per component) or spherical (one variance per component).",
+        typeConverter=_one_of("covarianceType", COVARIANCE_TYPES),
+    )
+    regCovar = Param(
+        Params._dummy(), "regCovar",
+        "Non-negative value added to the diagonal of every covariance, so that components "
+        "that collapse onto few points stay positive definite (scikit-learn's reg_covar).",
+        typeConverter=_at_least("regCovar", 0.0, TypeConverters.toFloat),
+    )
+    logLikelihoodCol = Param(
+        Params._dummy(), "logLikelihoodCol",
+        "Output column for each row's log density log p(x) (scikit-learn's score_samples). "
+        "Empty (the default) adds no column.",
+        typeConverter=TypeConverters.toString,
+    )
+    handleInvalid = Param(
+        Params._dummy(), "handleInvalid",
+        "What to do with rows whose features are null, NaN or infinite: 'error' (the default) "
+        "raises an error naming the column; 'skip' drops them (fit reports how many).",
+        typeConverter=_one_of("handleInvalid", HANDLE_INVALID),
+    )
+    initMode = Param(
+        Params._dummy(), "initMode",
+        "Initialisation: 'kmeans' (Spark's KMeans, k-means||, then one M-step from its hard "
+        "assignments) or 'random' (k distinct rows as means, the data covariance for each).",
+        typeConverter=_one_of("initMode", INIT_MODES),
+    )
+    initialModel = Param(
+        Params._dummy(), "initialModel",
+        "A fitted GaussianMixtureModel to start EM from (warm start); its k, number of "
+        "features and covarianceType must match.",
+        typeConverter=_identity,
+    )
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(
+            k=2,
+            maxIter=100,
+            tol=1e-3,
+            # A stable default: Spark hashes the class name too, but Python's str hash is
+            # randomised per process, which would make default runs unrepeatable.
+            seed=zlib.crc32(b"GaussianMixture"),
+            aggregationDepth=2,
+            covarianceType="full",
+            regCovar=1e-6,
+            logLikelihoodCol="",
+            handleInvalid="error",
+            initMode="kmeans",
+        )
+
+    def getK(self) -> int:
+        return self.getOrDefault(self.k)
+
+    def getCovarianceType(self) -> str:
+        return self.getOrDefault(self.covarianceType)
+
+    def getRegCovar(self) -> float:
+        return self.getOrDefault(self.regCovar)
+
+    def getLogLikelihoodCol(self) -> str:
+        return self.getOrDefault(self.logLikelihoodCol)
+
+    def getHandleInvalid(self) -> str:
+        return self.getOrDefault(self.handleInvalid)
+
+    def getInitMode(self) -> str:
+        return self.getOrDefault(self.initMode)
+
+    def getInitialModel(self):
+        return self.getOrDefault(self.initialModel)
+
+
+# The tol doc is ours, not Spark's: it is scale-free.
+_GaussianMixtureParams.tol = Param(
+    Params._dummy(), "tol",
+    "Convergence tolerance on the change of the mean per-row (weighted) log-likelihood "
+    "between iterations, as scikit-learn's tol. Spark's built-in compares the total "
+    "log-likelihood instead, which depends on the row count. 0 runs maxIter iterations.",
+    typeConverter=_at_least("tol", 0.0, TypeConverters.toFloat),
+)
+_GaussianMixtureParams.maxIter = Param(
+    Params._dummy(), "maxIter", "Maximum number of EM iterations (>= 0).",
+    typeConverter=_at_least("maxIter", 0, TypeConverters.toInt),
+)
