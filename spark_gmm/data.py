@@ -50,10 +50,10 @@ def resolve_features(
                  if not isinstance(fields[c], NumericType)]
         if wrong:
             raise InvalidInputError(f"inputCols must be numeric, got {', '.join(wrong)}")
-        cols = [F.col(_quote(c)).cast("double") for c in input_cols]
+        cols = [F.col(quote_name(c)).cast("double") for c in input_cols]
         # A null in any column makes the row invalid, as a null vector would be.
-        any_null = F.greatest(*[F.col(_quote(c)).isNull() for c in input_cols]) \
-            if len(input_cols) > 1 else F.col(_quote(input_cols[0])).isNull()
+        any_null = F.greatest(*[F.col(quote_name(c)).isNull() for c in input_cols]) \
+            if len(input_cols) > 1 else F.col(quote_name(input_cols[0])).isNull()
         array = F.when(any_null, F.lit(None)).otherwise(F.array(*cols))
         return FeatureSource(f"inputCols {list(input_cols)}", array, len(input_cols))
     if features_col not in fields:
@@ -62,7 +62,7 @@ def resolve_features(
             f"{sorted(fields)} (set featuresCol or inputCols)"
         )
     dtype = fields[features_col]
-    col = F.col(_quote(features_col))
+    col = F.col(quote_name(features_col))
     if isinstance(dtype, VectorUDT):
         # vector_to_array throws on null vectors: a null row stays null and is reported.
         array = F.when(col.isNull(), F.lit(None)).otherwise(vector_to_array(col, "float64"))
@@ -76,7 +76,7 @@ def resolve_features(
     return FeatureSource(f"features column '{features_col}'", array)
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
@@ -185,7 +185,7 @@ def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:
         raise InvalidInputError(
             f"weight column '{weight_col}' must be numeric, got {fields[weight_col].simpleString()}"
         )
-    return F.col(_quote(weight_col)).cast("double")
+    return F.col(quote_name(weight_col)).cast("double")
 
 
 def valid_rows(source: FeatureSource) -> Column:

@@ -130,7 +130,7 @@ class SparkPasses:
 
     def em_stats(self, candidates: Sequence[kernel.MixtureParams], label: str = "EM pass"):
         """E-step statistics of every candidate in one data pass (the ``run_em`` callback)."""
-        passes = [partial(_em_pass, params=p) for p in candidates]
+        passes = [partial(kernel.accumulate_stats, params=p) for p in candidates]
         return self.stats(
             passes,
             [kernel.stats_shift(p) for p in candidates],
@@ -138,19 +138,14 @@ class SparkPasses:
             label,
         )
 
-    def hard_assignment_stats(self, centers: np.ndarray, covariance_type: str, label: str):
-        """Statistics of nearest-center assignments (initialisation and data moments)."""
-        pass_ = partial(_hard_pass, centers=centers, covariance_type=covariance_type)
-        shift = kernel.moment_shift(centers, covariance_type)
-        return self.stats([pass_], [shift], [covariance_type], label)[0]
-
-
-def _em_pass(X, w, params):
-    return kernel.accumulate_stats(X, w, params)
-
-
-def _hard_pass(X, w, centers, covariance_type):
-    return kernel.hard_assignment_stats(X, w, centers, covariance_type)
+    def hard_assignment_stats(self, centers_list: Sequence[np.ndarray],
+                              types: Sequence[str], label: str):
+        """Statistics of nearest-center assignments, one per (centers, covariance type), in
+        one data pass (initialisation and data moments)."""
+        passes = [partial(kernel.hard_assignment_stats, centers=centers, covariance_type=t)
+                  for centers, t in zip(centers_list, types)]
+        shifts = [kernel.moment_shift(c, t) for c, t in zip(centers_list, types)]
+        return self.stats(passes, shifts, types, label)
 
 
 def _num_partitions(df: DataFrame) -> int:

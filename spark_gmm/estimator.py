@@ -7,9 +7,7 @@ the Spark passes in :mod:`spark_gmm.em`.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 from typing import List, Optional
 
 import numpy as np
@@ -22,19 +20,19 @@ from pyspark.ml.stat import MultivariateGaussian
 from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructField, StructType
-from pyspark.storagelevel import StorageLevel
+from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
 from spark_gmm import kernel
 from spark_gmm.data import (
-    InvalidInputError,
+    quote_name,
     list_array_to_numpy,
     prepare,
     resolve_features,
     valid_rows,
 )
 from spark_gmm.em import SparkPasses
-from spark_gmm.init import initial_params
+from spark_gmm.fitting import FitSettings, fit_candidates
+from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
 from spark_gmm.persistence import (
     ModelFileError,
@@ -46,7 +44,9 @@ from spark_gmm.persistence import (
 
 log = logging.getLogger("spark_gmm")
 
-_SCORES = "__gmm_scores"
+_FEATURES = "__gmm_features"
+# column metadata key of the logLikelihood output: the model's free parameter count
+NUM_PARAMETERS_METADATA = "spark_gmm.numParameters"
 
 
 class _ParamSetters:
@@ -99,6 +99,11 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         handleInvalid: str = "error",
         initMode: str = "kmeans",
         initialModel: Optional["GaussianMixtureModel"] = None,
+        nInit: int = 1,
+        recoverCollapsed: bool = True,
+        initialWeights: Optional[List[float]] = None,
+        initialMeans: Optional[List[List[float]]] = None,
+        initialCovariances: Optional[list] = None,
     ):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -123,6 +128,11 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         handleInvalid: str = "error",
         initMode: str = "kmeans",
         initialModel: Optional["GaussianMixtureModel"] = None,
+        nInit: int = 1,
+        recoverCollapsed: bool = True,
+        initialWeights: Optional[List[float]] = None,
+        initialMeans: Optional[List[List[float]]] = None,
+        initialCovariances: Optional[list] = None,
     ) -> "GaussianMixture":
         return self._set(**self._input_kwargs)
 
@@ -156,53 +166,72 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
     def setInitialModel(self, value: "GaussianMixtureModel") -> "GaussianMixture":
         return self._set(initialModel=value)
 
+    def setNInit(self, value: int) -> "GaussianMixture":
+        return self._set(nInit=value)
+
+    def setRecoverCollapsed(self, value: bool) -> "GaussianMixture":
+        return self._set(recoverCollapsed=value)
+
+    def setInitialWeights(self, value: List[float]) -> "GaussianMixture":
+        return self._set(initialWeights=value)
+
+    def setInitialMeans(self, value: List[List[float]]) -> "GaussianMixture":
+        return self._set(initialMeans=value)
+
+    def setInitialCovariances(self, value: list) -> "GaussianMixture":
+        return self._set(initialCovariances=value)
+
     # ------------------------------------------------------------------ fit
 
-    def _opt(self, param) -> Optional[object]:
-        """The value of an optional param (no default), or None when unset or empty."""
-        return self.getOrDefault(param) if self.isDefined(param) else None
+    def _settings(self) -> FitSettings:
+        """What every fit needs from the params (shared with the selector)."""
+        initial = self._opt(self.initialModel)
+        return FitSettings(
+            features_col=self.getFeaturesCol(),
+            input_cols=self._opt(self.inputCols),
+            weight_col=self._opt(self.weightCol),
+            handle_invalid=self.getHandleInvalid(),
+            aggregation_depth=self.getAggregationDepth(),
+            init_mode=self.getInitMode(),
+            reg_covar=self.getRegCovar(),
+            max_iter=self.getMaxIter(),
+            tol=self.getTol(),
+            recover_collapsed=self.getRecoverCollapsed(),
+            fixed=initial._mixture if initial is not None else None,
+            explicit=self._explicit_initial(),
+            description=f"spark_gmm {self.uid}",
+        )
 
-    def _seed(self) -> int:
-        seed = self.getOrDefault(self.seed)
-        return int(seed if seed is not None else self._defaultParamMap[self.seed]) % (2**31)
+    def _explicit_initial(self):
+        means = self._opt(self.initialMeans)
+        if means is None:
+            for param in (self.initialWeights, self.initialCovariances):
+                if self._opt(param) is not None:
+                    raise ValueError(f"{param.name} needs initialMeans")
+            return None
+        return ExplicitInit(
+            np.asarray(means), _array_or_none(self._opt(self.initialWeights)),
+            _array_or_none(self._opt(self.initialCovariances)),
+        )
 
     def _fit(self, dataset: DataFrame) -> "GaussianMixtureModel":
-        k, covariance_type = self.getK(), self.getCovarianceType()
-        weight_col = self._opt(self.weightCol)
-        source = resolve_features(dataset, self.getFeaturesCol(), self._opt(self.inputCols))
-        prepared, report = prepare(dataset, source, weight_col, self.getHandleInvalid())
-        if report.n_skipped:
-            log.warning(
-                "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
-                report.n_skipped, report.n_input_rows,
-            )
-        # Cache only what the caller did not: a cached input is read as it is.
-        persist = dataset.storageLevel == StorageLevel.NONE
-        if persist:
-            prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            passes = SparkPasses(
-                prepared, report.n_features, self.getAggregationDepth(),
-                description=f"spark_gmm {self.uid}",
-            )
-            init = initial_params(
-                passes, prepared, report.n_rows, k, covariance_type, self.getInitMode(),
-                self._seed(), self.getRegCovar(), weighted=bool(weight_col),
-                initial_model=self._opt(self.initialModel), n_features=report.n_features,
-            )
-            pass_number = itertools.count(1)
-            result = kernel.run_em(
-                lambda candidates: passes.em_stats(candidates, f"EM pass {next(pass_number)}"),
-                [init], self.getMaxIter(), self.getTol(), self.getRegCovar(),
-                on_iteration=_log_iteration,
-            )[0]
-        finally:
-            if persist:
-                prepared.unpersist()
-        model = GaussianMixtureModel._create(result.params, uid=self.uid)
+        settings = self._settings()
+        n_init = self.getNInit()
+        if n_init > 1 and (settings.fixed is not None or settings.explicit is not None):
+            log.warning("nInit=%d ignored: fixed initial parameters make every run equal", n_init)
+            n_init = 1
+        seed = self._seed()
+        candidates = [
+            Candidate(self.getK(), self.getCovarianceType(), seed + r) for r in range(n_init)
+        ]
+        outcome = fit_candidates(dataset, candidates, settings)
+        best = outcome.best()
+        model = GaussianMixtureModel._create(outcome.results[best].params, uid=self.uid)
         self._copyValues(model)
-        model.clear(model.initialModel)
-        model._summary = GaussianMixtureSummary(model, dataset, result, report)
+        for param in (model.initialModel, model.initialWeights, model.initialMeans,
+                      model.initialCovariances):
+            model.clear(param)
+        model._summary = GaussianMixtureSummary(model, dataset, outcome, best)
         return model
 
     # ------------------------------------------------------------------ persistence
@@ -227,11 +256,8 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         return estimator
 
 
-def _log_iteration(iteration, candidate, mean_ll, change, seconds):
-    log.info(
-        "EM iteration %d: mean log-likelihood %.8g, change %.3g, %.2f s",
-        iteration, mean_ll, change, seconds,
-    )
+def _array_or_none(value):
+    return None if value is None else np.asarray(value, dtype=np.float64)
 
 
 class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReadable, MLWritable):
@@ -349,29 +375,65 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReada
         if not outputs:
             log.warning("%s: all output columns are empty, nothing to add", self.uid)
             return dataset
-        source = resolve_features(dataset, self.getFeaturesCol(), self._opt_input_cols())
+        source = resolve_features(dataset, self.getFeaturesCol(), self._opt(self.inputCols))
         if self.getHandleInvalid() == "skip":
             dataset = dataset.where(valid_rows(source))
-        scored = dataset.withColumn(_SCORES, _scoring_udf(self._mixture, source.description)(
-            source.array
-        ))
-        cols = [F.col("`" + c.replace("`", "``") + "`") for c in dataset.columns]
-        s = F.col(_SCORES)
-        if "prediction" in outputs:
-            cols.append(s["prediction"].alias(outputs["prediction"]))
-        if "probability" in outputs:
-            cols.append(array_to_vector(s["probability"]).alias(outputs["probability"]))
-        if "logLikelihood" in outputs:
-            cols.append(s["logLikelihood"].alias(outputs["logLikelihood"]))
+        # mapInArrow rather than an Arrow UDF: Spark 4.3's columnar Arrow-UDF input fails on
+        # any vector (UDT) column of a Parquet scan, so a UDF could not score such tables.
+        # Spark's built-in appends probability, then prediction.
+        fields = [
+            StructField(name, dtype)
+            for field, name, dtype in (
+                ("probability", outputs.get("probability"), ArrayType(DoubleType())),
+                ("prediction", outputs.get("prediction"), IntegerType()),
+                ("logLikelihood", outputs.get("logLikelihood"), DoubleType()),
+            )
+            if name
+        ]
+        kinds = [field for field in ("probability", "prediction", "logLikelihood")
+                 if field in outputs]
+        scored = dataset.withColumn(_FEATURES, source.array).mapInArrow(
+            _scoring_function(self._mixture, source.description, kinds,
+                              [outputs[kind] for kind in kinds]),
+            StructType(dataset.schema.fields + fields),
+        )
+        cols = [F.col(quote_name(c)) for c in dataset.columns]
+        for kind in kinds:
+            col = F.col(quote_name(outputs[kind]))
+            if kind == "probability":
+                col = array_to_vector(col).alias(outputs[kind])
+            elif kind == "logLikelihood":  # for GaussianMixtureEvaluator's BIC/AIC
+                col = col.alias(outputs[kind],
+                                metadata={NUM_PARAMETERS_METADATA: self.numParameters})
+            cols.append(col)
         return scored.select(*cols)
 
-    def _opt_input_cols(self):
-        return self.getOrDefault(self.inputCols) if self.isDefined(self.inputCols) else None
+    def sample(self, n: int, seed: Optional[int] = None,
+               numPartitions: Optional[int] = None) -> DataFrame:
+        """A DataFrame of ``n`` rows drawn from the mixture on the executors (nothing goes
+        through the driver): the features as a vector column named by featuresCol, and
+        ``component`` (int), the component each row was drawn from.
+
+        Rows come in chunks of 4096 consecutive ids, each drawn with its own generator seeded
+        by (seed, chunk), so the result depends on seed and n only, not on the partitioning.
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        seed = self._seed() if seed is None else int(seed)
+        spark = SparkSession.active()
+        ids = spark.range(0, n, numPartitions=numPartitions) if numPartitions \
+            else spark.range(0, n)
+        drawn = ids.mapInArrow(
+            _sampling_function(self._mixture, seed, n), "features array<double>, component int"
+        )
+        return drawn.select(array_to_vector(F.col("features")).alias(self.getFeaturesCol()),
+                            F.col("component"))
 
     def _evaluate(self, dataset: DataFrame):
         """(total weighted log-likelihood, total weight) of a DataFrame at these parameters."""
-        weight_col = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) else None
-        source = resolve_features(dataset, self.getFeaturesCol(), self._opt_input_cols())
+        weight_col = self._opt(self.weightCol)
+        source = resolve_features(dataset, self.getFeaturesCol(), self._opt(self.inputCols))
         prepared, report = prepare(
             dataset, source, weight_col, self.getHandleInvalid(), self._mixture.d
         )
@@ -386,13 +448,15 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReada
 
     def bic(self, dataset: DataFrame) -> float:
         """Bayesian information criterion on a DataFrame (lower is better)."""
-        total, weight = self._evaluate(dataset)
-        return -2.0 * total + self.numParameters * math.log(weight)
+        return kernel.information_criteria(*self._criteria_inputs(dataset))[0]
 
     def aic(self, dataset: DataFrame) -> float:
         """Akaike information criterion on a DataFrame (lower is better)."""
-        total, _ = self._evaluate(dataset)
-        return -2.0 * total + 2.0 * self.numParameters
+        return kernel.information_criteria(*self._criteria_inputs(dataset))[1]
+
+    def _criteria_inputs(self, dataset: DataFrame):
+        total, weight = self._evaluate(dataset)
+        return total, self.numParameters, weight
 
     # ------------------------------------------------------------------ persistence
 
@@ -433,57 +497,91 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReada
         return cls._create(params)
 
 
-def _scoring_udf(params: kernel.MixtureParams, description: str):
-    """Arrow UDF: features array -> struct(prediction, probability array, logLikelihood)."""
-    from pyspark.sql.functions import arrow_udf
-
+def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
+                      names: List[str]):
+    """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
+    the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
     k, d = params.k, params.d
-    return_type = "struct<prediction:int,probability:array<double>,logLikelihood:double>"
 
-    @arrow_udf(return_type)
-    def score(features: pa.Array) -> pa.Array:
+    def score(batches):
         from threadpoolctl import threadpool_limits
 
-        if isinstance(features, pa.ChunkedArray):
-            features = features.combine_chunks()
-        n = len(features)
-        if features.null_count:
-            raise ValueError(
-                f"{description} has null rows; set handleInvalid='skip' to drop them"
-            )
-        lengths = pa.compute.list_value_length(features).to_numpy(zero_copy_only=False)
-        if n and (lengths != d).any():
-            bad = int(lengths[lengths != d][0])
-            raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")
-        X = list_array_to_numpy(features, d)
-        if not np.all(np.isfinite(X)):
-            raise ValueError(
-                f"{description} has NaN or infinite values; set handleInvalid='skip' to drop "
-                "those rows"
-            )
         with threadpool_limits(limits=1, user_api="blas"):
-            labels, proba, logp = kernel.predict(X, params)
-        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        return pa.StructArray.from_arrays(
-            [
-                pa.array(labels, pa.int32()),
-                pa.ListArray.from_arrays(offsets, pa.array(proba.ravel())),
-                pa.array(logp),
-            ],
-            names=["prediction", "probability", "logLikelihood"],
-        )
+            for batch in batches:
+                yield _score_batch(batch, params, k, d, description, kinds, names)
 
     return score
 
 
-class GaussianMixtureSummary:
-    """Training summary: Spark's fields plus the log-likelihood history, convergence, BIC, AIC."""
+def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names):
+    features = batch.column(batch.num_columns - 1)
+    n = len(features)
+    if features.null_count:
+        raise ValueError(f"{description} has null rows; set handleInvalid='skip' to drop them")
+    lengths = pa.compute.list_value_length(features).to_numpy(zero_copy_only=False)
+    if n and (lengths != d).any():
+        bad = int(lengths[lengths != d][0])
+        raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")
+    X = list_array_to_numpy(features, d)
+    if not np.all(np.isfinite(X)):
+        raise ValueError(
+            f"{description} has NaN or infinite values; set handleInvalid='skip' to drop "
+            "those rows"
+        )
+    labels, proba, logp = kernel.predict(X, params)
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    outputs = {
+        "probability": pa.ListArray.from_arrays(offsets, pa.array(proba.ravel())),
+        "prediction": pa.array(labels, pa.int32()),
+        "logLikelihood": pa.array(logp),
+    }
+    columns = batch.columns[:-1] + [outputs[kind] for kind in kinds]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names[:-1] + names)
 
-    def __init__(self, model: GaussianMixtureModel, dataset: DataFrame, result, report):
+
+SAMPLE_CHUNK = 4096
+
+
+def _sampling_function(params: kernel.MixtureParams, seed: int, n: int):
+    """mapInArrow function: batches of ids -> (features array, component) drawn per chunk of
+    SAMPLE_CHUNK consecutive ids with a generator seeded by (seed, chunk number)."""
+    d = params.d
+
+    def draw(batches):
+        for batch in batches:
+            ids = batch.column(0).to_numpy()
+            if not len(ids):
+                continue
+            X = np.empty((len(ids), d))
+            labels = np.empty(len(ids), dtype=np.int32)
+            for chunk in range(ids[0] // SAMPLE_CHUNK, ids[-1] // SAMPLE_CHUNK + 1):
+                lo = chunk * SAMPLE_CHUNK
+                size = min(SAMPLE_CHUNK, n - lo)
+                rng = np.random.default_rng([seed % 2**63, chunk])
+                Xc, lc = kernel.sample(params, size, rng)
+                rows = (ids >= lo) & (ids < lo + size)  # ids are consecutive within a batch
+                X[rows], labels[rows] = Xc[ids[rows] - lo], lc[ids[rows] - lo]
+            offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
+                 pa.array(labels, pa.int32())],
+                names=["features", "component"],
+            )
+
+    return draw
+
+
+class GaussianMixtureSummary:
+    """Training summary: Spark's fields plus the log-likelihood history, convergence, BIC, AIC,
+    and every restart's outcome."""
+
+    def __init__(self, model: GaussianMixtureModel, dataset: DataFrame, outcome, best: int):
         self._model = model
         self._dataset = dataset
-        self._result = result
-        self._report = report
+        self._outcome = outcome
+        self._result = outcome.results[best]
+        self._report = outcome.report
+        self._best = best
         self._predictions: Optional[DataFrame] = None
 
     @property
@@ -554,8 +652,34 @@ class GaussianMixtureSummary:
 
     @property
     def bic(self) -> float:
-        return -2.0 * self.logLikelihood + self._model.numParameters * math.log(self.totalWeight)
+        return kernel.information_criteria(
+            self.logLikelihood, self._model.numParameters, self.totalWeight)[0]
 
     @property
     def aic(self) -> float:
-        return -2.0 * self.logLikelihood + 2.0 * self._model.numParameters
+        return kernel.information_criteria(
+            self.logLikelihood, self._model.numParameters, self.totalWeight)[1]
+
+    @property
+    def numRecoveredComponents(self) -> int:
+        """Collapsed components re-seeded during the winning run (see recoverCollapsed)."""
+        return self._result.recoveries
+
+    @property
+    def bestRestart(self) -> int:
+        return self._best
+
+    @property
+    def restarts(self) -> List[dict]:
+        """Each run's seed, final total log-likelihood, iterations, convergence, recoveries."""
+        return [
+            {"seed": c.seed, "logLikelihood": r.log_likelihood, "numIter": r.n_iter,
+             "converged": r.converged, "numRecoveredComponents": r.recoveries}
+            for c, r in zip(self._outcome.candidates, self._outcome.results)
+        ]
+
+    @property
+    def numDataPasses(self) -> int:
+        """Statistics passes over the data this fit ran (initialisation and EM; Spark's own
+        KMeans jobs not included)."""
+        return self._outcome.data_passes

@@ -1,8 +1,18 @@
-"""Initial parameters: Spark's KMeans (k-means||), random distinct rows, or a fitted model."""
+"""Initial parameters for a list of candidates (restarts, grid points) in shared data passes.
+
+Modes: 'kmeans' (Spark's KMeans, k-means||, then one M-step from its hard assignments, as
+scikit-learn's default), 'k-means++' (seeds by k-means++ on a bounded driver sample, then the
+same M-step), 'random' (random responsibilities, then an M-step, as scikit-learn's 'random'),
+'randomFromData' (k distinct rows as means, the data covariance for every component); or
+fixed initial parameters (a model or explicit arrays) for every candidate.
+All candidates' assignment passes run in one Spark job.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import dataclass
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pyspark.ml.clustering import KMeans
@@ -16,15 +26,33 @@ from spark_gmm.em import SparkPasses
 
 log = logging.getLogger("spark_gmm")
 
-SAMPLE_ROWS = 20_000  # rows collected to the driver for random initialisation
+SAMPLE_ROWS = 20_000  # rows collected to the driver for k-means++ and randomFromData
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One EM run to initialise: k components of a covariance type, seeded by ``seed``."""
+
+    k: int
+    covariance_type: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExplicitInit:
+    """Initial means (k, d), with optional weights (k,) and covariances (type layout)."""
+
+    means: np.ndarray
+    weights: Optional[np.ndarray] = None
+    covariances: Optional[np.ndarray] = None
 
 
 def data_moments(passes: SparkPasses, origin: np.ndarray, full: bool):
     """Weighted mean (d,) and covariance ((d, d) if ``full`` else variances (d,)) of the
     prepared rows, accumulated around ``origin`` (a data row) so offsets do not cancel."""
     stats = passes.hard_assignment_stats(
-        origin[None, :], "full" if full else "diag", "data moments"
-    )
+        [origin[None, :]], ["full" if full else "diag"], "data moments"
+    )[0]
     delta = stats.first[0] / stats.resp[0]
     mean = stats.shift[0] + delta
     if full:
@@ -40,13 +68,15 @@ def _first_row(prepared: DataFrame) -> np.ndarray:
     return np.asarray(row[0][0], dtype=np.float64)
 
 
-def _sample_rows(prepared: DataFrame, n_rows: int, seed: int, limit: int) -> np.ndarray:
+def _sample_rows(prepared: DataFrame, n_rows: int, seed: int, limit: int):
+    """Up to ``limit`` rows (and their weights) drawn without replacement."""
     fraction = min(1.0, 2.0 * limit / max(n_rows, 1))
-    sample = prepared.select(FEATURES)
+    sample = prepared
     if fraction < 1.0:
         sample = sample.sample(withReplacement=False, fraction=fraction, seed=seed)
     rows = sample.limit(limit).collect()
-    return np.asarray([r[0] for r in rows], dtype=np.float64)
+    X = np.asarray([r[FEATURES] for r in rows], dtype=np.float64)
+    return X, np.asarray([r[WEIGHT] for r in rows], dtype=np.float64)
 
 
 def _distinct_rows(prepared: DataFrame, k: int) -> np.ndarray:
@@ -60,58 +90,45 @@ def _too_few_distinct(found: int, k: int) -> InvalidInputError:
     )
 
 
-def from_model(model, k: int, n_features: int, covariance_type: str) -> kernel.MixtureParams:
-    params = model._mixture
-    if params.k != k or params.d != n_features or params.covariance_type != covariance_type:
-        raise ValueError(
-            f"initialModel has k={params.k}, {params.d} features, covarianceType="
-            f"{params.covariance_type!r}; this fit has k={k}, {n_features} features, "
-            f"covarianceType={covariance_type!r}"
-        )
-    return params
-
-
-def random_rows(
-    passes: SparkPasses, prepared: DataFrame, n_rows: int, k: int, covariance_type: str,
-    seed: int, reg_covar: float,
-) -> kernel.MixtureParams:
-    """k distinct rows as means, the data covariance (plus regCovar) for every component."""
-    sample = _sample_rows(prepared, n_rows, seed, SAMPLE_ROWS)
-    distinct = np.unique(sample, axis=0)
+def _check_distinct(prepared: DataFrame, rows: np.ndarray, k: int) -> np.ndarray:
+    """Distinct rows of a sample, topped up from the whole data when the sample has < k."""
+    distinct = np.unique(rows, axis=0)
     if len(distinct) < k:
         distinct = _distinct_rows(prepared, k)
         if len(distinct) < k:
             raise _too_few_distinct(len(distinct), k)
-    rng = np.random.default_rng(seed)
-    means = distinct[np.sort(rng.choice(len(distinct), size=k, replace=False))]
-    full = covariance_type in ("full", "tied")
-    _, cov = data_moments(passes, sample[0], full)
-    d = means.shape[1]
-    if full:
-        cov = cov + reg_covar * np.eye(d)
-        covariances = cov if covariance_type == "tied" else np.repeat(cov[None], k, axis=0)
-    else:
-        variances = cov + reg_covar
-        covariances = (
-            np.repeat(variances[None], k, axis=0)
-            if covariance_type == "diag"
-            else np.full(k, variances.mean())
+    return distinct
+
+
+def check_fixed(params: kernel.MixtureParams, c: Candidate, n_features: int, what: str):
+    """``params`` if they fit the candidate, else an error saying what differs."""
+    if params.k != c.k or params.d != n_features or params.covariance_type != c.covariance_type:
+        raise ValueError(
+            f"{what} has k={params.k}, {params.d} features, covarianceType="
+            f"{params.covariance_type!r}; this fit has k={c.k}, {n_features} features, "
+            f"covarianceType={c.covariance_type!r}"
         )
-    return kernel.MixtureParams(np.full(k, 1.0 / k), means, covariances, covariance_type)
+    return params
 
 
-def kmeans(
-    passes: SparkPasses, prepared: DataFrame, k: int, covariance_type: str, seed: int,
-    reg_covar: float, weighted: bool,
-) -> kernel.MixtureParams:
-    """Spark's KMeans (k-means||) on centred data divided by one global scale (an isotropic
-    map, so the clustering is unchanged but offsets of 1e8 or scales of 1e-4 are harmless),
-    then one M-step from the hard assignments, as scikit-learn's kmeans init."""
+def _covariances_from_data(cov: np.ndarray, k: int, covariance_type: str, reg_covar: float):
+    """The data covariance (full (d, d) or variances (d,)) in a covariance type's layout."""
+    if covariance_type in ("full", "tied"):
+        cov = cov + reg_covar * np.eye(cov.shape[0])
+        return cov if covariance_type == "tied" else np.repeat(cov[None], k, axis=0)
+    variances = (np.diag(cov) if cov.ndim == 2 else cov) + reg_covar
+    return np.repeat(variances[None], k, 0) if covariance_type == "diag" else np.full(k, variances.mean())
+
+
+def _kmeans_centers(prepared: DataFrame, passes: SparkPasses, pairs, weighted: bool):
+    """Spark's KMeans for each (k, seed), on centred data divided by one global scale (an
+    isotropic map, so the clustering is unchanged but offsets of 1e8 or scales of 1e-4 are
+    harmless). Returns {(k, seed): centers in the data's units}."""
     mean, variances = data_moments(passes, _first_row(prepared), full=False)
     scale = float(np.sqrt(variances.mean()))
     if not scale > 0:
-        if k > 1:
-            raise _too_few_distinct(1, k)
+        if max(k for k, _ in pairs) > 1:
+            raise _too_few_distinct(1, max(k for k, _ in pairs))
         scale = 1.0
     mean_col = F.array(*[F.lit(float(m)) for m in mean])
     standardized = prepared.select(
@@ -120,41 +137,111 @@ def kmeans(
         ).alias("features"),
         F.col(WEIGHT),
     )
-    km = KMeans(k=k, seed=seed, featuresCol="features", initMode="k-means||", maxIter=20)
-    if weighted:
-        km.setWeightCol(WEIGHT)
-    centers = np.asarray(km.fit(standardized).clusterCenters(), dtype=np.float64)
-    centers = np.unique(centers, axis=0)
-    if len(centers) < k:
-        # KMeans returns fewer centers when the data has fewer distinct points.
-        distinct = _distinct_rows(prepared, k)
-        if len(distinct) < k:
-            raise _too_few_distinct(len(distinct), k)
-        extra = (distinct - mean) / scale
-        keep = [row for row in extra if not (np.abs(centers - row).sum(axis=1) == 0).any()]
-        centers = np.vstack([centers, np.asarray(keep)[: k - len(centers)]])
-    centers = centers * scale + mean
-    stats = passes.hard_assignment_stats(centers, covariance_type, "k-means assignment")
-    return kernel.m_step(stats, reg_covar)
+    out = {}
+    for k, seed in pairs:
+        if k == 1:  # Spark's KMeans needs k >= 2; one cluster's center is the mean
+            out[(k, seed)] = mean[None, :]
+            continue
+        km = KMeans(k=k, seed=seed, featuresCol="features", initMode="k-means||", maxIter=20)
+        if weighted:
+            km.setWeightCol(WEIGHT)
+        centers = np.unique(np.asarray(km.fit(standardized).clusterCenters()), axis=0)
+        if len(centers) < k:
+            # KMeans returns fewer centers when the data has fewer distinct points.
+            distinct = (_check_distinct(prepared, np.empty((0, len(mean))), k) - mean) / scale
+            extra = [r for r in distinct if not (np.abs(centers - r).sum(axis=1) == 0).any()]
+            centers = np.vstack([centers, np.asarray(extra)[: k - len(centers)]])
+        out[(k, seed)] = centers * scale + mean
+    return out
 
 
 def initial_params(
     passes: SparkPasses,
     prepared: DataFrame,
     n_rows: int,
-    k: int,
-    covariance_type: str,
+    n_features: int,
+    candidates: Sequence[Candidate],
     init_mode: str,
-    seed: int,
     reg_covar: float,
     weighted: bool,
-    initial_model: Optional[object] = None,
-    n_features: Optional[int] = None,
-) -> kernel.MixtureParams:
-    if n_rows < k:
-        raise InvalidInputError(f"only {n_rows} valid row(s), fewer than k={k}: lower k")
-    if initial_model is not None:
-        return from_model(initial_model, k, n_features, covariance_type)
+    fixed: Optional[kernel.MixtureParams] = None,
+    explicit: Optional[ExplicitInit] = None,
+) -> List[kernel.MixtureParams]:
+    """Initial parameters of every candidate, with the data passes shared between them."""
+    k_max = max(c.k for c in candidates)
+    if n_rows < k_max:
+        raise InvalidInputError(f"only {n_rows} valid row(s), fewer than k={k_max}: lower k")
+    if fixed is not None:
+        return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
+    if explicit is not None:
+        return [_explicit_params(passes, prepared, explicit, c, n_features, reg_covar)
+                for c in candidates]
+
     if init_mode == "random":
-        return random_rows(passes, prepared, n_rows, k, covariance_type, seed, reg_covar)
-    return kmeans(passes, prepared, k, covariance_type, seed, reg_covar, weighted)
+        X, _ = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        _check_distinct(prepared, X, k_max)
+        origin = X[0]
+        passes_ = [
+            partial(kernel.random_resp_stats, origin=origin, k=c.k,
+                    covariance_type=c.covariance_type, seed=c.seed)
+            for c in candidates
+        ]
+        shifts = [kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type)
+                  for c in candidates]
+        stats = passes.stats(passes_, shifts, [c.covariance_type for c in candidates],
+                             "random responsibilities")
+        return [kernel.m_step(s, reg_covar) for s in stats]
+
+    if init_mode == "randomFromData":
+        X, _ = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        distinct = _check_distinct(prepared, X, k_max)
+        full = any(c.covariance_type in ("full", "tied") for c in candidates)
+        _, cov = data_moments(passes, X[0], full)
+        out = []
+        for c in candidates:
+            rng = np.random.default_rng(c.seed)
+            means = distinct[np.sort(rng.choice(len(distinct), size=c.k, replace=False))]
+            out.append(kernel.MixtureParams(
+                np.full(c.k, 1.0 / c.k), means,
+                _covariances_from_data(cov, c.k, c.covariance_type, reg_covar),
+                c.covariance_type,
+            ))
+        return out
+
+    # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
+    pairs = sorted({(c.k, c.seed) for c in candidates})
+    if init_mode == "k-means++":
+        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        _check_distinct(prepared, X, k_max)
+        centers: Dict[Tuple[int, int], np.ndarray] = {
+            (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w)
+            for k, seed in pairs
+        }
+    else:
+        centers = _kmeans_centers(prepared, passes, pairs, weighted)
+    stats = passes.hard_assignment_stats(
+        [centers[(c.k, c.seed)] for c in candidates], [c.covariance_type for c in candidates],
+        f"{init_mode} assignment",
+    )
+    return [kernel.m_step(s, reg_covar) for s in stats]
+
+
+def _explicit_params(passes, prepared, explicit: ExplicitInit, c: Candidate, n_features: int,
+                     reg_covar: float) -> kernel.MixtureParams:
+    means = np.atleast_2d(explicit.means)
+    if means.shape != (c.k, n_features):
+        raise ValueError(
+            f"initialMeans has shape {means.shape}; this fit needs k={c.k} means of "
+            f"{n_features} features"
+        )
+    weights = np.full(c.k, 1.0 / c.k) if explicit.weights is None else explicit.weights
+    covariances = explicit.covariances
+    if covariances is None:
+        full = c.covariance_type in ("full", "tied")
+        _, cov = data_moments(passes, _first_row(prepared), full)
+        covariances = _covariances_from_data(cov, c.k, c.covariance_type, reg_covar)
+    try:
+        params = kernel.MixtureParams(weights, means, covariances, c.covariance_type)
+    except ValueError as exc:
+        raise ValueError(f"initialWeights/initialMeans/initialCovariances: {exc}") from None
+    return params

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
@@ -405,6 +406,54 @@ def hard_assignment_stats(
     return stats
 
 
+def random_resp_stats(
+    X: np.ndarray,
+    sample_weight: Optional[np.ndarray],
+    origin: np.ndarray,
+    k: int,
+    covariance_type: str,
+    seed: int,
+    block_rows: Optional[int] = None,
+) -> SufficientStats:
+    """Statistics of uniformly random (normalised) responsibilities, scikit-learn's 'random'
+    init. The generator is seeded by ``seed`` and the bytes of each block, so a block always
+    draws the same responsibilities wherever and however often it is processed."""
+    d = X.shape[1]
+    shift = moment_shift(np.repeat(np.asarray(origin, dtype=np.float64)[None], k, 0),
+                         covariance_type)
+    stats = SufficientStats.zeros(shift, covariance_type)
+    for Xb, wb in _blocks(X, sample_weight, block_rows or default_block_rows(k, d)):
+        rng = np.random.default_rng([seed, zlib.crc32(Xb.tobytes()), Xb.shape[0]])
+        resp = rng.uniform(size=(Xb.shape[0], k))
+        resp /= resp.sum(axis=1, keepdims=True)
+        _add_moments(stats, Xb, resp * wb[:, None])
+        stats.counts += np.bincount(resp.argmax(axis=1), minlength=k)
+        stats.weight_sum += float(wb.sum())
+        stats.n_rows += Xb.shape[0]
+    return stats
+
+
+def kmeans_plus_plus(
+    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """k seeds chosen by k-means++ (D^2 weighting) among the rows of X: (n, d) -> (k, d)."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    Xc = X - X.mean(axis=0)  # distances are shift-invariant; centring keeps them exact
+    sq = np.einsum("ij,ij->i", Xc, Xc)
+    chosen = [int(rng.choice(n, p=w / w.sum()))]
+    closest = np.maximum(sq + sq[chosen[0]] - 2.0 * Xc @ Xc[chosen[0]], 0.0)
+    for _ in range(1, k):
+        p = closest * w
+        total = p.sum()
+        nxt = int(rng.choice(n, p=p / total)) if total > 0 else int(rng.integers(n))
+        chosen.append(nxt)
+        dist = np.maximum(sq + sq[nxt] - 2.0 * Xc @ Xc[nxt], 0.0)
+        np.minimum(closest, dist, out=closest)
+    return X[chosen]
+
+
 # --------------------------------------------------------------------------- M-step
 
 
@@ -429,19 +478,51 @@ def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
     return MixtureParams(nk / nk.sum(), means, cov, t)
 
 
+def collapsed_components(stats: SufficientStats) -> np.ndarray:
+    """Components supported by too few rows to estimate their covariance: fewer effective
+    rows than d + 1 (full) or 2 (other types). Indices, lightest first."""
+    d = stats.shift.shape[1]
+    min_rows = d + 1.0 if stats.covariance_type == "full" else 2.0
+    effective_rows = stats.resp * (stats.n_rows / stats.weight_sum) if stats.weight_sum else stats.resp
+    low = np.flatnonzero(effective_rows < min_rows)
+    return low[np.argsort(effective_rows[low])]
+
+
+def split_heaviest(params: MixtureParams, targets: Sequence[int]) -> MixtureParams:
+    """Re-seeds each target component by splitting the heaviest other component in two along
+    its principal axis (+-1 standard deviation); the pair shares the weight and covariance."""
+    weights, means = params.weights.copy(), params.means.copy()
+    covs = params.covariances.copy()
+    t = params.covariance_type
+    full = params.full_covariances()
+    for j in targets:
+        order = np.argsort(-weights)
+        h = next(int(i) for i in order if i != j)
+        eigval, eigvec = np.linalg.eigh(full[h])
+        offset = np.sqrt(max(eigval[-1], 0.0)) * eigvec[:, -1]
+        means[j], means[h] = means[h] + offset, means[h] - offset
+        weights[j] = weights[h] = weights[h] / 2.0
+        if t != "tied":
+            covs[j] = covs[h]
+        full[j] = full[h]
+    return MixtureParams(weights, means, covs, t)
+
+
 # --------------------------------------------------------------------------- the EM loop
 
 
 @dataclass
 class EMResult:
     """One candidate's fit. ``history`` holds the mean per-row (weighted) log-likelihood of
-    each iteration's E-step; ``final_stats`` is a pass at the returned parameters."""
+    each iteration's E-step; ``final_stats`` is a pass at the returned parameters;
+    ``recoveries`` counts collapsed components that were re-seeded."""
 
     params: MixtureParams
     n_iter: int = 0
     converged: bool = False
     history: List[float] = field(default_factory=list)
     final_stats: Optional[SufficientStats] = None
+    recoveries: int = 0
 
     @property
     def log_likelihood(self) -> float:
@@ -464,12 +545,18 @@ def run_em(
     reg_covar: float,
     final_pass: bool = True,
     on_iteration: Optional[Callable[[int, int, float, float, float], None]] = None,
+    recover_collapsed: bool = False,
+    on_recovery: Optional[Callable[[int, int, Sequence[int]], None]] = None,
 ) -> List[EMResult]:
     """Advances every candidate together: one ``compute_stats`` call (one data pass) per
     iteration for all candidates still running. A candidate stops when the change of its mean
     per-row log-likelihood is below ``tol`` (scikit-learn's rule) or after ``max_iter``.
 
-    ``on_iteration(iteration, candidate, mean_log_likelihood, change, seconds)`` reports progress.
+    With ``recover_collapsed``, components that :func:`collapsed_components` finds are
+    re-seeded by :func:`split_heaviest` (at most k events per candidate, so a k larger than
+    the data supports cannot keep EM from converging); that iteration does not count as
+    converged. ``on_iteration(iteration, candidate, mean_log_likelihood, change, seconds)`` and
+    ``on_recovery(iteration, candidate, components)`` report progress.
     """
     results = [EMResult(params) for params in initial]
     active = list(range(len(results)))
@@ -491,7 +578,15 @@ def run_em(
             res.n_iter = iteration
             if on_iteration:
                 on_iteration(iteration, i, ll, change, seconds)
-            if abs(change) < tol:
+            targets = collapsed_components(stats) if recover_collapsed else []
+            targets = targets[: max(res.params.k - res.recoveries, 0)] if res.params.k > 1 else []
+            if len(targets):
+                res.params = split_heaviest(res.params, targets)
+                res.recoveries += len(targets)
+                if on_recovery:
+                    on_recovery(iteration, i, list(map(int, targets)))
+                still.append(i)
+            elif abs(change) < tol:
                 res.converged = True
             else:
                 still.append(i)
@@ -522,3 +617,21 @@ def fit_em(
     return run_em(
         local_stats_function(X, sample_weight, block_rows), [initial], max_iter, tol, reg_covar
     )[0]
+
+
+def sample(params: MixtureParams, n: int, rng: np.random.Generator):
+    """n rows drawn from the mixture: (X (n, d), component labels (n,) int32)."""
+    labels = rng.choice(params.k, size=n, p=params.weights).astype(np.int32)
+    X = np.empty((n, params.d))
+    chols = np.linalg.cholesky(params.full_covariances())
+    for j in np.unique(labels):
+        rows = np.flatnonzero(labels == j)
+        X[rows] = params.means[j] + rng.standard_normal((len(rows), params.d)) @ chols[j].T
+    return X, labels
+
+
+def information_criteria(log_likelihood: float, n_parameters: int, total_weight: float):
+    """(BIC, AIC) of a fit with this total log-likelihood, parameter count and total row
+    weight (scikit-learn's definitions; lower is better)."""
+    bic = -2.0 * log_likelihood + n_parameters * np.log(total_weight)
+    return float(bic), float(-2.0 * log_likelihood + 2.0 * n_parameters)

@@ -23,7 +23,7 @@ from pyspark.ml.param.shared import (
 
 from spark_gmm.kernel import COVARIANCE_TYPES
 
-INIT_MODES = ("kmeans", "random")
+INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 HANDLE_INVALID = ("error", "skip")
 
 
@@ -49,6 +49,16 @@ def _at_least(name, low, to_type):
 
 def _identity(value):
     return value
+
+
+def _nested_floats(value):
+    """Nested lists of floats (JSON-serialisable, so they persist with the params)."""
+    import numpy as np
+
+    array = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("initial values must be finite numbers")
+    return array.tolist()
 
 
 class _GaussianMixtureParams(
@@ -95,8 +105,41 @@ class _GaussianMixtureParams(
     initMode = Param(
         Params._dummy(), "initMode",
         "Initialisation: 'kmeans' (Spark's KMeans, k-means||, then one M-step from its hard "
-        "assignments) or 'random' (k distinct rows as means, the data covariance for each).",
+        "assignments), 'k-means++' (k-means++ seeds from a sample of at most 20,000 rows, "
+        "then the same M-step), 'random' (random responsibilities, then an M-step) or "
+        "'randomFromData' (k distinct rows as means, the data covariance for each).",
         typeConverter=_one_of("initMode", INIT_MODES),
+    )
+    nInit = Param(
+        Params._dummy(), "nInit",
+        "Number of EM runs from different seeds; all advance together in one data pass per "
+        "iteration and the highest final log-likelihood wins.",
+        typeConverter=_at_least("nInit", 1, TypeConverters.toInt),
+    )
+    recoverCollapsed = Param(
+        Params._dummy(), "recoverCollapsed",
+        "Re-seed a component that collapses (fewer effective rows than d + 1 for full "
+        "covariances, 2 otherwise) by splitting the heaviest component, at most k times per "
+        "run; events are logged and counted in the summary. False leaves such components as "
+        "they are (regCovar still keeps them finite).",
+        typeConverter=TypeConverters.toBoolean,
+    )
+    initialWeights = Param(
+        Params._dummy(), "initialWeights",
+        "Explicit initial weights (k numbers); used with initialMeans.",
+        typeConverter=TypeConverters.toListFloat,
+    )
+    initialMeans = Param(
+        Params._dummy(), "initialMeans",
+        "Explicit initial means (k lists of d numbers). Weights default to uniform and "
+        "covariances to the data covariance plus regCovar.",
+        typeConverter=_nested_floats,
+    )
+    initialCovariances = Param(
+        Params._dummy(), "initialCovariances",
+        "Explicit initial covariances in covarianceType's layout: full k x d x d, tied d x d, "
+        "diag k x d, spherical k numbers; used with initialMeans.",
+        typeConverter=_nested_floats,
     )
     initialModel = Param(
         Params._dummy(), "initialModel",
@@ -120,6 +163,8 @@ class _GaussianMixtureParams(
             logLikelihoodCol="",
             handleInvalid="error",
             initMode="kmeans",
+            nInit=1,
+            recoverCollapsed=True,
         )
 
     def getK(self) -> int:
@@ -142,6 +187,30 @@ class _GaussianMixtureParams(
 
     def getInitialModel(self):
         return self.getOrDefault(self.initialModel)
+
+    def getNInit(self) -> int:
+        return self.getOrDefault(self.nInit)
+
+    def getRecoverCollapsed(self) -> bool:
+        return self.getOrDefault(self.recoverCollapsed)
+
+    def getInitialWeights(self):
+        return self.getOrDefault(self.initialWeights)
+
+    def getInitialMeans(self):
+        return self.getOrDefault(self.initialMeans)
+
+    def getInitialCovariances(self):
+        return self.getOrDefault(self.initialCovariances)
+
+    def _opt(self, param):
+        """The value of an optional param (no default), or None when unset."""
+        return self.getOrDefault(param) if self.isDefined(param) else None
+
+    def _seed(self) -> int:
+        """The seed, or the stable default when seed=None, as a non-negative 31-bit int."""
+        seed = self.getOrDefault(self.seed)
+        return int(seed if seed is not None else self._defaultParamMap[self.seed]) % (2**31)
 
 
 # The tol doc is ours, not Spark's: it is scale-free.

@@ -12,7 +12,7 @@ import os
 from typing import Any, Dict, Optional
 
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 FORMAT_VERSION = 1
 
@@ -25,7 +25,22 @@ def _class_name(cls) -> str:
     return cls.__module__ + "." + cls.__name__
 
 
-def _metadata_exists(spark: SparkSession, path: str) -> bool:
+def _path_exists(spark: SparkSession, path: str) -> bool:
+    """Whether something is stored at ``path``: the Hadoop file system on classic sessions,
+    a read attempt on Spark Connect (no JVM on the client)."""
+    try:
+        jsc = spark.sparkContext._jsc
+    except Exception:  # Spark Connect
+        jsc = None
+    if jsc is not None:
+        hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+        fs = hadoop_path.getFileSystem(jsc.hadoopConfiguration())
+        if not fs.exists(hadoop_path):
+            return False
+        # an empty directory (e.g. a fresh temporary one) is not in the way
+        return not fs.getFileStatus(hadoop_path).isDirectory() or len(fs.listStatus(hadoop_path)) > 0
+    if _local_dir_with_content(path):
+        return True
     try:
         spark.read.text(os.path.join(path, "metadata")).limit(1).collect()
         return True
@@ -50,13 +65,11 @@ class StageWriter(MLWriter):
 
     def save(self, path: str) -> None:
         spark = self.sparkSession
-        if not self.shouldOverwrite and (
-            _metadata_exists(spark, path) or _local_dir_with_content(path)
-        ):
+        if not self.shouldOverwrite and _path_exists(spark, path):
             raise FileExistsError(
                 f"path {path} already exists; use write().overwrite().save(path) to replace it"
             )
-        mode = "overwrite" if self.shouldOverwrite else "errorifexists"
+        mode = "overwrite" if self.shouldOverwrite else "error"
         extra, data, children = self.instance._save_parts(spark)
         params = {
             p.name: v for p, v in self.instance._paramMap.items() if p.name not in children

@@ -99,7 +99,7 @@ def test_k_below_one_and_unknown_params():
         GaussianMixture(regCovar=-1.0)
 
 
-@pytest.mark.parametrize("init_mode", ["kmeans", "random"])
+@pytest.mark.parametrize("init_mode", ["kmeans", "k-means++", "random", "randomFromData"])
 def test_fewer_distinct_rows_than_k(spark, init_mode):
     rows = [(Vectors.dense([1.0, 2.0]),)] * 30 + [(Vectors.dense([3.0, 4.0]),)] * 30
     df = spark.createDataFrame(rows, ["features"])

@@ -129,7 +129,7 @@ def test_one_d_density_matches_log_likelihood_column_and_integrates_to_one(spark
 def test_log_likelihood_history_is_monotone_and_summary_consistent(spark, blob_data):
     X, _ = blob_data
     df = vector_df(spark, X, 3)
-    model = GaussianMixture(k=3, seed=4, initMode="random", tol=0.0, maxIter=12).fit(df)
+    model = GaussianMixture(k=3, seed=4, initMode="randomFromData", tol=0.0, maxIter=12).fit(df)
     s = model.summary
     history = np.array(s.logLikelihoodHistory)
     assert len(history) == s.numIter == 12 and not s.converged

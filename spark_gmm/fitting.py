@@ -1,0 +1,101 @@
+"""The fit driver shared by GaussianMixture and GaussianMixtureSelector.
+
+Validates and prepares the input once, initialises every candidate (restarts, grid points),
+and advances all of them together: one Spark job per EM iteration whatever their number.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from pyspark.sql import DataFrame
+from pyspark.storagelevel import StorageLevel
+
+from spark_gmm import kernel
+from spark_gmm.data import InputReport, prepare, resolve_features
+from spark_gmm.em import SparkPasses
+from spark_gmm.init import Candidate, ExplicitInit, initial_params
+
+log = logging.getLogger("spark_gmm")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    features_col: str
+    input_cols: Optional[List[str]]
+    weight_col: Optional[str]
+    handle_invalid: str
+    aggregation_depth: int
+    init_mode: str
+    reg_covar: float
+    max_iter: int
+    tol: float
+    recover_collapsed: bool
+    fixed: Optional[kernel.MixtureParams] = None  # initialModel: the same for every candidate
+    explicit: Optional[ExplicitInit] = None  # initialMeans (+ weights, covariances)
+    description: str = "spark_gmm"
+
+
+@dataclass
+class FitOutcome:
+    candidates: List[Candidate]
+    results: List[kernel.EMResult]
+    report: InputReport
+    data_passes: int
+
+    def best(self, indices: Optional[Sequence[int]] = None) -> int:
+        """Index of the candidate with the highest final log-likelihood (first on ties)."""
+        indices = range(len(self.results)) if indices is None else indices
+        return max(indices, key=lambda i: (self.results[i].log_likelihood, -i))
+
+
+def fit_candidates(
+    dataset: DataFrame, candidates: Sequence[Candidate], settings: FitSettings
+) -> FitOutcome:
+    source = resolve_features(dataset, settings.features_col, settings.input_cols)
+    prepared, report = prepare(dataset, source, settings.weight_col, settings.handle_invalid)
+    if report.n_skipped:
+        log.warning(
+            "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
+            report.n_skipped, report.n_input_rows,
+        )
+    # Cache only what the caller did not: a cached input is read as it is.
+    persist = dataset.storageLevel == StorageLevel.NONE
+    if persist:
+        prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        passes = SparkPasses(
+            prepared, report.n_features, settings.aggregation_depth, settings.description
+        )
+        init = initial_params(
+            passes, prepared, report.n_rows, report.n_features, candidates, settings.init_mode,
+            settings.reg_covar, weighted=bool(settings.weight_col), fixed=settings.fixed,
+            explicit=settings.explicit,
+        )
+        pass_number = itertools.count(1)
+        multiple = len(candidates) > 1
+
+        def on_iteration(iteration, i, mean_ll, change, seconds):
+            who = f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]" \
+                if multiple else ""
+            log.info("EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
+                     iteration, who, mean_ll, change, seconds)
+
+        def on_recovery(iteration, i, components):
+            log.warning(
+                "EM iteration %d: component(s) %s of candidate %d collapsed (too few rows); "
+                "re-seeded by splitting the heaviest component", iteration, components, i,
+            )
+
+        results = kernel.run_em(
+            lambda params: passes.em_stats(params, f"EM pass {next(pass_number)}"),
+            init, settings.max_iter, settings.tol, settings.reg_covar,
+            on_iteration=on_iteration, recover_collapsed=settings.recover_collapsed,
+            on_recovery=on_recovery,
+        )
+    finally:
+        if persist:
+            prepared.unpersist()
+    return FitOutcome(list(candidates), results, report, passes.jobs)
