@@ -1223,12 +1223,9 @@ def _plot_sample(job: Job, df, model, prediction_col: Optional[str], total_rows:
 
 # =========================================================================== fit
 
-FIT_OUTPUTS = ("model", "predictions", "report", TRAINING_SCORES, RESOLVED_CONFIG)
-
-
-def _run_fit(job: Job) -> None:
-    from spark_gmm import GaussianMixture
-
+def _start_on_input(job: Job, outputs):
+    """Checks the input and output settings, starts Spark, prepares the output folder (and
+    the demo data) and reads the input: (df, description, demo, inputCols, featuresCol)."""
     cfg = job.cfg
     demo = bool(cfg.get("demo.enabled"))
     if not demo and not (cfg.get("input.path") or cfg.get("input.table")):
@@ -1237,13 +1234,24 @@ def _run_fit(job: Job) -> None:
     if not cfg.get("output.path"):
         raise JobError("no output folder: give --output PATH (output.path)")
     job.start_spark()
-    job.prepare_output(FIT_OUTPUTS + (("data",) if demo else ()))
+    job.prepare_output(outputs + (("data",) if demo else ()))
     if demo:
         _apply_demo(job)
     with job.timed("read"):
         df, desc = job.read_input()
     input_cols, features_col = check_features(df, desc, cfg.get("input.input_cols"),
                                               cfg.get("input.features_col"))
+    return df, desc, demo, input_cols, features_col
+
+
+FIT_OUTPUTS = ("model", "predictions", "report", TRAINING_SCORES, RESOLVED_CONFIG)
+
+
+def _run_fit(job: Job) -> None:
+    from spark_gmm import GaussianMixture
+
+    cfg = job.cfg
+    df, desc, demo, input_cols, features_col = _start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
     pred_col, prob_col, ll_col = (cfg["output.prediction_col"], cfg["output.probability_col"],
@@ -1507,20 +1515,7 @@ def _run_select(job: Job) -> None:
     from spark_gmm.selection import GaussianMixtureSelector
 
     cfg = job.cfg
-    demo = bool(cfg.get("demo.enabled"))
-    if not demo and not (cfg.get("input.path") or cfg.get("input.table")):
-        raise JobError("no input: give --input PATH or --table NAME (input.path / "
-                       "input.table), or --demo")
-    if not cfg.get("output.path"):
-        raise JobError("no output folder: give --output PATH (output.path)")
-    job.start_spark()
-    job.prepare_output(SELECT_OUTPUTS + (("data",) if demo else ()))
-    if demo:
-        _apply_demo(job)
-    with job.timed("read"):
-        df, desc = job.read_input()
-    input_cols, features_col = check_features(df, desc, cfg.get("input.input_cols"),
-                                              cfg.get("input.features_col"))
+    df, desc, demo, input_cols, features_col = _start_on_input(job, SELECT_OUTPUTS)
     params: Dict[str, Any] = dict(
         kValues=list(cfg["selection.k_values"]),
         covarianceTypes=list(cfg["selection.covariance_types"]),

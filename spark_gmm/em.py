@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from functools import partial
 from typing import Callable, List, Optional, Sequence
 
@@ -24,6 +25,9 @@ from spark_gmm.data import batch_to_numpy
 log = logging.getLogger("spark_gmm")
 
 _STATS_SCHEMA = "pid int, stats binary"
+# Test-only switch: "exit-first-attempt" kills the Python worker on each statistics task's
+# first attempt (tests/test_reliability.py shows a retried fit equals a clean one).
+FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
 
 # A pass computes one statistics vector from (X, w): kernel functions bound with partial.
 PassFunction = Callable[[np.ndarray, np.ndarray], kernel.SufficientStats]
@@ -36,6 +40,9 @@ def _partition_stats(n_features: int, passes: Sequence[PassFunction]):
         from pyspark import TaskContext
         from threadpoolctl import threadpool_limits
 
+        if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
+                and TaskContext.get().attemptNumber() == 0:
+            os._exit(3)  # a crashing Python worker, for the retry tests
         total = None
         # Two tasks share two cores: more BLAS threads per task only oversubscribe.
         with threadpool_limits(limits=1, user_api="blas"):

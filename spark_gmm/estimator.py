@@ -17,12 +17,12 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import DenseMatrix, DenseVector, MatrixUDT, Vector, VectorUDT
 from pyspark.ml.stat import MultivariateGaussian
-from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
 from spark_gmm import kernel
+from spark_gmm.checkpoint import local_dir
 from spark_gmm.data import (
     quote_name,
     list_array_to_numpy,
@@ -36,8 +36,7 @@ from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
 from spark_gmm.persistence import (
     ModelFileError,
-    StageReader,
-    StageWriter,
+    PersistentStage,
     load_child,
     read_data,
 )
@@ -71,7 +70,7 @@ class _ParamSetters:
         return self._set(handleInvalid=value)
 
 
-class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadable, MLWritable):
+class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, PersistentStage):
     """Gaussian mixture model fitted by distributed EM.
 
     >>> gm = GaussianMixture(k=3, covarianceType="full", seed=7)
@@ -104,6 +103,8 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         initialWeights: Optional[List[float]] = None,
         initialMeans: Optional[List[List[float]]] = None,
         initialCovariances: Optional[list] = None,
+        checkpointInterval: int = 10,
+        checkpointDir: Optional[str] = None,
     ):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -133,6 +134,8 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         initialWeights: Optional[List[float]] = None,
         initialMeans: Optional[List[List[float]]] = None,
         initialCovariances: Optional[list] = None,
+        checkpointInterval: int = 10,
+        checkpointDir: Optional[str] = None,
     ) -> "GaussianMixture":
         return self._set(**self._input_kwargs)
 
@@ -181,6 +184,12 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
     def setInitialCovariances(self, value: list) -> "GaussianMixture":
         return self._set(initialCovariances=value)
 
+    def setCheckpointInterval(self, value: int) -> "GaussianMixture":
+        return self._set(checkpointInterval=value)
+
+    def setCheckpointDir(self, value: str) -> "GaussianMixture":
+        return self._set(checkpointDir=value)
+
     # ------------------------------------------------------------------ fit
 
     def _settings(self) -> FitSettings:
@@ -200,6 +209,8 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
             fixed=initial._mixture if initial is not None else None,
             explicit=self._explicit_initial(),
             description=f"spark_gmm {self.uid}",
+            checkpoint_dir=local_dir(self._opt(self.checkpointDir)),
+            checkpoint_interval=self.getCheckpointInterval(),
         )
 
     def _explicit_initial(self):
@@ -225,7 +236,11 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
             Candidate(self.getK(), self.getCovarianceType(), seed + r) for r in range(n_init)
         ]
         outcome = fit_candidates(dataset, candidates, settings)
-        best = outcome.best()
+        return self._model_from(dataset, outcome, outcome.best())
+
+    def _model_from(self, dataset: DataFrame, outcome, best: int) -> "GaussianMixtureModel":
+        """The model of candidate ``best`` of a fit, with this estimator's uid and params
+        (the initial* ones aside) and a summary of the outcome's runs."""
         model = GaussianMixtureModel._create(outcome.results[best].params, uid=self.uid)
         self._copyValues(model)
         for param in (model.initialModel, model.initialWeights, model.initialMeans,
@@ -235,13 +250,6 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, MLReadab
         return model
 
     # ------------------------------------------------------------------ persistence
-
-    def write(self) -> StageWriter:
-        return StageWriter(self)
-
-    @classmethod
-    def read(cls) -> StageReader:
-        return StageReader(cls)
 
     def _save_parts(self, spark):
         initial = self._opt(self.initialModel)
@@ -260,7 +268,7 @@ def _array_or_none(value):
     return None if value is None else np.asarray(value, dtype=np.float64)
 
 
-class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReadable, MLWritable):
+class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, PersistentStage):
     """A fitted mixture: weights (k,), means (k, d), covariances in covarianceType's layout."""
 
     def __init__(self):
@@ -459,13 +467,6 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, MLReada
         return total, self.numParameters, weight
 
     # ------------------------------------------------------------------ persistence
-
-    def write(self) -> StageWriter:
-        return StageWriter(self)
-
-    @classmethod
-    def read(cls) -> StageReader:
-        return StageReader(cls)
 
     def _save_parts(self, spark):
         p = self._mixture

@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame
 from pyspark.storagelevel import StorageLevel
 
 from spark_gmm import kernel
+from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
 from spark_gmm.em import SparkPasses
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
@@ -36,6 +37,8 @@ class FitSettings:
     fixed: Optional[kernel.MixtureParams] = None  # initialModel: the same for every candidate
     explicit: Optional[ExplicitInit] = None  # initialMeans (+ weights, covariances)
     description: str = "spark_gmm"
+    checkpoint_dir: Optional[str] = None  # EM state saved here every checkpoint_interval
+    checkpoint_interval: int = 10  # iterations; < 1 disables
 
 
 @dataclass
@@ -69,11 +72,15 @@ def fit_candidates(
         passes = SparkPasses(
             prepared, report.n_features, settings.aggregation_depth, settings.description
         )
-        init = initial_params(
-            passes, prepared, report.n_rows, report.n_features, candidates, settings.init_mode,
-            settings.reg_covar, weighted=bool(settings.weight_col), fixed=settings.fixed,
-            explicit=settings.explicit,
-        )
+        checkpoint = Checkpoint.for_fit(settings, candidates, report)
+        resume = checkpoint.load() if checkpoint else None
+        init = None
+        if resume is None:
+            init = initial_params(
+                passes, prepared, report.n_rows, report.n_features, candidates,
+                settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
+                fixed=settings.fixed, explicit=settings.explicit,
+            )
         pass_number = itertools.count(1)
         multiple = len(candidates) > 1
 
@@ -89,12 +96,19 @@ def fit_candidates(
                 "re-seeded by splitting the heaviest component", iteration, components, i,
             )
 
+        def on_state(state):
+            if state.iteration % settings.checkpoint_interval == 0 or not state.active:
+                checkpoint.save(state)
+
         results = kernel.run_em(
             lambda params: passes.em_stats(params, f"EM pass {next(pass_number)}"),
             init, settings.max_iter, settings.tol, settings.reg_covar,
             on_iteration=on_iteration, recover_collapsed=settings.recover_collapsed,
-            on_recovery=on_recovery,
+            on_recovery=on_recovery, resume=resume,
+            on_state=on_state if checkpoint else None,
         )
+        if checkpoint:
+            checkpoint.remove()  # the fit is complete: nothing to resume
     finally:
         if persist:
             prepared.unpersist()

@@ -534,6 +534,55 @@ class EMResult:
         return self.final_stats.log_likelihood / self.final_stats.weight_sum
 
 
+@dataclass
+class EMState:
+    """Where a run of :func:`run_em` stands after ``iteration`` iterations: every candidate's
+    result so far and the indices of those still running. JSON-serialisable (checkpoints)."""
+
+    iteration: int
+    results: List[EMResult]
+    active: List[int]
+
+    @classmethod
+    def start(cls, initial: Sequence[MixtureParams]) -> "EMState":
+        return cls(0, [EMResult(params) for params in initial], list(range(len(initial))))
+
+    def to_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "active": list(self.active),
+            "results": [
+                {"params": params_to_dict(r.params), "n_iter": r.n_iter,
+                 "converged": r.converged, "history": list(r.history),
+                 "recoveries": r.recoveries}
+                for r in self.results
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EMState":
+        results = [
+            EMResult(params_from_dict(r["params"]), int(r["n_iter"]), bool(r["converged"]),
+                     [float(v) for v in r["history"]], None, int(r["recoveries"]))
+            for r in data["results"]
+        ]
+        return cls(int(data["iteration"]), results, [int(i) for i in data["active"]])
+
+
+def params_to_dict(params: MixtureParams) -> dict:
+    """Plain lists (floats round-trip exactly through JSON)."""
+    return {"weights": params.weights.tolist(), "means": params.means.tolist(),
+            "covariances": params.covariances.tolist(),
+            "covariance_type": params.covariance_type}
+
+
+def params_from_dict(data: dict) -> MixtureParams:
+    return MixtureParams(np.asarray(data["weights"], dtype=np.float64),
+                         np.asarray(data["means"], dtype=np.float64),
+                         np.asarray(data["covariances"], dtype=np.float64),
+                         data["covariance_type"])
+
+
 StatsFunction = Callable[[Sequence[MixtureParams]], List[SufficientStats]]
 
 
@@ -547,6 +596,8 @@ def run_em(
     on_iteration: Optional[Callable[[int, int, float, float, float], None]] = None,
     recover_collapsed: bool = False,
     on_recovery: Optional[Callable[[int, int, Sequence[int]], None]] = None,
+    resume: Optional[EMState] = None,
+    on_state: Optional[Callable[[EMState], None]] = None,
 ) -> List[EMResult]:
     """Advances every candidate together: one ``compute_stats`` call (one data pass) per
     iteration for all candidates still running. A candidate stops when the change of its mean
@@ -556,18 +607,20 @@ def run_em(
     re-seeded by :func:`split_heaviest` (at most k events per candidate, so a k larger than
     the data supports cannot keep EM from converging); that iteration does not count as
     converged. ``on_iteration(iteration, candidate, mean_log_likelihood, change, seconds)`` and
-    ``on_recovery(iteration, candidate, components)`` report progress.
+    ``on_recovery(iteration, candidate, components)`` report progress; ``on_state(state)``
+    sees the state after every iteration (for checkpoints), and ``resume`` continues from
+    such a state instead of ``initial``: the result is the same as an uninterrupted run.
     """
-    results = [EMResult(params) for params in initial]
-    active = list(range(len(results)))
-    iteration = 0
-    while active and iteration < max_iter:
-        iteration += 1
+    state = resume if resume is not None else EMState.start(initial)
+    results = state.results
+    while state.active and state.iteration < max_iter:
+        state.iteration += 1
+        iteration = state.iteration
         started = time.perf_counter()
-        stats_list = compute_stats([results[i].params for i in active])
+        stats_list = compute_stats([results[i].params for i in state.active])
         seconds = time.perf_counter() - started
         still = []
-        for i, stats in zip(active, stats_list):
+        for i, stats in zip(state.active, stats_list):
             res = results[i]
             if stats.weight_sum <= 0:
                 raise ValueError("the total weight of the rows is zero")
@@ -590,7 +643,9 @@ def run_em(
                 res.converged = True
             else:
                 still.append(i)
-        active = still
+        state.active = still
+        if on_state:
+            on_state(state)
     if final_pass and results:
         for res, stats in zip(results, compute_stats([r.params for r in results])):
             res.final_stats = stats

@@ -11,6 +11,7 @@ import zlib
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasAggregationDepth,
+    HasCheckpointInterval,
     HasFeaturesCol,
     HasInputCols,
     HasMaxIter,
@@ -71,6 +72,7 @@ class _GaussianMixtureParams(
     HasWeightCol,
     HasAggregationDepth,
     HasInputCols,
+    HasCheckpointInterval,
 ):
     """Params shared by the estimator and the model."""
 
@@ -141,6 +143,13 @@ class _GaussianMixtureParams(
         "diag k x d, spherical k numbers; used with initialMeans.",
         typeConverter=_nested_floats,
     )
+    checkpointDir = Param(
+        Params._dummy(), "checkpointDir",
+        "Directory of the driver's file system where the EM state is saved every "
+        "checkpointInterval iterations (atomically); a fit started again with the same "
+        "settings on the same data resumes from it. Unset (the default): no checkpoints.",
+        typeConverter=TypeConverters.toString,
+    )
     initialModel = Param(
         Params._dummy(), "initialModel",
         "A fitted GaussianMixtureModel to start EM from (warm start); its k, number of "
@@ -165,6 +174,7 @@ class _GaussianMixtureParams(
             initMode="kmeans",
             nInit=1,
             recoverCollapsed=True,
+            checkpointInterval=10,
         )
 
     def getK(self) -> int:
@@ -193,6 +203,9 @@ class _GaussianMixtureParams(
 
     def getRecoverCollapsed(self) -> bool:
         return self.getOrDefault(self.recoverCollapsed)
+
+    def getCheckpointDir(self) -> str:
+        return self.getOrDefault(self.checkpointDir)
 
     def getInitialWeights(self):
         return self.getOrDefault(self.initialWeights)

@@ -11,7 +11,14 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 from pyspark.sql import SparkSession
 
 FORMAT_VERSION = 1
@@ -162,3 +169,15 @@ def load_child(cls, path: str, name: str, metadata: Dict[str, Any]) -> Optional[
     if name not in metadata.get("children", []):
         return None
     return cls.load(os.path.join(path, name))
+
+
+class PersistentStage(MLReadable, MLWritable):
+    """save/load for a stage that implements ``_save_parts(spark)`` and
+    ``_from_saved(spark, path, metadata)`` (see StageWriter and StageReader)."""
+
+    def write(self) -> StageWriter:
+        return StageWriter(self)
+
+    @classmethod
+    def read(cls) -> StageReader:
+        return StageReader(cls)

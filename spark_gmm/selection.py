@@ -15,7 +15,6 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.evaluation import Evaluator
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasWeightCol
-from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -25,12 +24,11 @@ from spark_gmm.estimator import (
     NUM_PARAMETERS_METADATA,
     GaussianMixture,
     GaussianMixtureModel,
-    GaussianMixtureSummary,
 )
 from spark_gmm.fitting import FitOutcome, fit_candidates
 from spark_gmm.init import Candidate
 from spark_gmm.params import _one_of
-from spark_gmm.persistence import StageReader, StageWriter, load_child, read_data
+from spark_gmm.persistence import PersistentStage, load_child, read_data
 
 CRITERIA = ("bic", "aic")
 TABLE_COLUMNS = ["k", "covarianceType", "logLikelihood", "nParameters", "bic", "aic",
@@ -79,7 +77,7 @@ class _SelectorParams(Params):
         return self.getOrDefault(self.criterion)
 
 
-class GaussianMixtureSelector(Estimator, _SelectorParams, MLReadable, MLWritable):
+class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
     """Fits ``estimator`` for every k in kValues and every type in covarianceTypes, in shared
     data passes, and keeps the one with the lowest criterion.
 
@@ -164,28 +162,16 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, MLReadable, MLWritable
         winner = int(table[self.getCriterion()].idxmin())  # first of equal values
         indices, best = chosen[winner]
 
-        model = GaussianMixtureModel._create(outcome.results[best].params, uid=estimator.uid)
-        estimator._copyValues(model)
-        for param in (model.initialModel, model.initialWeights, model.initialMeans,
-                      model.initialCovariances):
-            model.clear(param)
         restarts = FitOutcome(
             [outcome.candidates[i] for i in indices], [outcome.results[i] for i in indices],
             outcome.report, outcome.data_passes,
         )
-        model._summary = GaussianMixtureSummary(model, dataset, restarts, indices.index(best))
+        model = estimator._model_from(dataset, restarts, indices.index(best))
         selection = GaussianMixtureSelectionModel._create(model, table, uid=self.uid)
         self._copyValues(selection)
         return selection
 
     # persistence: the params, with the estimator as a child stage
-    def write(self) -> StageWriter:
-        return StageWriter(self)
-
-    @classmethod
-    def read(cls) -> StageReader:
-        return StageReader(cls)
-
     def _save_parts(self, spark):
         return {}, None, {"estimator": self._estimator}
 
@@ -196,7 +182,7 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, MLReadable, MLWritable
         return selector
 
 
-class GaussianMixtureSelectionModel(Model, _SelectorParams, MLReadable, MLWritable):
+class GaussianMixtureSelectionModel(Model, _SelectorParams, PersistentStage):
     """The selected model (``bestModel``, used by ``transform``) and the ``table`` of every
     grid point: k, covarianceType, logLikelihood, nParameters, bic, aic, numIter, converged."""
 
@@ -221,13 +207,6 @@ class GaussianMixtureSelectionModel(Model, _SelectorParams, MLReadable, MLWritab
         new.bestModel, new.table = self.bestModel.copy(), self.table.copy()
         return new
 
-    def write(self) -> StageWriter:
-        return StageWriter(self)
-
-    @classmethod
-    def read(cls) -> StageReader:
-        return StageReader(cls)
-
     def _save_parts(self, spark):
         table = self.table.astype({"k": "int64", "nParameters": "int64", "numIter": "int64",
                                    "converged": "bool"})
@@ -246,7 +225,7 @@ class GaussianMixtureSelectionModel(Model, _SelectorParams, MLReadable, MLWritab
         return cls._create(best, table)
 
 
-class GaussianMixtureEvaluator(Evaluator, HasWeightCol, MLReadable, MLWritable):
+class GaussianMixtureEvaluator(Evaluator, HasWeightCol, PersistentStage):
     """Scores a transformed DataFrame by its per-row log-likelihood column.
 
     metricName: "logLikelihood" (weighted mean per row; larger is better), "bic" or "aic"
@@ -318,13 +297,6 @@ class GaussianMixtureEvaluator(Evaluator, HasWeightCol, MLReadable, MLWritable):
             )
         bic, aic = kernel.information_criteria(total, int(n_parameters), weight)
         return bic if metric == "bic" else aic
-
-    def write(self) -> StageWriter:
-        return StageWriter(self)
-
-    @classmethod
-    def read(cls) -> StageReader:
-        return StageReader(cls)
 
     def _save_parts(self, spark):
         return {}, None, {}

@@ -1,0 +1,162 @@
+"""Faults and checkpoints: a fit whose tasks crash, and a fit whose driver is killed, end with
+the parameters of a clean, uninterrupted fit."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spark_gmm import GaussianMixture, kernel
+from spark_gmm.checkpoint import Checkpoint
+from tests.conftest import SCRIPTS_DIR, script_env
+from tests.datasets import blobs
+
+SCRIPT = SCRIPTS_DIR / "reliability_fit.py"
+FIT = dict(k=3, seed=2, tol=0.0)  # as in tests/scripts/reliability_fit.py
+
+
+@pytest.fixture(scope="module")
+def parquet_data(spark, tmp_path_factory):
+    X, _ = blobs(300, 4, k=3, separation=3.0, seed=8)
+    path = str(tmp_path_factory.mktemp("reliability") / "data.parquet")
+    df = spark.createDataFrame([([float(v) for v in x],) for x in X], "features array<double>")
+    df.repartition(3).write.parquet(path)
+    return path
+
+
+def _reference(spark, path, max_iter):
+    model = GaussianMixture(maxIter=max_iter, **FIT).fit(spark.read.parquet(path))
+    return {"weights": model.weights, "means": model.means.tolist(),
+            "covariances": model.covariances.tolist(), "numIter": model.summary.numIter,
+            "history": model.summary.logLikelihoodHistory,
+            "logLikelihood": model.summary.logLikelihood}
+
+
+def _assert_same_fit(got, expected):
+    for key in ("weights", "means", "covariances", "history"):
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]), key)
+    assert got["numIter"] == expected["numIter"]
+    assert got["logLikelihood"] == expected["logLikelihood"]
+
+
+# ------------------------------------------------------------------ kernel level
+
+def _two_candidates(X):
+    starts = []
+    for covariance_type, rows in (("full", [0, 1, 2]), ("diag", [3, 4, 5])):
+        stats = kernel.hard_assignment_stats(X, None, X[rows], covariance_type)
+        starts.append(kernel.m_step(stats, 1e-6))
+    return starts
+
+
+def test_resumed_em_equals_uninterrupted_em():
+    X, _ = blobs(100, 3, k=3, separation=2.0, seed=1)
+    stats = kernel.local_stats_function(X)
+    initial = _two_candidates(X)
+    whole = kernel.run_em(stats, initial, 25, 0.0, 1e-6)
+    saved = {}
+    kernel.run_em(stats, initial, 9, 0.0, 1e-6, final_pass=False,
+                  on_state=lambda s: saved.update(text=json.dumps(s.to_dict())))
+    state = kernel.EMState.from_dict(json.loads(saved["text"]))  # through JSON, as on disk
+    assert state.iteration == 9
+    resumed = kernel.run_em(stats, [], 25, 0.0, 1e-6, resume=state)
+    for a, b in zip(resumed, whole):
+        np.testing.assert_array_equal(a.params.means, b.params.means)
+        np.testing.assert_array_equal(a.params.covariances, b.params.covariances)
+        assert a.history == b.history and a.n_iter == b.n_iter == 25
+        assert a.log_likelihood == b.log_likelihood
+
+
+def test_checkpoint_file_is_atomic_and_only_read_by_its_fit(tmp_path):
+    X, _ = blobs(50, 2, k=2, seed=3)
+    state = kernel.EMState.start(_two_candidates(X))
+    checkpoint = Checkpoint(str(tmp_path / "cp" / "state.json"), "fingerprint-a")
+    checkpoint.save(state)
+    assert os.listdir(tmp_path / "cp") == ["state.json"]  # no temporary file left
+    assert checkpoint.load().to_dict() == state.to_dict()
+    assert Checkpoint(checkpoint.path, "fingerprint-b").load() is None  # another fit's
+    text = Path(checkpoint.path).read_text()
+    Path(checkpoint.path).write_text(text[: len(text) // 2])  # a torn write
+    assert checkpoint.load() is None
+    checkpoint.remove()
+    checkpoint.remove()
+    assert not os.path.exists(checkpoint.path)
+
+
+def test_checkpoint_dir_must_be_on_the_driver(spark, parquet_data):
+    gm = GaussianMixture(maxIter=2, checkpointDir="hdfs://namenode/tmp/gmm", **FIT)
+    with pytest.raises(ValueError, match="driver's file system"):
+        gm.fit(spark.read.parquet(parquet_data))
+
+
+def test_fit_with_checkpoints_equals_fit_without(spark, parquet_data, tmp_path):
+    plain = _reference(spark, parquet_data, 12)
+    model = GaussianMixture(maxIter=12, checkpointDir=str(tmp_path / "cp"),
+                            checkpointInterval=3, **FIT).fit(spark.read.parquet(parquet_data))
+    _assert_same_fit({"weights": model.weights, "means": model.means.tolist(),
+                      "covariances": model.covariances.tolist(),
+                      "numIter": model.summary.numIter,
+                      "history": model.summary.logLikelihoodHistory,
+                      "logLikelihood": model.summary.logLikelihood}, plain)
+    assert os.listdir(tmp_path / "cp") == []  # a finished fit leaves no checkpoint
+
+
+# ------------------------------------------------------------------ processes
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path, run_script):
+    max_iter = 60
+    checkpoints = tmp_path / "checkpoints"
+    args = ["--parquet", parquet_data, "--max-iter", max_iter, "--checkpoint-dir", checkpoints,
+            "--checkpoint-interval", 2]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args), "--out", str(tmp_path / "first.json")],
+        env=script_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its JVM too is killed with the group
+    )
+    killed_at = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            for path in glob.glob(str(checkpoints / "spark_gmm-*.json")):
+                with open(path) as fh:  # atomic writes: always a whole JSON document
+                    iteration = json.load(fh)["state"]["iteration"]
+                if iteration >= 6:
+                    killed_at = iteration
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            if killed_at:
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        log.close()
+    assert killed_at is not None, (tmp_path / "first.log").read_text()[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "first.json").exists()  # it really died mid-fit
+
+    second = run_script(SCRIPT, *args, "--out", tmp_path / "second.json")
+    assert "resuming from checkpoint" in second.stderr
+    resumed = json.loads((tmp_path / "second.json").read_text())
+    _assert_same_fit(resumed, _reference(spark, parquet_data, max_iter))
+    assert glob.glob(str(checkpoints / "*")) == []  # removed once the fit finished
+
+
+@pytest.mark.slow
+def test_crashing_python_workers_are_retried_to_the_same_result(spark, parquet_data, tmp_path,
+                                                                 run_script):
+    run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 8,
+               "--out", tmp_path / "retried.json",
+               env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"})
+    retried = json.loads((tmp_path / "retried.json").read_text())
+    assert retried["failedTasks"] > 0  # the first attempts did crash
+    _assert_same_fit(retried, _reference(spark, parquet_data, 8))
