@@ -361,6 +361,7 @@ def run_spark_gmm(df, args, k: int, covariance_type: str) -> Dict:
         "num_recovered_components": summary.numRecoveredComponents,
         "log_likelihood_reported": summary.logLikelihood,
         "log_likelihood_reported_at": "returned parameters",
+        "mean_log_likelihood_history": list(summary.logLikelihoodHistory),
         "params": kernel.MixtureParams(np.asarray(model.weights), np.asarray(model.means),
                                        np.asarray(model.covariances), covariance_type),
     })
@@ -436,6 +437,7 @@ def run_sklearn(X: np.ndarray, args, k: int, covariance_type: str) -> Dict:
                                 if i.get("user_api") == "blas"}),
         "log_likelihood_reported": float(model.lower_bound_) * X.shape[0],
         "log_likelihood_reported_at": "parameters of the last E-step (lower_bound_ * rows)",
+        "mean_log_likelihood_history": [float(v) for v in getattr(model, "lower_bounds_", [])],
         "params": kernel.MixtureParams(model.weights_, model.means_, model.covariances_,
                                        covariance_type),
     })
