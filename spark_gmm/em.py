@@ -25,6 +25,10 @@ from spark_gmm.data import batch_to_numpy
 log = logging.getLogger("spark_gmm")
 
 _STATS_SCHEMA = "pid int, stats binary"
+# Packed data: one row per block of prepared rows, float64 row-major bytes (X) and weights.
+BLOCKS_SCHEMA = "n int, x binary, w binary"
+# Rows x features doubles per packed block: at most 2**20 (8 MiB per value).
+_BLOCK_ELEMENTS = 1 << 20
 # Test-only switch: "exit-first-attempt" kills the Python worker on each statistics task's
 # first attempt (tests/test_reliability.py shows a retried fit equals a clean one).
 FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
@@ -33,8 +37,49 @@ FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
 PassFunction = Callable[[np.ndarray, np.ndarray], kernel.SufficientStats]
 
 
-def _partition_stats(n_features: int, passes: Sequence[PassFunction]):
-    """The mapInArrow function: Arrow batches of prepared rows -> one row of statistics."""
+def _pack(n_features: int):
+    """The mapInArrow function: Arrow batches of prepared rows -> rows of packed blocks."""
+    block = max(1, _BLOCK_ELEMENTS // n_features)
+
+    def run(batches):
+        for batch in batches:
+            for start in range(0, batch.num_rows, block):
+                X, w = batch_to_numpy(batch.slice(start, block), n_features)
+                if X.shape[0]:
+                    yield pa.RecordBatch.from_pydict({
+                        "n": pa.array([X.shape[0]], pa.int32()),
+                        "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
+                        "w": pa.array([w.tobytes()], pa.binary()),
+                    })
+
+    return run
+
+
+def pack_blocks(prepared: DataFrame, n_features: int) -> DataFrame:
+    """The prepared rows as dense float64 blocks (columns of ``BLOCKS_SCHEMA``), in the same
+    partitions and order. Cached, they are about the size of the raw doubles, and a pass
+    reads them without converting a row at a time: at 1M x 10 on local[2], a pass that only
+    reads the data took 0.85 s from cached array rows and 0.5 s from cached blocks."""
+    return prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
+
+
+def _read_blocks(batch: pa.RecordBatch, n_features: int):
+    """(X, w) of each packed row of a batch, viewing the Arrow buffers without copies."""
+    ns = batch.column("n").to_numpy(zero_copy_only=False)
+    xs, ws = batch.column("x"), batch.column("w")
+    for i, n in enumerate(ns):
+        X = np.frombuffer(xs[i].as_buffer(), dtype=np.float64).reshape(int(n), n_features)
+        yield X, np.frombuffer(ws[i].as_buffer(), dtype=np.float64)
+
+
+def _read_rows(batch: pa.RecordBatch, n_features: int):
+    yield batch_to_numpy(batch, n_features)
+
+
+def _partition_stats(n_features: int, passes: Sequence[PassFunction], packed: bool):
+    """The mapInArrow function: Arrow batches of prepared rows (or packed blocks) -> one row
+    of statistics."""
+    read = _read_blocks if packed else _read_rows
 
     def run(batches):
         from pyspark import TaskContext
@@ -49,9 +94,9 @@ def _partition_stats(n_features: int, passes: Sequence[PassFunction]):
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                X, w = batch_to_numpy(batch, n_features)
-                vector = np.concatenate([p(X, w).to_vector() for p in passes])
-                total = vector if total is None else total + vector
+                for X, w in read(batch, n_features):
+                    vector = np.concatenate([p(X, w).to_vector() for p in passes])
+                    total = vector if total is None else total + vector
         if total is not None:
             pid = TaskContext.get().partitionId()
             yield pa.RecordBatch.from_pydict(
@@ -86,7 +131,8 @@ def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
 
 
 class SparkPasses:
-    """Runs statistics passes over a prepared DataFrame (columns of :mod:`spark_gmm.data`)."""
+    """Runs statistics passes over a prepared DataFrame (columns of :mod:`spark_gmm.data`),
+    or over its :func:`pack_blocks` form when ``packed``."""
 
     def __init__(
         self,
@@ -94,8 +140,10 @@ class SparkPasses:
         n_features: int,
         aggregation_depth: int = 2,
         description: str = "spark_gmm",
+        packed: bool = False,
     ):
         self.prepared = prepared
+        self.packed = packed
         self.n_features = n_features
         self.aggregation_depth = aggregation_depth
         self.description = description
@@ -105,7 +153,7 @@ class SparkPasses:
     def run(self, passes: Sequence[PassFunction], label: str) -> np.ndarray:
         """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
         stats = self.prepared.mapInArrow(
-            _partition_stats(self.n_features, list(passes)), _STATS_SCHEMA
+            _partition_stats(self.n_features, list(passes), self.packed), _STATS_SCHEMA
         )
         scale = _tree_scale(self.n_partitions, self.aggregation_depth)
         if scale:

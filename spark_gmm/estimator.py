@@ -526,7 +526,7 @@ def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names)
     X = list_array_to_numpy(features, d)
     if not np.all(np.isfinite(X)):
         raise ValueError(
-            f"{description} has NaN or infinite values; set handleInvalid='skip' to drop "
+            f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
             "those rows"
         )
     labels, proba, logp = kernel.predict(X, params)

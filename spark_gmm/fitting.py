@@ -16,7 +16,7 @@ from pyspark.storagelevel import StorageLevel
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
-from spark_gmm.em import SparkPasses
+from spark_gmm.em import SparkPasses, pack_blocks
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
 
 log = logging.getLogger("spark_gmm")
@@ -64,13 +64,17 @@ def fit_candidates(
             "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
             report.n_skipped, report.n_input_rows,
         )
-    # Cache only what the caller did not: a cached input is read as it is.
-    persist = dataset.storageLevel == StorageLevel.NONE
-    if persist:
+    # Initialisation reads rows (samples, Spark's KMeans): cache them only if the caller did
+    # not cache the input, and only until EM starts. Every statistics pass reads the rows
+    # packed in dense float64 blocks (about the size of the raw doubles), cached for the fit.
+    persist_rows = dataset.storageLevel == StorageLevel.NONE
+    if persist_rows:
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
+    blocks = pack_blocks(prepared, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         passes = SparkPasses(
-            prepared, report.n_features, settings.aggregation_depth, settings.description
+            blocks, report.n_features, settings.aggregation_depth, settings.description,
+            packed=True,
         )
         checkpoint = Checkpoint.for_fit(settings, candidates, report)
         resume = checkpoint.load() if checkpoint else None
@@ -81,6 +85,9 @@ def fit_candidates(
                 settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
                 fixed=settings.fixed, explicit=settings.explicit,
             )
+        if persist_rows:
+            prepared.unpersist()  # EM reads only the blocks
+            persist_rows = False
         pass_number = itertools.count(1)
         multiple = len(candidates) > 1
 
@@ -110,6 +117,7 @@ def fit_candidates(
         if checkpoint:
             checkpoint.remove()  # the fit is complete: nothing to resume
     finally:
-        if persist:
+        blocks.unpersist()
+        if persist_rows:
             prepared.unpersist()
     return FitOutcome(list(candidates), results, report, passes.jobs)

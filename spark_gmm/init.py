@@ -55,6 +55,13 @@ def data_moments(passes: SparkPasses, origin: np.ndarray, full: bool):
     )[0]
     delta = stats.first[0] / stats.resp[0]
     mean = stats.shift[0] + delta
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares_overflow = not np.all(np.isfinite(stats.second[0] / stats.resp[0]))
+    if squares_overflow or not np.all(np.isfinite(mean)):
+        raise InvalidInputError(
+            "the features are too large for float64: the squares of their deviations "
+            "overflow (values beyond ~1e154); scale the features"
+        )
     if full:
         cov = stats.second[0] / stats.resp[0] - np.outer(delta, delta)
         cov = 0.5 * (cov + cov.T)
@@ -80,7 +87,8 @@ def _sample_rows(prepared: DataFrame, n_rows: int, seed: int, limit: int):
 
 
 def _distinct_rows(prepared: DataFrame, k: int) -> np.ndarray:
-    rows = prepared.select(FEATURES).distinct().limit(k).collect()
+    """Up to k distinct rows among those of positive weight (zero weight = no row)."""
+    rows = prepared.where(F.col(WEIGHT) > 0).select(FEATURES).distinct().limit(k).collect()
     return np.asarray([r[0] for r in rows], dtype=np.float64)
 
 
@@ -90,9 +98,11 @@ def _too_few_distinct(found: int, k: int) -> InvalidInputError:
     )
 
 
-def _check_distinct(prepared: DataFrame, rows: np.ndarray, k: int) -> np.ndarray:
-    """Distinct rows of a sample, topped up from the whole data when the sample has < k."""
-    distinct = np.unique(rows, axis=0)
+def _check_distinct(prepared: DataFrame, rows: np.ndarray, k: int,
+                    weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Distinct rows (of positive weight) of a sample, topped up from the whole data when the
+    sample has fewer than k."""
+    distinct = np.unique(rows if weights is None else rows[weights > 0], axis=0)
     if len(distinct) < k:
         distinct = _distinct_rows(prepared, k)
         if len(distinct) < k:
@@ -178,8 +188,8 @@ def initial_params(
                 for c in candidates]
 
     if init_mode == "random":
-        X, _ = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(prepared, X, k_max)
+        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        _check_distinct(prepared, X, k_max, w)
         origin = X[0]
         passes_ = [
             partial(kernel.random_resp_stats, origin=origin, k=c.k,
@@ -193,8 +203,8 @@ def initial_params(
         return [kernel.m_step(s, reg_covar) for s in stats]
 
     if init_mode == "randomFromData":
-        X, _ = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        distinct = _check_distinct(prepared, X, k_max)
+        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        distinct = _check_distinct(prepared, X, k_max, w)
         full = any(c.covariance_type in ("full", "tied") for c in candidates)
         _, cov = data_moments(passes, X[0], full)
         out = []
@@ -212,7 +222,7 @@ def initial_params(
     pairs = sorted({(c.k, c.seed) for c in candidates})
     if init_mode == "k-means++":
         X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(prepared, X, k_max)
+        _check_distinct(prepared, X, k_max, w)
         centers: Dict[Tuple[int, int], np.ndarray] = {
             (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w)
             for k, seed in pairs

