@@ -466,7 +466,7 @@ def kernel_ceiling(X: np.ndarray, params: "kernel.MixtureParams", repeats: int, 
 
 def total_log_likelihood(X: np.ndarray, params: "kernel.MixtureParams") -> float:
     """Sum of log p(x_i) under ``params``, by the kernel's E-step in row blocks."""
-    block = kernel.default_block_rows(params.k, params.d)
+    block = kernel.default_block_rows(params.k, params.d, params.covariance_type)
     total = 0.0
     for start in range(0, X.shape[0], block):
         log_prob_norm, _ = kernel.e_step(X[start:start + block], params)

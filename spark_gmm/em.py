@@ -29,6 +29,8 @@ _STATS_SCHEMA = "pid int, stats binary"
 BLOCKS_SCHEMA = "n int, x binary, w binary"
 # Rows x features doubles per packed block: at most 2**20 (8 MiB per value).
 _BLOCK_ELEMENTS = 1 << 20
+# Partitions per core that EM passes read at most (see limit_partitions).
+TASKS_PER_CORE = 2
 # Test-only switch: "exit-first-attempt" kills the Python worker on each statistics task's
 # first attempt (tests/test_reliability.py shows a retried fit equals a clean one).
 FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
@@ -58,9 +60,23 @@ def _pack(n_features: int):
 def pack_blocks(prepared: DataFrame, n_features: int) -> DataFrame:
     """The prepared rows as dense float64 blocks (columns of ``BLOCKS_SCHEMA``), in the same
     partitions and order. Cached, they are about the size of the raw doubles, and a pass
-    reads them without converting a row at a time: at 1M x 10 on local[2], a pass that only
-    reads the data took 0.85 s from cached array rows and 0.5 s from cached blocks."""
+    reads them without converting a row at a time (jobs/bench_pass_read.py compares)."""
     return prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
+
+
+def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame:
+    """``df`` coalesced (no shuffle) to ``per_core`` partitions per core of the session when
+    it has more: every pass launches one Python task per partition, at a fixed cost of tens of
+    milliseconds each, so inputs of hundreds of small partitions (e.g. after a shuffle) would
+    spend most of each EM iteration starting tasks. Spark Connect exposes no core count: there
+    the partitioning is kept."""
+    try:
+        target = per_core * df.sparkSession.sparkContext.defaultParallelism
+        if df.rdd.getNumPartitions() > target:
+            return df.coalesce(target)
+    except Exception:  # Spark Connect: no SparkContext, no RDDs
+        pass
+    return df
 
 
 def _read_blocks(batch: pa.RecordBatch, n_features: int):

@@ -16,7 +16,7 @@ from pyspark.storagelevel import StorageLevel
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
-from spark_gmm.em import SparkPasses, pack_blocks
+from spark_gmm.em import SparkPasses, limit_partitions, pack_blocks
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
 
 log = logging.getLogger("spark_gmm")
@@ -66,11 +66,13 @@ def fit_candidates(
         )
     # Initialisation reads rows (samples, Spark's KMeans): cache them only if the caller did
     # not cache the input, and only until EM starts. Every statistics pass reads the rows
-    # packed in dense float64 blocks (about the size of the raw doubles), cached for the fit.
+    # packed in dense float64 blocks (about the size of the raw doubles), cached for the fit
+    # in at most two partitions per core.
     persist_rows = dataset.storageLevel == StorageLevel.NONE
     if persist_rows:
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
-    blocks = pack_blocks(prepared, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
+    blocks = limit_partitions(pack_blocks(prepared, report.n_features))
+    blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         passes = SparkPasses(
             blocks, report.n_features, settings.aggregation_depth, settings.description,

@@ -9,11 +9,18 @@ drive the single-process reference fit :func:`fit_em`, so Spark and NumPy share 
 (:func:`run_em`).
 
 Numerics: log-space E-step with precision Cholesky factors and log-sum-exp, as scikit-learn.
-Two differences keep large offsets (data at 1e8) exact where raw moments cancel:
-the full/tied log-density is computed as ``(X - mu_j) @ P_j`` rather than ``X @ P_j - mu_j @ P_j``,
-and moments are accumulated around a *shift* fixed before the pass (the current means for
-full/tied, the centre of the means for diag/spherical), so the M-step subtracts only a small
-correction.
+Everything is computed relative to points fixed before the pass, so large offsets (data at
+1e8) do not cancel: rows minus the centre of the means, and moments accumulated around a
+*shift* (:func:`stats_shift`) that the M-step subtracts again.
+
+Every covariance type has two paths, chosen from the parameters alone (so the driver and
+every task agree). While every component's mean lies within ``sqrt(EXPANSION_LIMIT)`` of its
+own standard deviations of the centre of the means, the Mahalanobis terms are expanded around
+that centre and shared by all components in matrix products: for full/tied, row products
+Z (n, d(d+1)/2) times a (d(d+1)/2, k) matrix, the same Z giving the second moments in one
+product; for diag/spherical, the squared rows times the precisions (rounding: about
+eps * EXPANSION_LIMIT in a log-density). Components further apart take the exact
+per-component path: ``X - mu_j`` for each j, and moments around each mean.
 """
 from __future__ import annotations
 
@@ -28,11 +35,18 @@ from scipy import linalg
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
-# Rows x max(k, d) doubles held per temporary block: at most 2**20 doubles = 8 MiB, so a
-# partition's memory is bounded whatever its row count or k. Blocks of a few thousand rows
-# keep the temporaries in cache (1M x 10, k=8, full: 1.6 s at 4096 rows, 2.1 s at 104,857).
+# Row blocks: temporaries of about CACHE_ELEMENTS doubles (1 MiB) per block stay in a core's
+# L2 cache; never fewer than MIN_BLOCK_ROWS rows (BLAS calls amortised) unless a block would then
+# exceed BLOCK_ELEMENTS doubles (8 MiB), so a partition's memory is bounded whatever its row
+# count, d or k. jobs/bench_pass_read.py times block sizes.
+CACHE_ELEMENTS = 1 << 17
 BLOCK_ELEMENTS = 1 << 20
+MIN_BLOCK_ROWS = 256
 BLOCK_ROWS = 4096
+# Largest squared Mahalanobis distance (in a component's own metric) from the centre of the
+# means to the component's mean for which full/tied use the quadratic expansion: its rounding
+# error is about eps * this in each log-density.
+EXPANSION_LIMIT = 1e4
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -65,8 +79,12 @@ def n_parameters(k: int, d: int, covariance_type: str) -> int:
     return int(cov + k * d + k - 1)
 
 
-def default_block_rows(k: int, d: int) -> int:
-    return max(1, min(BLOCK_ROWS, BLOCK_ELEMENTS // max(k, d, 1)))
+def default_block_rows(k: int, d: int, covariance_type: str = "full") -> int:
+    """Rows per block for temporaries of k log-densities plus, per row, the d(d+1)/2 pair
+    products of full/tied (or the d squares of diag/spherical) and d centred features."""
+    width = k + d + (d * (d + 1) // 2 if covariance_type in ("full", "tied") else d)
+    rows = max(CACHE_ELEMENTS // width, min(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // width))
+    return max(1, min(BLOCK_ROWS, rows))
 
 
 # --------------------------------------------------------------------------- parameters
@@ -172,8 +190,78 @@ def _center(means: np.ndarray) -> np.ndarray:
     return means.mean(axis=0)
 
 
+@dataclass(frozen=True, eq=False)
+class _Quadratic:
+    """Full/tied log-densities as one quadratic form in ``Xc = X - centre``:
+    maha = Z @ pair_precisions + Xc @ linear + offset, with Z the row products
+    ``Xc[:, a] * Xc[:, b]`` for a <= b (each pair once, off-diagonal precisions doubled)."""
+
+    centre: np.ndarray  # (d,)
+    pair_precisions: np.ndarray  # (d(d+1)/2, k)
+    linear: np.ndarray  # (d, k)
+    offset: np.ndarray  # (k,)
+    log_det: np.ndarray  # (k,) log det of each precision Cholesky factor
+    rows: np.ndarray  # (d(d+1)/2,) a of each pair
+    cols: np.ndarray  # (d(d+1)/2,) b of each pair
+
+    def products(self, X: np.ndarray):
+        """(Xc (n, d), Z (n, d(d+1)/2))."""
+        Xc = X - self.centre
+        return Xc, Xc[:, self.rows] * Xc[:, self.cols]
+
+    def log_prob(self, Xc: np.ndarray, Z: np.ndarray) -> np.ndarray:
+        maha = Z @ self.pair_precisions
+        maha += Xc @ self.linear
+        maha += self.offset
+        np.maximum(maha, 0.0, out=maha)  # rounding in the expansion can dip below zero
+        log_prob = maha
+        log_prob *= -0.5
+        log_prob += self.log_det - 0.5 * Xc.shape[1] * _LOG_2PI
+        return log_prob
+
+
+def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
+    """The quadratic form of full/tied parameters, or None where it would lose precision
+    (a mean whose squared Mahalanobis distance from the centre, in its own metric, exceeds
+    ``EXPANSION_LIMIT``) or for diag/spherical."""
+    t = params.covariance_type
+    if t not in ("full", "tied"):
+        return None
+    k, d = params.means.shape
+    chol = params.precisions_cholesky
+    chol = chol if t == "full" else np.broadcast_to(chol, (k, d, d))
+    centre = _center(params.means)
+    mu = params.means - centre
+    y = np.einsum("kd,kde->ke", mu, chol)
+    offset = np.einsum("ke,ke->k", y, y)
+    if not offset.max() <= EXPANSION_LIMIT:
+        return None
+    precisions = chol @ np.swapaxes(chol, 1, 2)  # (k, d, d)
+    rows, cols = np.triu_indices(d)
+    pair = precisions[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
+    return _Quadratic(
+        centre, np.ascontiguousarray(pair.T), -2.0 * np.einsum("kde,ke->dk", precisions, mu),
+        offset, np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1), rows, cols,
+    )
+
+
+def _diagonal_far_apart(params: MixtureParams) -> bool:
+    """Diag/spherical parameters with a mean whose squared Mahalanobis distance from the
+    centre of the means exceeds ``EXPANSION_LIMIT``: the expansion around the centre would
+    lose precision, so densities and moments are taken around each mean instead."""
+    if params.covariance_type not in ("diag", "spherical"):
+        return False
+    prec = params.precisions_cholesky**2
+    prec = prec if params.covariance_type == "diag" else prec[:, None]
+    offset = ((params.means - _center(params.means)) ** 2 * prec).sum(axis=1)
+    return not offset.max() <= EXPANSION_LIMIT
+
+
 def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
     """log N(x_i | mean_j, cov_j) for every row and component: (n, d) -> (n, k)."""
+    quadratic = _quadratic(params)
+    if quadratic is not None:
+        return quadratic.log_prob(*quadratic.products(X))
     n, d = X.shape
     means, prec_chol, t = params.means, params.precisions_cholesky, params.covariance_type
     k = means.shape[0]
@@ -188,6 +276,12 @@ def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
         for j in range(k):
             y = (X - means[j]) @ (chols[j] if t == "full" else prec_chol)
             maha[:, j] = np.einsum("ij,ij->i", y, y)
+    elif _diagonal_far_apart(params):
+        prec = prec_chol**2 if t == "diag" else np.repeat((prec_chol**2)[:, None], d, axis=1)
+        log_det = np.log(prec_chol).sum(axis=1) if t == "diag" else d * np.log(prec_chol)
+        maha = np.empty((n, k))
+        for j in range(k):
+            maha[:, j] = ((X - means[j]) ** 2) @ prec[j]
     else:
         c = _center(means)
         Xc = X - c
@@ -233,7 +327,11 @@ def responsibilities(X: np.ndarray, params: MixtureParams):
 
     The same quantities as :func:`e_step`, with one ``exp`` over (n, k) instead of two.
     """
-    weighted = _weighted_log_prob(X, params)
+    return _normalise(_weighted_log_prob(X, params))
+
+
+def _normalise(weighted: np.ndarray):
+    """log(w_j) + log N(x_i | j) (n, k) -> what :func:`responsibilities` returns."""
     m = weighted.max(axis=1)
     m_safe = np.where(np.isfinite(m), m, 0.0)[:, None]
     resp = np.exp(weighted - m_safe)
@@ -253,7 +351,7 @@ def predict(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = No
     """(labels (n,) int32, probabilities (n, k), log densities (n,)), computed in row blocks."""
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
-    block = block_rows or default_block_rows(params.k, params.d)
+    block = block_rows or default_block_rows(params.k, params.d, params.covariance_type)
     labels = np.empty(n, dtype=np.int32)
     proba = np.empty((n, params.k))
     logp = np.empty(n)
@@ -277,6 +375,10 @@ def moment_shift(means: np.ndarray, covariance_type: str) -> np.ndarray:
 
 
 def stats_shift(params: MixtureParams) -> np.ndarray:
+    """(k, d) shift of an EM pass: :func:`moment_shift`, except each mean for diag/spherical
+    components too far apart for the centre of the means to serve."""
+    if _diagonal_far_apart(params):
+        return np.array(params.means, dtype=np.float64)
     return moment_shift(params.means, params.covariance_type)
 
 
@@ -359,10 +461,41 @@ def _add_moments(stats: SufficientStats, X: np.ndarray, rw: np.ndarray) -> None:
             Xc = X - stats.shift[j]
             stats.first[j] += rw[:, j] @ Xc  # a GEMV: several times faster than .sum(axis=0)
             stats.second[j] += (Xc * rw[:, j : j + 1]).T @ Xc
-    else:
+    elif (stats.shift == stats.shift[0]).all():
         Xc = X - stats.shift[0]
         stats.first += rw.T @ Xc
         stats.second += rw.T @ (Xc * Xc)
+    else:  # components far apart: around each mean (see stats_shift)
+        for j in range(stats.shift.shape[0]):
+            Xc = X - stats.shift[j]
+            stats.first[j] += rw[:, j] @ Xc
+            stats.second[j] += rw[:, j] @ (Xc * Xc)
+
+
+def _add_products(stats: SufficientStats, Xc: np.ndarray, Z: np.ndarray, rw: np.ndarray,
+                  quadratic: _Quadratic) -> None:
+    """:func:`_add_moments` for full/tied on the quadratic path (shift = the centre, for
+    every component), where the row products Z are already there: two matrix products."""
+    stats.resp += rw.sum(axis=0)
+    stats.first += rw.T @ Xc
+    pairs = rw.T @ Z  # (k, d(d+1)/2)
+    rows, cols = quadratic.rows, quadratic.cols
+    stats.second[:, rows, cols] += pairs
+    off = rows != cols
+    stats.second[:, cols[off], rows[off]] += pairs[:, off]
+
+
+def _reshifted(stats: SufficientStats, shift: np.ndarray) -> SufficientStats:
+    """Full/tied statistics moved to another shift (k, d): with delta = new - old shift,
+    first - r delta and second - first delta^T - delta first^T + r delta delta^T."""
+    delta = shift - stats.shift
+    cross = np.einsum("ki,kj->kij", stats.first, delta)
+    second = stats.second - cross - np.swapaxes(cross, 1, 2) \
+        + stats.resp[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
+    return SufficientStats(stats.covariance_type, shift, stats.resp.copy(),
+                           stats.first - stats.resp[:, None] * delta, second,
+                           stats.counts.copy(), stats.log_likelihood, stats.weight_sum,
+                           stats.n_rows)
 
 
 def _blocks(X: np.ndarray, sample_weight: Optional[np.ndarray], block: int):
@@ -380,17 +513,30 @@ def accumulate_stats(
     block_rows: Optional[int] = None,
 ) -> SufficientStats:
     """E-step plus moments of rows X (n, d) with weights (n,) or None, in row blocks."""
-    stats = SufficientStats.zeros(stats_shift(params), params.covariance_type)
-    block = block_rows or default_block_rows(params.k, params.d)
+    shift = stats_shift(params)
+    quadratic = _quadratic(params)
+    if quadratic is not None:  # moments around the centre, moved to the means at the end
+        shift = np.repeat(quadratic.centre[None], params.k, axis=0)
+    stats = SufficientStats.zeros(shift, params.covariance_type)
+    block = block_rows or default_block_rows(params.k, params.d, params.covariance_type)
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(params.weights)
     for Xb, wb in _blocks(X, sample_weight, block):
-        log_prob_norm, resp, labels = responsibilities(Xb, params)
+        if quadratic is None:
+            log_prob_norm, resp, labels = responsibilities(Xb, params)
+        else:  # the row products serve the E-step and the moments
+            Xc, Z = quadratic.products(Xb)
+            log_prob_norm, resp, labels = _normalise(quadratic.log_prob(Xc, Z) + log_weights)
         resp *= wb[:, None]
-        _add_moments(stats, Xb, resp)
+        if quadratic is None:
+            _add_moments(stats, Xb, resp)
+        else:
+            _add_products(stats, Xc, Z, resp, quadratic)
         stats.counts += np.bincount(labels, minlength=params.k)
         stats.log_likelihood += float(wb @ log_prob_norm)
         stats.weight_sum += float(wb.sum())
         stats.n_rows += Xb.shape[0]
-    return stats
+    return stats if quadratic is None else _reshifted(stats, stats_shift(params))
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -414,7 +560,8 @@ def hard_assignment_stats(
     """
     k, d = centers.shape
     stats = SufficientStats.zeros(moment_shift(centers, covariance_type), covariance_type)
-    for Xb, wb in _blocks(X, sample_weight, block_rows or default_block_rows(k, d)):
+    block = block_rows or default_block_rows(k, d, covariance_type)
+    for Xb, wb in _blocks(X, sample_weight, block):
         labels = nearest_center(Xb, centers)
         rw = np.zeros((Xb.shape[0], k))
         rw[np.arange(Xb.shape[0]), labels] = wb
@@ -441,7 +588,8 @@ def random_resp_stats(
     shift = moment_shift(np.repeat(np.asarray(origin, dtype=np.float64)[None], k, 0),
                          covariance_type)
     stats = SufficientStats.zeros(shift, covariance_type)
-    for Xb, wb in _blocks(X, sample_weight, block_rows or default_block_rows(k, d)):
+    block = block_rows or default_block_rows(k, d, covariance_type)
+    for Xb, wb in _blocks(X, sample_weight, block):
         rng = np.random.default_rng([seed, zlib.crc32(Xb.tobytes()), Xb.shape[0]])
         resp = rng.uniform(size=(Xb.shape[0], k))
         resp /= resp.sum(axis=1, keepdims=True)

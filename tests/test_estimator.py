@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 from scipy import stats as sps
 
 from spark_gmm import GaussianMixture, GaussianMixtureModel, kernel
+from spark_gmm.em import limit_partitions
 from tests.datasets import adjusted_rand_index, array_df, blobs, one_d_mixture, vector_df
 
 TYPES = kernel.COVARIANCE_TYPES
@@ -40,7 +41,8 @@ def blob_data():
 
 @pytest.mark.parametrize(
     "covariance_type,partitions",
-    [("full", 1), ("full", 3), ("full", 8), ("tied", 3), ("diag", 8), ("spherical", 3)],
+    [("full", 1), ("full", 3), ("full", 8), ("full", 40), ("tied", 3), ("diag", 8),
+     ("spherical", 3)],
 )
 def test_spark_fit_equals_kernel_fit(spark, blob_data, covariance_type, partitions):
     X, _ = blob_data
@@ -56,6 +58,17 @@ def test_spark_fit_equals_kernel_fit(spark, blob_data, covariance_type, partitio
     assert model.summary.numIter == reference.n_iter
     np.testing.assert_allclose(model.summary.logLikelihoodHistory, reference.history, rtol=1e-12)
     assert model.summary.logLikelihood == pytest.approx(reference.log_likelihood, rel=1e-12)
+
+
+def test_passes_read_at_most_two_partitions_per_core(spark):
+    """Many small partitions are coalesced for the EM passes (each task has a fixed cost);
+    fewer are kept as they are."""
+    cores = spark.sparkContext.defaultParallelism
+    many = spark.range(1000, numPartitions=10 * cores)
+    assert limit_partitions(many).rdd.getNumPartitions() == 2 * cores
+    assert limit_partitions(many).count() == 1000
+    few = spark.range(1000, numPartitions=cores + 1)
+    assert limit_partitions(few).rdd.getNumPartitions() == cores + 1
 
 
 def test_integer_weights_equal_duplicated_rows(spark, blob_data):

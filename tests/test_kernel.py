@@ -739,14 +739,10 @@ def test_bic_from_our_pieces_matches_sklearn(name):
     assert K.n_parameters(1, X.shape[1], "diag") != K.n_parameters(1, X.shape[1], "spherical") or X.shape[1] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: diag/spherical moments and log-densities are expanded around the "
-    "centre of the means, so components far apart relative to their spread (here 1e6 sigma) "
-    "cancel catastrophically; full/tied subtract each mean and are exact",
-)
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 def test_far_apart_components_keep_precision(covariance_type):
+    """Components 1e6 sigma apart: an expansion around the centre of the means would cancel
+    catastrophically, so diag/spherical take the per-component path."""
     rng = np.random.default_rng(0)
     sep = 1e6
     X = np.concatenate([rng.normal(0.0, 1.0, (200, 2)), rng.normal(sep, 1.0, (200, 2))])
@@ -771,3 +767,44 @@ def test_far_apart_components_full_is_exact():
         new = K.m_step(K.accumulate_stats(X, None, params), 0.0)
         if t == "full":
             assert_close(new.covariances[0], np.cov(X[:200].T, bias=True), 1e-9)
+
+
+
+def _expanded(params):
+    """Whether params take the expansion around the centre of the means."""
+    if params.covariance_type in ("full", "tied"):
+        return K._quadratic(params) is not None
+    return not K._diagonal_far_apart(params)
+
+
+@pytest.mark.parametrize("covariance_type", K.COVARIANCE_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 1e8])
+@pytest.mark.parametrize("name", ["separated", "d5"])
+def test_expanded_and_per_component_paths_agree(monkeypatch, name, covariance_type, offset):
+    """Every type takes the expansion around the centre of the means (full/tied: one shared
+    quadratic form) while every mean is within sqrt(EXPANSION_LIMIT) standard deviations of
+    it, else the exact per-component path: both give the same densities and statistics
+    (around each mean)."""
+    X, _, k = dataset(name)
+    X = X + offset
+    init, _ = random_init(X, k, covariance_type, seed=2)
+    w = np.random.default_rng(3).uniform(0.5, 2.0, len(X))
+    assert _expanded(init)  # these blobs are well within the limit
+    quadratic_ll = K.log_gaussian_prob(X, init)
+    quadratic = K.accumulate_stats(X, w, init, block_rows=50)
+    monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
+    assert not _expanded(init)
+    assert_close(quadratic_ll, K.log_gaussian_prob(X, init), 1e-12)
+    exact = K.accumulate_stats(X, w, init, block_rows=50)
+    assert_close(quadratic.resp, exact.resp, 1e-12)
+    np.testing.assert_array_equal(quadratic.counts, exact.counts)
+    assert_close(quadratic.log_likelihood, exact.log_likelihood, 1e-12)
+    np.testing.assert_array_equal(exact.shift, init.means)
+    assert_params_close(K.m_step(quadratic, 1e-6), K.m_step(exact, 1e-6), 1e-9, "m_step")
+    if covariance_type in ("diag", "spherical"):
+        return  # their expanded moments stay around the centre of the means
+    np.testing.assert_array_equal(quadratic.shift, exact.shift)
+    # moments around each mean: the quadratic path moves them from the centre of the means
+    np.testing.assert_allclose(quadratic.first, exact.first, rtol=0,
+                               atol=1e-9 * np.abs(exact.first).max())
+    assert_close(quadratic.second, exact.second, 1e-9)

@@ -1,0 +1,110 @@
+"""Where a spark_gmm EM pass spends its time, in two hand-run measurements (never a test).
+
+    .venv/bin/python jobs/bench_pass_read.py [--rows 1000000] [--features 10] [--k 8]
+
+1. Spark (local[2], 4 partitions): seconds of a job that only reads the data in Python, for
+   a tiny cached DataFrame (the fixed cost of a job), the prepared rows cached as
+   array<double> (how passes read before packing) and the same rows packed by
+   ``spark_gmm.em.pack_blocks`` and cached (how EM passes read now).
+2. The NumPy kernel alone, one BLAS thread: ``kernel.accumulate_stats`` (the E-step and
+   moments of one pass, full covariance) over the same number of rows for several block sizes.
+
+Prints one JSON object; each figure is the fastest of --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _fastest(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
+def spark_reads(rows: int, d: int, repeats: int) -> dict:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
+    from spark_gmm.em import _read_blocks, pack_blocks
+
+    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.driver.memory", "4g").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    prepared = spark.range(rows, numPartitions=4).select(
+        F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT)
+    ).persist()
+    blocks = pack_blocks(prepared, d).persist()
+    tiny = spark.range(4, numPartitions=4).persist()
+    for df in (prepared, blocks, tiny):
+        df.count()
+
+    def reader(read):
+        def run(batches):
+            n = 0
+            for batch in batches:
+                for X, _ in read(batch):
+                    n += X.shape[0]
+            yield pa.RecordBatch.from_pydict({"n": [n]})
+        return run
+
+    def job(df, read):
+        return lambda: df.mapInArrow(reader(read), "n long").collect()
+
+    out = {
+        "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats),
+        "read_array_rows_seconds": _fastest(job(prepared, lambda b: [batch_to_numpy(b, d)]),
+                                            repeats),
+        "read_packed_blocks_seconds": _fastest(job(blocks, lambda b: _read_blocks(b, d)),
+                                               repeats),
+    }
+    spark.stop()
+    return out
+
+
+def kernel_blocks(rows: int, d: int, k: int, repeats: int) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from spark_gmm import kernel
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, d)) + rng.integers(0, 5, size=(rows, 1))
+    params = kernel.MixtureParams(np.full(k, 1.0 / k), X[:k].copy(),
+                                  np.repeat(np.eye(d)[None], k, 0), "full")
+    out = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for block in sorted({256, 1024, kernel.default_block_rows(k, d), 4096, 16_384}):
+            out[f"accumulate_stats_seconds_block_{block}"] = _fastest(
+                lambda: kernel.accumulate_stats(X, None, params, block), repeats)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=10)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = {"rows": args.rows, "features": args.features, "k": args.k,
+              "cores": os.cpu_count()}
+    result.update(spark_reads(args.rows, args.features, args.repeats))
+    result.update(kernel_blocks(args.rows, args.features, args.k, args.repeats))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
