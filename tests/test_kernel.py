@@ -396,7 +396,9 @@ def test_reg_covar_dents_monotonicity_exactly_like_sklearn():
     gm = sklearn_fit(X, 2, "full", dict(weights_init=w0, means_init=means,
                                         precisions_init=precisions), max_iter=6, tol=0.0)
     sk = np.diff(list(gm.lower_bounds_) + [gm.score(X)])
-    np.testing.assert_allclose(h, sk, rtol=1e-6, atol=1e-12)
+    # atol: the 1e-6-variance component sits near EXPANSION_LIMIT from the centre of the
+    # means, where the expansion's rounding is about eps * 1e5 = 2e-11 per log-density
+    np.testing.assert_allclose(h, sk, rtol=1e-6, atol=2e-11)
     assert -1e-7 < h.min() < -1e-8
 
 
@@ -808,3 +810,31 @@ def test_expanded_and_per_component_paths_agree(monkeypatch, name, covariance_ty
     np.testing.assert_allclose(quadratic.first, exact.first, rtol=0,
                                atol=1e-9 * np.abs(exact.first).max())
     assert_close(quadratic.second, exact.second, 1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", K.COVARIANCE_TYPES)
+def test_expansion_error_at_the_limit_stays_below_1e_9(monkeypatch, covariance_type):
+    """Two unit-variance blobs whose means sit just inside sqrt(EXPANSION_LIMIT) standard
+    deviations of the centre of the means (data offset by 1e3): the expansion is used, and its
+    log-densities (absolute) and covariances (relative) agree with the exact per-component
+    path to 1e-9 (covariances: of their largest entry)."""
+    rng = np.random.default_rng(0)
+    d = 5
+    reach = 0.99 * math.sqrt(K.EXPANSION_LIMIT)  # standard deviations from the centre
+    X = np.concatenate([rng.normal(0.0, 1.0, (2000, d)),
+                        rng.normal(2 * reach / math.sqrt(d), 1.0, (2000, d))]) + 1e3
+    means = np.stack([X[:2000].mean(axis=0), X[2000:].mean(axis=0)])
+    cov = {"full": np.stack([np.eye(d)] * 2), "tied": np.eye(d), "diag": np.ones((2, d)),
+           "spherical": np.ones(2)}[covariance_type]
+    params = MixtureParams([0.5, 0.5], means, cov, covariance_type)
+    assert _expanded(params)
+    expanded_ll = K.log_gaussian_prob(X, params)
+    expanded = K.m_step(K.accumulate_stats(X, None, params), 0.0)
+    monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
+    exact_ll = K.log_gaussian_prob(X, params)
+    exact = K.m_step(K.accumulate_stats(X, None, params), 0.0)
+    own = exact_ll[np.arange(len(X)), np.repeat([0, 1], 2000)]  # each row's own component
+    assert np.abs(expanded_ll - exact_ll)[exact_ll >= own.min()].max() < 1e-9
+    scale = np.abs(exact.covariances).max()
+    np.testing.assert_allclose(expanded.covariances, exact.covariances, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(expanded.means, exact.means, rtol=1e-12)
