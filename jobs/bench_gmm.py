@@ -23,8 +23,10 @@ tol=0 and the same maxIter for all:
   the cores of --master, so that Spark's overhead shows as a ratio.
 
 Seconds per iteration exclude start-up (validation, initialisation, the final pass) by
-differencing: (fastest fit at maxIter=M - fastest fit at maxIter=--short-iter) /
-(M - short-iter), after one untimed warm-up fit per implementation, short and long fits
+differencing: (fastest fit at maxIter=M - fastest fit at maxIter=--short-iter) / (the
+iterations those two fits ran: M - short-iter, unless an implementation stopped early, as
+the built-in does when its components collapse), after one untimed warm-up fit per
+implementation, short and long fits
 interleaved over --repeats rounds. For spark_gmm the mean of the per-iteration seconds it logs
 (logger "spark_gmm", data pass only) is reported as well. At tiny sizes timing noise can
 exceed the iterations' cost: the figure is then None with a warning.
@@ -56,7 +58,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -296,33 +298,43 @@ class IterationLog(logging.Handler):
         self.seconds: List[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("EM iteration") and record.args:
+        if record.levelno == logging.INFO and str(record.msg).startswith("EM iteration") \
+                and record.args:
             self.seconds.append(float(record.args[-1]))
 
 
-def timed_fits(fit, short_iter: int, max_iter: int, warmup: bool, repeats: int) -> Dict:
+def timed_fits(fit, short_iter: int, max_iter: int, warmup: bool, repeats: int,
+               iterations: Callable[[object], int]) -> Dict:
     """Runs ``fit(max_iter) -> model`` once untimed (warm-up), then ``repeats`` rounds of the
     short and the long fit, interleaved; seconds per iteration by differencing the fastest
-    short and the fastest long fit. A difference <= 0 (noise larger than the iterations'
-    cost) is reported as None with a warning."""
+    short and the fastest long fit, divided by the difference of the iterations they ran
+    (``iterations(model)``: an implementation that stops early, e.g. the built-in when its
+    components collapse, ran fewer than maxIter). A difference <= 0 (noise larger than the
+    iterations' cost, or no extra iteration) is reported as None with a warning."""
     if warmup:
         fit(short_iter)
     timings: Dict[int, List[float]] = {short_iter: [], max_iter: []}
-    model = None
+    fastest: Dict[int, object] = {}
     for _ in range(repeats):
         for m in (short_iter, max_iter):
             started = time.perf_counter()
             out = fit(m)
             timings[m].append(time.perf_counter() - started)
-            if m == max_iter and timings[m][-1] == min(timings[m]):
-                model = out
+            if timings[m][-1] == min(timings[m]):
+                fastest[m] = out
     difference = min(timings[max_iter]) - min(timings[short_iter])
+    ran = {m: int(iterations(model)) for m, model in fastest.items()}
+    extra = ran[max_iter] - ran[short_iter]
     result = {
-        "seconds_per_iteration": difference / (max_iter - short_iter) if difference > 0 else None,
+        "seconds_per_iteration": difference / extra if difference > 0 and extra > 0 else None,
         "fit_seconds": {str(m): [round(t, 3) for t in ts] for m, ts in timings.items()},
-        "model": model,
+        "iterations_of_timed_fits": {str(m): n for m, n in ran.items()},
+        "model": fastest[max_iter],
     }
-    if difference <= 0:
+    if extra <= 0:
+        result["warning"] = (f"the maxIter={max_iter} fit ran no more iterations than the "
+                             f"maxIter={short_iter} one ({ran[max_iter]})")
+    elif difference <= 0:
         result["warning"] = ("the long fit was not slower than the short one: timing noise "
                              "exceeds the iterations' cost; use more rows or --repeats")
     return result
@@ -345,7 +357,8 @@ def run_spark_gmm(df, args, k: int, covariance_type: str) -> Dict:
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats)
+        out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
+                         lambda model: model.summary.numIter)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -375,7 +388,8 @@ def run_builtin(df, args, k: int) -> Dict:
     def fit(m):
         return BuiltinGMM(k=k, maxIter=m, tol=0.0, seed=args.seed).fit(df)
 
-    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats)
+    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
+                     lambda model: model.summary.numIter)
     model = out.pop("model")
     gaussians = model.gaussians
     out.update({
@@ -428,7 +442,8 @@ def run_sklearn(X: np.ndarray, args, k: int, covariance_type: str) -> Dict:
             return SkGMM(n_components=k, covariance_type=covariance_type, max_iter=m, tol=0.0,
                          reg_covar=1e-6, init_params=init, random_state=args.seed).fit(X)
 
-    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats)
+    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
+                     lambda model: model.n_iter_)
     model = out.pop("model")
     out.update({
         "num_iter": int(model.n_iter_),
@@ -792,8 +807,9 @@ def main(argv=None) -> int:
             "load_average_start": [round(x, 2) for x in os.getloadavg()],
         },
         "definitions": {
-            "seconds_per_iteration": "(fit seconds at max_iter - at short_iter) / "
-                                     "(max_iter - short_iter), after a warm-up fit",
+            "seconds_per_iteration": "(fit seconds at max_iter - at short_iter) / (iterations "
+                                     "the two fits ran: max_iter - short_iter unless an "
+                                     "implementation stopped early), after a warm-up fit",
             "seconds_per_iteration_log": "spark_gmm only: mean of its logged per-iteration "
                                          "seconds over the timed long fits (the data pass of "
                                          "each EM iteration)",

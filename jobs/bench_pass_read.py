@@ -1,11 +1,14 @@
 """Where a spark_gmm EM pass spends its time, in two hand-run measurements (never a test).
 
     .venv/bin/python jobs/bench_pass_read.py [--rows 1000000] [--features 10] [--k 8]
+        [--partitions 4]
 
-1. Spark (local[2], 4 partitions): seconds of a job that only reads the data in Python, for
-   a tiny cached DataFrame (the fixed cost of a job), the prepared rows cached as
-   array<double> (how passes read before packing) and the same rows packed by
-   ``spark_gmm.em.pack_blocks`` and cached (how EM passes read now).
+1. Spark (local[2], --partitions partitions, default 4): seconds of a job that only reads
+   the data in Python, for a tiny cached DataFrame of as many partitions (the fixed cost of a
+   job), the prepared rows cached as array<double> (how passes read before packing) and the
+   same rows packed by ``spark_gmm.em.pack_blocks`` and cached (how EM passes read now);
+   then one EM pass (full covariance, k components) over the packed blocks as they are and
+   coalesced by ``spark_gmm.em.limit_partitions`` (what a fit does).
 2. The NumPy kernel alone, one BLAS thread: ``kernel.accumulate_stats`` (the E-step and
    moments of one pass, full covariance) over the same number of rows for several block sizes.
 
@@ -31,7 +34,7 @@ def _fastest(fn, repeats: int) -> float:
     return round(best, 3)
 
 
-def spark_reads(rows: int, d: int, repeats: int) -> dict:
+def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dict:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     import pyarrow as pa
@@ -39,16 +42,17 @@ def spark_reads(rows: int, d: int, repeats: int) -> dict:
     from pyspark.sql import functions as F
 
     from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
-    from spark_gmm.em import _read_blocks, pack_blocks
+    from spark_gmm import kernel
+    from spark_gmm.em import SparkPasses, _read_blocks, limit_partitions, pack_blocks
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "4g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    prepared = spark.range(rows, numPartitions=4).select(
+    prepared = spark.range(rows, numPartitions=partitions).select(
         F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT)
     ).persist()
     blocks = pack_blocks(prepared, d).persist()
-    tiny = spark.range(4, numPartitions=4).persist()
+    tiny = spark.range(partitions, numPartitions=partitions).persist()
     for df in (prepared, blocks, tiny):
         df.count()
 
@@ -64,12 +68,25 @@ def spark_reads(rows: int, d: int, repeats: int) -> dict:
     def job(df, read):
         return lambda: df.mapInArrow(reader(read), "n long").collect()
 
+    params = kernel.MixtureParams(np.full(k, 1.0 / k), np.arange(k * d, dtype=float)
+                                  .reshape(k, d) % 3, np.repeat(np.eye(d)[None], k, 0), "full")
+    coalesced = limit_partitions(blocks).persist()
+    coalesced.count()
+
+    def em_pass(df):
+        passes = SparkPasses(df, d, packed=True)
+        return lambda: passes.em_stats([params])
+
     out = {
+        "partitions": partitions,
+        "partitions_coalesced": coalesced.rdd.getNumPartitions(),
         "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats),
         "read_array_rows_seconds": _fastest(job(prepared, lambda b: [batch_to_numpy(b, d)]),
                                             repeats),
         "read_packed_blocks_seconds": _fastest(job(blocks, lambda b: _read_blocks(b, d)),
                                                repeats),
+        "em_pass_seconds": _fastest(em_pass(blocks), repeats),
+        "em_pass_seconds_coalesced": _fastest(em_pass(coalesced), repeats),
     }
     spark.stop()
     return out
@@ -97,11 +114,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     result = {"rows": args.rows, "features": args.features, "k": args.k,
               "cores": os.cpu_count()}
-    result.update(spark_reads(args.rows, args.features, args.repeats))
+    result.update(spark_reads(args.rows, args.features, args.k, args.partitions, args.repeats))
     result.update(kernel_blocks(args.rows, args.features, args.k, args.repeats))
     print(json.dumps(result, indent=1))
 

@@ -316,6 +316,17 @@ def _weighted_log_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
         return log_gaussian_prob(X, params) + np.log(params.weights)
 
 
+def _block_weighted_log_prob(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`_weighted_log_prob` as a function of row blocks, the quadratic form built once
+    for all blocks rather than per block."""
+    quadratic = _quadratic(params)
+    if quadratic is None:
+        return lambda X: _weighted_log_prob(X, params)
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(params.weights)
+    return lambda X: quadratic.log_prob(*quadratic.products(X)) + log_weights
+
+
 def e_step(X: np.ndarray, params: MixtureParams):
     """Returns (log p(x_i) (n,), log responsibilities (n, k))."""
     weighted = _weighted_log_prob(X, params)
@@ -353,12 +364,13 @@ def predict(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = No
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
     block = block_rows or default_block_rows(params.k, params.d, params.covariance_type)
+    weighted = _block_weighted_log_prob(params)
     labels = np.empty(n, dtype=np.int32)
     proba = np.empty((n, params.k))
     logp = np.empty(n)
     for start in range(0, n, block):
         sl = slice(start, start + block)
-        logp[sl], proba[sl], labels[sl] = responsibilities(X[sl], params)
+        logp[sl], proba[sl], labels[sl] = _normalise(weighted(X[sl]))
     return labels, proba, logp
 
 
