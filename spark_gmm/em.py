@@ -157,13 +157,15 @@ class SparkPasses:
         aggregation_depth: int = 2,
         description: str = "spark_gmm",
         packed: bool = False,
+        n_partitions: Optional[int] = None,
     ):
         self.prepared = prepared
         self.packed = packed
         self.n_features = n_features
         self.aggregation_depth = aggregation_depth
         self.description = description
-        self.n_partitions = _num_partitions(prepared)
+        # given when known: asking a persisted DataFrame not yet filled can be slow
+        self.n_partitions = num_partitions(prepared) if n_partitions is None else n_partitions
         self.jobs = 0  # data passes run so far
 
     def run(self, passes: Sequence[PassFunction], label: str) -> np.ndarray:
@@ -219,7 +221,7 @@ class SparkPasses:
         return self.stats(passes, shifts, types, label)
 
 
-def _num_partitions(df: DataFrame) -> int:
+def num_partitions(df: DataFrame) -> int:
     try:
         return df.rdd.getNumPartitions()  # classic sessions
     except Exception:  # Spark Connect has no RDDs: treat as unknown, collect flat

@@ -16,7 +16,7 @@ from pyspark.storagelevel import StorageLevel
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
-from spark_gmm.em import SparkPasses, limit_partitions, pack_blocks
+from spark_gmm.em import SparkPasses, limit_partitions, num_partitions, pack_blocks
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
 
 log = logging.getLogger("spark_gmm")
@@ -71,12 +71,14 @@ def fit_candidates(
     persist_rows = dataset.storageLevel == StorageLevel.NONE
     if persist_rows:
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
-    blocks = limit_partitions(pack_blocks(prepared, report.n_features))
-    blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
+    # coalesced before packing, so that packing too runs one Python task per new partition
+    rows = limit_partitions(prepared)
+    n_partitions = num_partitions(rows)
+    blocks = pack_blocks(rows, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         passes = SparkPasses(
             blocks, report.n_features, settings.aggregation_depth, settings.description,
-            packed=True,
+            packed=True, n_partitions=n_partitions,
         )
         checkpoint = Checkpoint.for_fit(settings, candidates, report)
         resume = checkpoint.load() if checkpoint else None
