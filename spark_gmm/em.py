@@ -67,15 +67,15 @@ def pack_blocks(prepared: DataFrame, n_features: int) -> DataFrame:
 def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame:
     """``df`` coalesced (no shuffle) to ``per_core`` partitions per core of the session when
     it has more: every pass launches one Python task per partition, at a fixed cost of tens of
-    milliseconds each, so inputs of hundreds of small partitions (e.g. after a shuffle) would
-    spend most of each EM iteration starting tasks. Spark Connect exposes no core count: there
-    the partitioning is kept."""
-    try:
+    milliseconds each (``jobs/bench_pass_read.py --partitions 200`` times an empty job), so
+    inputs of hundreds of small partitions (e.g. after a shuffle) would spend most of each EM
+    iteration starting tasks. Spark Connect exposes no core count: there the partitioning is
+    kept."""
+    n = num_partitions(df)
+    if n:  # a classic session (Spark Connect reports 0)
         target = per_core * df.sparkSession.sparkContext.defaultParallelism
-        if df.rdd.getNumPartitions() > target:
+        if n > target:
             return df.coalesce(target)
-    except Exception:  # Spark Connect: no SparkContext, no RDDs
-        pass
     return df
 
 

@@ -221,22 +221,45 @@ class _Quadratic:
         return log_prob
 
 
-def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
-    """The quadratic form of full/tied parameters, or None where it would lose precision
-    (a mean whose squared Mahalanobis distance from the centre, in its own metric, exceeds
-    ``EXPANSION_LIMIT``) or for diag/spherical."""
-    t = params.covariance_type
-    if t not in ("full", "tied"):
-        return None
-    k, d = params.means.shape
+def _full_cholesky(params: MixtureParams) -> np.ndarray:
+    """Full/tied precision Cholesky factors as (k, d, d)."""
     chol = params.precisions_cholesky
-    chol = chol if t == "full" else np.broadcast_to(chol, (k, d, d))
-    centre = _center(params.means)
-    mu = params.means - centre
-    y = np.einsum("kd,kde->ke", mu, chol)
-    offset = np.einsum("ke,ke->k", y, y)
+    if params.covariance_type == "full":
+        return chol
+    k, d = params.means.shape
+    return np.broadcast_to(chol, (k, d, d))
+
+
+def _centre_offsets(params: MixtureParams) -> np.ndarray:
+    """(k,) squared Mahalanobis distance, in each component's own metric, from the centre
+    of the means to the component's mean."""
+    mu = params.means - _center(params.means)
+    t = params.covariance_type
+    if t in ("full", "tied"):
+        y = np.einsum("kd,kde->ke", mu, _full_cholesky(params))
+        return np.einsum("ke,ke->k", y, y)
+    prec = params.precisions_cholesky**2
+    return (mu**2 * (prec if t == "diag" else prec[:, None])).sum(axis=1)
+
+
+def _expanded(params: MixtureParams) -> bool:
+    """Whether every mean is within ``EXPANSION_LIMIT`` of the centre of the means (see the
+    module docstring); NaN counts as beyond."""
+    return bool(_centre_offsets(params).max() <= EXPANSION_LIMIT)
+
+
+def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
+    """The quadratic form of full/tied parameters, or None for diag/spherical or where it
+    would lose precision (not :func:`_expanded`)."""
+    if params.covariance_type not in ("full", "tied"):
+        return None
+    offset = _centre_offsets(params)
     if not offset.max() <= EXPANSION_LIMIT:
         return None
+    d = params.d
+    chol = _full_cholesky(params)
+    centre = _center(params.means)
+    mu = params.means - centre
     precisions = chol @ np.swapaxes(chol, 1, 2)  # (k, d, d)
     rows, cols = np.triu_indices(d)
     pair = precisions[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
@@ -247,22 +270,29 @@ def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
 
 
 def _diagonal_far_apart(params: MixtureParams) -> bool:
-    """Diag/spherical parameters with a mean whose squared Mahalanobis distance from the
-    centre of the means exceeds ``EXPANSION_LIMIT``: the expansion around the centre would
-    lose precision, so densities and moments are taken around each mean instead."""
-    if params.covariance_type not in ("diag", "spherical"):
-        return False
-    prec = params.precisions_cholesky**2
-    prec = prec if params.covariance_type == "diag" else prec[:, None]
-    offset = ((params.means - _center(params.means)) ** 2 * prec).sum(axis=1)
-    return not offset.max() <= EXPANSION_LIMIT
+    """Diag/spherical parameters not :func:`_expanded`: densities and moments are then taken
+    around each mean instead of the centre of the means."""
+    return params.covariance_type in ("diag", "spherical") and not _expanded(params)
 
 
 def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
     """log N(x_i | mean_j, cov_j) for every row and component: (n, d) -> (n, k)."""
+    return _log_density(params)(X)
+
+
+def _log_density(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`log_gaussian_prob` as a function of row blocks: the path is chosen (and the
+    quadratic form built) once for all blocks."""
     quadratic = _quadratic(params)
     if quadratic is not None:
-        return quadratic.log_prob(*quadratic.products(X))
+        return lambda X: quadratic.log_prob(*quadratic.products(X))
+    far = _diagonal_far_apart(params)
+    return lambda X: _log_gaussian_prob_direct(X, params, far)
+
+
+def _log_gaussian_prob_direct(X: np.ndarray, params: MixtureParams, far: bool) -> np.ndarray:
+    """:func:`log_gaussian_prob` without the quadratic form: per component for full/tied and
+    for ``far`` diag/spherical, else expanded around the centre of the means."""
     n, d = X.shape
     means, prec_chol, t = params.means, params.precisions_cholesky, params.covariance_type
     k = means.shape[0]
@@ -277,7 +307,7 @@ def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
         for j in range(k):
             y = (X - means[j]) @ (chols[j] if t == "full" else prec_chol)
             maha[:, j] = np.einsum("ij,ij->i", y, y)
-    elif _diagonal_far_apart(params):
+    elif far:
         prec = prec_chol**2 if t == "diag" else np.repeat((prec_chol**2)[:, None], d, axis=1)
         log_det = np.log(prec_chol).sum(axis=1) if t == "diag" else d * np.log(prec_chol)
         maha = np.empty((n, k))
@@ -317,14 +347,11 @@ def _weighted_log_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
 
 
 def _block_weighted_log_prob(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
-    """:func:`_weighted_log_prob` as a function of row blocks, the quadratic form built once
-    for all blocks rather than per block."""
-    quadratic = _quadratic(params)
-    if quadratic is None:
-        return lambda X: _weighted_log_prob(X, params)
+    """:func:`_weighted_log_prob` as a function of row blocks (see :func:`_log_density`)."""
+    density = _log_density(params)
     with np.errstate(divide="ignore"):
         log_weights = np.log(params.weights)
-    return lambda X: quadratic.log_prob(*quadratic.products(X)) + log_weights
+    return lambda X: density(X) + log_weights
 
 
 def e_step(X: np.ndarray, params: MixtureParams):
@@ -534,9 +561,10 @@ def accumulate_stats(
     block = block_rows or default_block_rows(params.k, params.d, params.covariance_type)
     with np.errstate(divide="ignore"):
         log_weights = np.log(params.weights)
+    weighted = _block_weighted_log_prob(params) if quadratic is None else None
     for Xb, wb in _blocks(X, sample_weight, block):
         if quadratic is None:
-            log_prob_norm, resp, labels = responsibilities(Xb, params)
+            log_prob_norm, resp, labels = _normalise(weighted(Xb))
         else:  # the row products serve the E-step and the moments
             Xc, Z = quadratic.products(Xb)
             log_prob_norm, resp, labels = _normalise(quadratic.log_prob(Xc, Z) + log_weights)

@@ -772,13 +772,6 @@ def test_far_apart_components_full_is_exact():
 
 
 
-def _expanded(params):
-    """Whether params take the expansion around the centre of the means."""
-    if params.covariance_type in ("full", "tied"):
-        return K._quadratic(params) is not None
-    return not K._diagonal_far_apart(params)
-
-
 @pytest.mark.parametrize("covariance_type", K.COVARIANCE_TYPES)
 @pytest.mark.parametrize("offset", [0.0, 1e8])
 @pytest.mark.parametrize("name", ["separated", "d5"])
@@ -791,11 +784,11 @@ def test_expanded_and_per_component_paths_agree(monkeypatch, name, covariance_ty
     X = X + offset
     init, _ = random_init(X, k, covariance_type, seed=2)
     w = np.random.default_rng(3).uniform(0.5, 2.0, len(X))
-    assert _expanded(init)  # these blobs are well within the limit
+    assert K._expanded(init)  # these blobs are well within the limit
     quadratic_ll = K.log_gaussian_prob(X, init)
     quadratic = K.accumulate_stats(X, w, init, block_rows=50)
     monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
-    assert not _expanded(init)
+    assert not K._expanded(init)
     assert_close(quadratic_ll, K.log_gaussian_prob(X, init), 1e-12)
     exact = K.accumulate_stats(X, w, init, block_rows=50)
     assert_close(quadratic.resp, exact.resp, 1e-12)
@@ -827,7 +820,7 @@ def test_expansion_error_at_the_limit_stays_below_1e_9(monkeypatch, covariance_t
     cov = {"full": np.stack([np.eye(d)] * 2), "tied": np.eye(d), "diag": np.ones((2, d)),
            "spherical": np.ones(2)}[covariance_type]
     params = MixtureParams([0.5, 0.5], means, cov, covariance_type)
-    assert _expanded(params)
+    assert K._expanded(params)
     expanded_ll = K.log_gaussian_prob(X, params)
     expanded = K.m_step(K.accumulate_stats(X, None, params), 0.0)
     monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
