@@ -5,10 +5,12 @@
 
 1. Spark (local[2], --partitions partitions, default 4): seconds of a job that only reads
    the data in Python, for a tiny cached DataFrame of as many partitions (the fixed cost of a
-   job), the prepared rows cached as array<double> (how passes read before packing) and the
-   same rows packed by ``spark_gmm.em.pack_blocks`` and cached (how EM passes read now);
-   then one EM pass (full covariance, k components) over the packed blocks as they are and
-   coalesced by ``spark_gmm.em.limit_partitions`` (what a fit does).
+   job), the prepared rows cached as array<double> (how passes read before packing), the
+   rows packed in dense blocks and cached as a DataFrame of binary columns read by
+   ``mapInArrow`` (how passes read on Spark Connect) and as the RDD of NumPy blocks that
+   ``spark_gmm.em.pack_blocks`` gives on classic sessions; then one EM pass (full
+   covariance, k components) over each packed form, and over the RDD packed from rows
+   coalesced by ``spark_gmm.em.limit_partitions`` (what a fit does on a classic session).
 2. The NumPy kernel alone, one BLAS thread: ``kernel.accumulate_stats`` (the E-step and
    moments of one pass, full covariance) over the same number of rows for several block sizes.
 
@@ -43,7 +45,8 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
 
     from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
     from spark_gmm import kernel
-    from spark_gmm.em import SparkPasses, _read_blocks, limit_partitions, pack_blocks
+    from spark_gmm.em import BLOCKS_SCHEMA, SparkPasses, _pack, _read_blocks, \
+        limit_partitions, pack_blocks
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "4g").getOrCreate())
@@ -51,10 +54,12 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     prepared = spark.range(rows, numPartitions=partitions).select(
         F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT)
     ).persist()
-    blocks = pack_blocks(prepared, d).persist()
+    arrow_blocks = prepared.mapInArrow(_pack(d), BLOCKS_SCHEMA).persist()
+    rdd_blocks = pack_blocks(prepared, d).persist()
+    coalesced = pack_blocks(limit_partitions(prepared), d).persist()
     tiny = spark.range(partitions, numPartitions=partitions).persist()
-    for df in (prepared, blocks, tiny):
-        df.count()
+    for data in (prepared, arrow_blocks, rdd_blocks, coalesced, tiny):
+        data.count()
 
     def reader(read):
         def run(batches):
@@ -68,25 +73,29 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     def job(df, read):
         return lambda: df.mapInArrow(reader(read), "n long").collect()
 
+    def rdd_job(rdd):
+        return lambda: rdd.mapPartitions(lambda blocks: [sum(X.shape[0] for X, _ in blocks)]) \
+            .collect()
+
     params = kernel.MixtureParams(np.full(k, 1.0 / k), np.arange(k * d, dtype=float)
                                   .reshape(k, d) % 3, np.repeat(np.eye(d)[None], k, 0), "full")
-    coalesced = limit_partitions(blocks).persist()
-    coalesced.count()
 
-    def em_pass(df):
-        passes = SparkPasses(df, d, packed=True)
+    def em_pass(data):
+        passes = SparkPasses(data, d, packed=True)
         return lambda: passes.em_stats([params])
 
     out = {
         "partitions": partitions,
-        "partitions_coalesced": coalesced.rdd.getNumPartitions(),
+        "partitions_coalesced": coalesced.getNumPartitions(),
         "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats),
         "read_array_rows_seconds": _fastest(job(prepared, lambda b: [batch_to_numpy(b, d)]),
                                             repeats),
-        "read_packed_blocks_seconds": _fastest(job(blocks, lambda b: _read_blocks(b, d)),
-                                               repeats),
-        "em_pass_seconds": _fastest(em_pass(blocks), repeats),
-        "em_pass_seconds_coalesced": _fastest(em_pass(coalesced), repeats),
+        "read_packed_blocks_arrow_seconds": _fastest(
+            job(arrow_blocks, lambda b: _read_blocks(b, d)), repeats),
+        "read_packed_blocks_rdd_seconds": _fastest(rdd_job(rdd_blocks), repeats),
+        "em_pass_seconds_arrow_blocks": _fastest(em_pass(arrow_blocks), repeats),
+        "em_pass_seconds_rdd_blocks": _fastest(em_pass(rdd_blocks), repeats),
+        "em_pass_seconds_rdd_coalesced": _fastest(em_pass(coalesced), repeats),
     }
     spark.stop()
     return out

@@ -1,10 +1,16 @@
 """EM on Spark: one job per pass, partition statistics reduced to the driver.
 
-Built only on DataFrame operations (``mapInArrow``, ``repartition``, ``collect``), so it runs
-the same on classic sessions and on Spark Connect. The model parameters travel to the tasks
-inside the task closure (no broadcast, which Connect lacks); each partition sends back one row
-holding the float64 statistics of every requested pass, and the driver sums them in partition
-order, so results do not depend on task timing and a retried task changes nothing.
+A pass maps every partition to one row holding the float64 statistics of every requested
+pass, and the driver sums them in partition order, so results do not depend on task timing
+and a retried task changes nothing. The model parameters travel to the tasks inside the task
+closure (no broadcast, which Connect lacks).
+
+What a fit's passes read (:func:`pack_blocks`): on classic sessions an RDD of (X, w) NumPy
+blocks, whose cache holds the pickled arrays, so a pass streams bytes to Python with no
+conversion in the JVM; on Spark Connect, which has no RDDs, a DataFrame of the same blocks as
+binary columns, read with ``mapInArrow`` (the JVM converts the cached columns to Arrow on
+every pass: ``jobs/bench_pass_read.py`` measures both). The blocks and their order are the
+same, so both give identical results.
 """
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ import logging
 import math
 import os
 from functools import partial
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+from pyspark.rdd import RDD
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -57,11 +64,19 @@ def _pack(n_features: int):
     return run
 
 
-def pack_blocks(prepared: DataFrame, n_features: int) -> DataFrame:
-    """The prepared rows as dense float64 blocks (columns of ``BLOCKS_SCHEMA``), in the same
-    partitions and order. Cached, they are about the size of the raw doubles, and a pass
-    reads them without converting a row at a time (jobs/bench_pass_read.py compares)."""
-    return prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
+def _unpack(row, n_features: int):
+    return np.frombuffer(row.x).reshape(row.n, n_features), np.frombuffer(row.w)
+
+
+def pack_blocks(prepared: DataFrame, n_features: int) -> Union[RDD, DataFrame]:
+    """The prepared rows as dense float64 blocks, in the same partitions and order: an RDD of
+    (X (n, d), w (n,)) pairs on classic sessions, a DataFrame of ``BLOCKS_SCHEMA`` rows on
+    Spark Connect. Cached, either is about the size of the raw doubles, and a pass reads it
+    without converting a row at a time."""
+    blocks = prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
+    if not is_classic(prepared):
+        return blocks
+    return blocks.rdd.map(partial(_unpack, n_features=n_features))
 
 
 def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame:
@@ -92,27 +107,38 @@ def _read_rows(batch: pa.RecordBatch, n_features: int):
     yield batch_to_numpy(batch, n_features)
 
 
-def _partition_stats(n_features: int, passes: Sequence[PassFunction], packed: bool):
+def _accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
+                passes: Sequence[PassFunction]) -> Optional[np.ndarray]:
+    """Inside a task: the statistics vectors of all ``passes`` over the (X, w) blocks of a
+    partition, concatenated (None for a partition without rows)."""
+    from pyspark import TaskContext
+    from threadpoolctl import threadpool_limits
+
+    if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
+            and TaskContext.get().attemptNumber() == 0:
+        os._exit(3)  # a crashing Python worker, for the retry tests
+    total = None
+    # Two tasks share two cores: more BLAS threads per task only oversubscribe.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for X, w in blocks:
+            if X.shape[0]:
+                vector = np.concatenate([p(X, w).to_vector() for p in passes])
+                total = vector if total is None else total + vector
+    return total
+
+
+def _arrow_stats(n_features: int, passes: Sequence[PassFunction], packed: bool):
     """The mapInArrow function: Arrow batches of prepared rows (or packed blocks) -> one row
     of statistics."""
     read = _read_blocks if packed else _read_rows
 
     def run(batches):
         from pyspark import TaskContext
-        from threadpoolctl import threadpool_limits
 
-        if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
-                and TaskContext.get().attemptNumber() == 0:
-            os._exit(3)  # a crashing Python worker, for the retry tests
-        total = None
-        # Two tasks share two cores: more BLAS threads per task only oversubscribe.
-        with threadpool_limits(limits=1, user_api="blas"):
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                for X, w in read(batch, n_features):
-                    vector = np.concatenate([p(X, w).to_vector() for p in passes])
-                    total = vector if total is None else total + vector
+        total = _accumulate(
+            (block for batch in batches if batch.num_rows for block in read(batch, n_features)),
+            passes,
+        )
         if total is not None:
             pid = TaskContext.get().partitionId()
             yield pa.RecordBatch.from_pydict(
@@ -122,19 +148,45 @@ def _partition_stats(n_features: int, passes: Sequence[PassFunction], packed: bo
     return run
 
 
+def _rdd_stats(passes: Sequence[PassFunction]):
+    """The mapPartitionsWithIndex function: (X, w) blocks -> one (pid, statistics) pair."""
+
+    def run(pid, blocks):
+        total = _accumulate(blocks, passes)
+        if total is not None:
+            yield pid, total
+
+    return run
+
+
+def _sum_in_order(pairs: Iterable[Tuple[int, np.ndarray]]) -> Optional[Tuple[int, np.ndarray]]:
+    """(first pid, sum of the vectors in pid order) of (pid, vector) pairs; None if none."""
+    pairs = sorted(pairs, key=lambda pair: pair[0])
+    if not pairs:
+        return None
+    total = np.array(pairs[0][1], dtype=np.float64)
+    for _, vector in pairs[1:]:
+        total += vector
+    return pairs[0][0], total
+
+
 def _sum_rows(batches):
-    """Tree level: sums the statistics rows of a bucket in partition order."""
-    rows = []
-    for batch in batches:
-        rows.extend(zip(batch.column("pid").to_pylist(), batch.column("stats").to_pylist()))
-    if rows:
-        rows.sort(key=lambda r: r[0])
-        total = np.frombuffer(rows[0][1]).copy()
-        for _, blob in rows[1:]:
-            total += np.frombuffer(blob)
+    """Tree level (DataFrame): sums the statistics rows of a bucket in partition order."""
+    pairs = [(pid, np.frombuffer(blob)) for batch in batches
+             for pid, blob in zip(batch.column("pid").to_pylist(),
+                                  batch.column("stats").to_pylist())]
+    summed = _sum_in_order(pairs)
+    if summed:
         yield pa.RecordBatch.from_pydict(
-            {"pid": pa.array([rows[0][0]], pa.int32()), "stats": pa.array([total.tobytes()])}
+            {"pid": pa.array([summed[0]], pa.int32()), "stats": pa.array([summed[1].tobytes()])}
         )
+
+
+def _sum_bucket(pairs):
+    """Tree level (RDD): sums the (bucket, (pid, vector)) pairs of a bucket in pid order."""
+    summed = _sum_in_order(pair for _, pair in pairs)
+    if summed:
+        yield summed
 
 
 def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
@@ -148,11 +200,11 @@ def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
 
 class SparkPasses:
     """Runs statistics passes over a prepared DataFrame (columns of :mod:`spark_gmm.data`),
-    or over its :func:`pack_blocks` form when ``packed``."""
+    or over its :func:`pack_blocks` form (an RDD, or a DataFrame when ``packed``)."""
 
     def __init__(
         self,
-        prepared: DataFrame,
+        prepared: Union[DataFrame, RDD],
         n_features: int,
         aggregation_depth: int = 2,
         description: str = "spark_gmm",
@@ -170,24 +222,29 @@ class SparkPasses:
 
     def run(self, passes: Sequence[PassFunction], label: str) -> np.ndarray:
         """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
-        stats = self.prepared.mapInArrow(
-            _partition_stats(self.n_features, list(passes), self.packed), _STATS_SCHEMA
-        )
         scale = _tree_scale(self.n_partitions, self.aggregation_depth)
-        if scale:
-            stats = stats.repartition(scale, (F.col("pid") % scale)).mapInArrow(
-                _sum_rows, _STATS_SCHEMA
+        if isinstance(self.prepared, RDD):
+            self.prepared.context.setJobDescription(f"{self.description}: {label}")
+            stats = self.prepared.mapPartitionsWithIndex(_rdd_stats(list(passes)))
+            if scale:
+                stats = stats.keyBy(lambda pair: pair[0] % scale).partitionBy(scale) \
+                    .mapPartitions(_sum_bucket)
+            pairs = stats.collect()
+        else:
+            stats = self.prepared.mapInArrow(
+                _arrow_stats(self.n_features, list(passes), self.packed), _STATS_SCHEMA
             )
-        _set_job_description(self.prepared, f"{self.description}: {label}")
-        rows = stats.collect()
+            if scale:
+                stats = stats.repartition(scale, (F.col("pid") % scale)).mapInArrow(
+                    _sum_rows, _STATS_SCHEMA
+                )
+            _set_job_description(self.prepared, f"{self.description}: {label}")
+            pairs = [(row["pid"], np.frombuffer(row["stats"])) for row in stats.collect()]
         self.jobs += 1
-        if not rows:
+        summed = _sum_in_order(pairs)
+        if summed is None:
             raise ValueError("no rows reached the statistics pass")
-        rows.sort(key=lambda r: r["pid"])
-        total = np.frombuffer(rows[0]["stats"]).copy()
-        for row in rows[1:]:
-            total += np.frombuffer(row["stats"])
-        return total
+        return summed[1]
 
     def stats(self, passes: Sequence[PassFunction], shifts, types, label) -> List[kernel.SufficientStats]:
         """Runs ``passes`` and splits the result into SufficientStats with the given shifts."""
@@ -221,16 +278,22 @@ class SparkPasses:
         return self.stats(passes, shifts, types, label)
 
 
-def num_partitions(df: DataFrame) -> int:
-    try:
-        return df.rdd.getNumPartitions()  # classic sessions
-    except Exception:  # Spark Connect has no RDDs: treat as unknown, collect flat
-        return 0
+def is_classic(df: DataFrame) -> bool:
+    """Whether ``df`` belongs to a classic session (a JVM in this process), not Spark
+    Connect."""
+    from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
+
+    return isinstance(df, ClassicDataFrame)
+
+
+def num_partitions(data: Union[DataFrame, RDD]) -> int:
+    """Partitions of an RDD or a classic DataFrame; 0 (unknown) on Spark Connect."""
+    if isinstance(data, RDD):
+        return data.getNumPartitions()
+    return data.rdd.getNumPartitions() if is_classic(data) else 0
 
 
 def _set_job_description(df: DataFrame, text: str) -> None:
     """Names the job in the Spark UI on classic sessions (Connect has no such call)."""
-    try:
+    if is_classic(df):
         df.sparkSession.sparkContext.setJobDescription(text)
-    except Exception:
-        pass
