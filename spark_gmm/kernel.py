@@ -194,30 +194,39 @@ def _center(means: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class _Quadratic:
     """Full/tied log-densities as one quadratic form in ``Xc = X - centre``:
-    maha = Z @ pair_precisions + Xc @ linear + offset, with Z the row products
-    ``Xc[:, a] * Xc[:, b]`` for a <= b (each pair once, off-diagonal precisions doubled)."""
+    maha = pair_precisions @ Z + linear @ Xc + offset, with Z the row products
+    ``Xc[a] * Xc[b]`` for a <= b (each pair once, off-diagonal precisions doubled).
+
+    Feature-major: Xc is (d, n), Z (d(d+1)/2, n) and log-densities (k, n), so each pair
+    product is one contiguous multiply and the per-row max and sum over components run along
+    contiguous rows (several times faster than gathering columns of a row-major block)."""
 
     centre: np.ndarray  # (d,)
-    pair_precisions: np.ndarray  # (d(d+1)/2, k)
-    linear: np.ndarray  # (d, k)
+    pair_precisions: np.ndarray  # (k, d(d+1)/2)
+    linear: np.ndarray  # (k, d)
     offset: np.ndarray  # (k,)
     log_det: np.ndarray  # (k,) log det of each precision Cholesky factor
-    rows: np.ndarray  # (d(d+1)/2,) a of each pair
-    cols: np.ndarray  # (d(d+1)/2,) b of each pair
+    starts: np.ndarray  # (d + 1,) pairs (a, a..d-1) fill Z rows starts[a]:starts[a+1]
 
     def products(self, X: np.ndarray):
-        """(Xc (n, d), Z (n, d(d+1)/2))."""
-        Xc = X - self.centre
-        return Xc, Xc[:, self.rows] * Xc[:, self.cols]
+        """Rows X (n, d) -> (Xc (d, n), Z (d(d+1)/2, n))."""
+        n, d = X.shape
+        Xc = np.empty((d, n))
+        np.subtract(X.T, self.centre[:, None], out=Xc)
+        Z = np.empty((self.starts[-1], n))
+        for a in range(d):
+            np.multiply(Xc[a], Xc[a:], out=Z[self.starts[a]:self.starts[a + 1]])
+        return Xc, Z
 
     def log_prob(self, Xc: np.ndarray, Z: np.ndarray) -> np.ndarray:
-        maha = Z @ self.pair_precisions
-        maha += Xc @ self.linear
-        maha += self.offset
+        """log N(x_i | mean_j, cov_j) as (k, n)."""
+        maha = self.pair_precisions @ Z
+        maha += self.linear @ Xc
+        maha += self.offset[:, None]
         np.maximum(maha, 0.0, out=maha)  # rounding in the expansion can dip below zero
         log_prob = maha
         log_prob *= -0.5
-        log_prob += self.log_det - 0.5 * Xc.shape[1] * _LOG_2PI
+        log_prob += (self.log_det - 0.5 * Xc.shape[0] * _LOG_2PI)[:, None]
         return log_prob
 
 
@@ -261,11 +270,12 @@ def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
     centre = _center(params.means)
     mu = params.means - centre
     precisions = chol @ np.swapaxes(chol, 1, 2)  # (k, d, d)
-    rows, cols = np.triu_indices(d)
+    rows, cols = np.triu_indices(d)  # row-major: the pairs (a, a..d-1) in turn
     pair = precisions[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
     return _Quadratic(
-        centre, np.ascontiguousarray(pair.T), -2.0 * np.einsum("kde,ke->dk", precisions, mu),
-        offset, np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1), rows, cols,
+        centre, np.ascontiguousarray(pair), -2.0 * np.einsum("kde,ke->kd", precisions, mu),
+        offset, np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1),
+        np.concatenate([[0], np.cumsum(np.arange(d, 0, -1))]),
     )
 
 
@@ -285,7 +295,7 @@ def _log_density(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
     quadratic form built) once for all blocks."""
     quadratic = _quadratic(params)
     if quadratic is not None:
-        return lambda X: quadratic.log_prob(*quadratic.products(X))
+        return lambda X: quadratic.log_prob(*quadratic.products(X)).T
     far = _diagonal_far_apart(params)
     return lambda X: _log_gaussian_prob_direct(X, params, far)
 
@@ -379,6 +389,19 @@ def _normalise(weighted: np.ndarray):
         resp /= total[:, None]
         log_prob_norm = np.log(total) + m_safe[:, 0]
     return log_prob_norm, resp, weighted.argmax(axis=1)
+
+
+def _normalise_columns(weighted: np.ndarray):
+    """:func:`_normalise` of log(w_j) + log N(x_i | j) laid out (k, n): returns
+    (log p(x_i) (n,), responsibilities (k, n), most probable component (n,))."""
+    m = weighted.max(axis=0)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    resp = np.exp(weighted - m_safe)
+    total = resp.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resp /= total
+        log_prob_norm = np.log(total) + m_safe
+    return log_prob_norm, resp, weighted.argmax(axis=0)
 
 
 def score_samples(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = None):
@@ -512,17 +535,13 @@ def _add_moments(stats: SufficientStats, X: np.ndarray, rw: np.ndarray) -> None:
             stats.second[j] += rw[:, j] @ (Xc * Xc)
 
 
-def _add_products(stats: SufficientStats, Xc: np.ndarray, Z: np.ndarray, rw: np.ndarray,
-                  quadratic: _Quadratic) -> None:
-    """:func:`_add_moments` for full/tied on the quadratic path (shift = the centre, for
-    every component), where the row products Z are already there: two matrix products."""
-    stats.resp += rw.sum(axis=0)
-    stats.first += rw.T @ Xc
-    pairs = rw.T @ Z  # (k, d(d+1)/2)
-    rows, cols = quadratic.rows, quadratic.cols
-    stats.second[:, rows, cols] += pairs
-    off = rows != cols
-    stats.second[:, cols[off], rows[off]] += pairs[:, off]
+def _symmetric_from_pairs(pairs: np.ndarray, d: int) -> np.ndarray:
+    """(k, d(d+1)/2) sums over the pairs a <= b of :meth:`_Quadratic.products` -> (k, d, d)."""
+    rows, cols = np.triu_indices(d)
+    out = np.empty((pairs.shape[0], d, d))
+    out[:, rows, cols] = pairs
+    out[:, cols, rows] = pairs
+    return out
 
 
 def _reshifted(stats: SufficientStats, shift: np.ndarray) -> SufficientStats:
@@ -562,22 +581,28 @@ def accumulate_stats(
     with np.errstate(divide="ignore"):
         log_weights = np.log(params.weights)
     weighted = _block_weighted_log_prob(params) if quadratic is None else None
+    pair_sums = None if quadratic is None else np.zeros((params.k, quadratic.starts[-1]))
     for Xb, wb in _blocks(X, sample_weight, block):
         if quadratic is None:
             log_prob_norm, resp, labels = _normalise(weighted(Xb))
-        else:  # the row products serve the E-step and the moments
-            Xc, Z = quadratic.products(Xb)
-            log_prob_norm, resp, labels = _normalise(quadratic.log_prob(Xc, Z) + log_weights)
-        resp *= wb[:, None]
-        if quadratic is None:
+            resp *= wb[:, None]
             _add_moments(stats, Xb, resp)
-        else:
-            _add_products(stats, Xc, Z, resp, quadratic)
+        else:  # the products serve the E-step and the moments, all feature-major
+            Xc, Z = quadratic.products(Xb)
+            log_prob_norm, resp, labels = _normalise_columns(
+                quadratic.log_prob(Xc, Z) + log_weights[:, None])
+            resp *= wb
+            stats.resp += resp.sum(axis=1)
+            stats.first += resp @ Xc.T
+            pair_sums += resp @ Z.T
         stats.counts += np.bincount(labels, minlength=params.k)
         stats.log_likelihood += float(wb @ log_prob_norm)
         stats.weight_sum += float(wb.sum())
         stats.n_rows += Xb.shape[0]
-    return stats if quadratic is None else _reshifted(stats, stats_shift(params))
+    if quadratic is None:
+        return stats
+    stats.second += _symmetric_from_pairs(pair_sums, params.d)
+    return _reshifted(stats, stats_shift(params))
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
