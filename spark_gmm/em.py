@@ -170,23 +170,31 @@ def _sum_in_order(pairs: Iterable[Tuple[int, np.ndarray]]) -> Optional[Tuple[int
     return pairs[0][0], total
 
 
-def _sum_rows(batches):
-    """Tree level (DataFrame): sums the statistics rows of a bucket in partition order."""
-    pairs = [(pid, np.frombuffer(blob)) for batch in batches
-             for pid, blob in zip(batch.column("pid").to_pylist(),
-                                  batch.column("stats").to_pylist())]
-    summed = _sum_in_order(pairs)
-    if summed:
-        yield pa.RecordBatch.from_pydict(
-            {"pid": pa.array([summed[0]], pa.int32()), "stats": pa.array([summed[1].tobytes()])}
-        )
+def _sum_buckets(pairs: Iterable[Tuple[int, np.ndarray]], scale: int):
+    """Tree level: (first pid, sum in pid order) of each bucket ``pid % scale`` present among
+    (pid, vector) pairs. Summing per bucket, not per task, keeps the grouping the same
+    whichever partition a bucket's rows were shuffled to."""
+    buckets = {}
+    for pid, vector in pairs:
+        buckets.setdefault(pid % scale, []).append((pid, vector))
+    return [_sum_in_order(group) for _, group in sorted(buckets.items())]
 
 
-def _sum_bucket(pairs):
-    """Tree level (RDD): sums the (bucket, (pid, vector)) pairs of a bucket in pid order."""
-    summed = _sum_in_order(pair for _, pair in pairs)
-    if summed:
-        yield summed
+def _sum_rows(scale: int):
+    """The mapInArrow function of the tree level (DataFrame): statistics rows -> bucket sums."""
+
+    def run(batches):
+        pairs = [(pid, np.frombuffer(blob)) for batch in batches
+                 for pid, blob in zip(batch.column("pid").to_pylist(),
+                                      batch.column("stats").to_pylist())]
+        summed = _sum_buckets(pairs, scale)
+        if summed:
+            yield pa.RecordBatch.from_pydict({
+                "pid": pa.array([pid for pid, _ in summed], pa.int32()),
+                "stats": pa.array([total.tobytes() for _, total in summed]),
+            })
+
+    return run
 
 
 def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
@@ -228,7 +236,7 @@ class SparkPasses:
             stats = self.prepared.mapPartitionsWithIndex(_rdd_stats(list(passes)))
             if scale:
                 stats = stats.keyBy(lambda pair: pair[0] % scale).partitionBy(scale) \
-                    .mapPartitions(_sum_bucket)
+                    .mapPartitions(lambda keyed: _sum_buckets((pair for _, pair in keyed), scale))
             pairs = stats.collect()
         else:
             stats = self.prepared.mapInArrow(
@@ -236,7 +244,7 @@ class SparkPasses:
             )
             if scale:
                 stats = stats.repartition(scale, (F.col("pid") % scale)).mapInArrow(
-                    _sum_rows, _STATS_SCHEMA
+                    _sum_rows(scale), _STATS_SCHEMA
                 )
             _set_job_description(self.prepared, f"{self.description}: {label}")
             pairs = [(row["pid"], np.frombuffer(row["stats"])) for row in stats.collect()]

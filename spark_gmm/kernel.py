@@ -379,29 +379,17 @@ def responsibilities(X: np.ndarray, params: MixtureParams):
     return _normalise(_weighted_log_prob(X, params))
 
 
-def _normalise(weighted: np.ndarray):
-    """log(w_j) + log N(x_i | j) (n, k) -> what :func:`responsibilities` returns."""
-    m = weighted.max(axis=1)
-    m_safe = np.where(np.isfinite(m), m, 0.0)[:, None]
-    resp = np.exp(weighted - m_safe)
-    total = resp.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        resp /= total[:, None]
-        log_prob_norm = np.log(total) + m_safe[:, 0]
-    return log_prob_norm, resp, weighted.argmax(axis=1)
-
-
-def _normalise_columns(weighted: np.ndarray):
-    """:func:`_normalise` of log(w_j) + log N(x_i | j) laid out (k, n): returns
-    (log p(x_i) (n,), responsibilities (k, n), most probable component (n,))."""
-    m = weighted.max(axis=0)
+def _normalise(weighted: np.ndarray, axis: int = 1):
+    """log(w_j) + log N(x_i | j), components along ``axis`` ((n, k), or (k, n) with axis 0)
+    -> (log p(x_i) (n,), responsibilities in the same layout, most probable component (n,))."""
+    m = weighted.max(axis=axis, keepdims=True)
     m_safe = np.where(np.isfinite(m), m, 0.0)
     resp = np.exp(weighted - m_safe)
-    total = resp.sum(axis=0)
+    total = resp.sum(axis=axis, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         resp /= total
-        log_prob_norm = np.log(total) + m_safe
-    return log_prob_norm, resp, weighted.argmax(axis=0)
+        log_prob_norm = (np.log(total) + m_safe).reshape(-1)
+    return log_prob_norm, resp, weighted.argmax(axis=axis)
 
 
 def score_samples(X: np.ndarray, params: MixtureParams, block_rows: Optional[int] = None):
@@ -589,8 +577,8 @@ def accumulate_stats(
             _add_moments(stats, Xb, resp)
         else:  # the products serve the E-step and the moments, all feature-major
             Xc, Z = quadratic.products(Xb)
-            log_prob_norm, resp, labels = _normalise_columns(
-                quadratic.log_prob(Xc, Z) + log_weights[:, None])
+            log_prob_norm, resp, labels = _normalise(
+                quadratic.log_prob(Xc, Z) + log_weights[:, None], axis=0)
             resp *= wb
             stats.resp += resp.sum(axis=1)
             stats.first += resp @ Xc.T

@@ -8,7 +8,11 @@ from pyspark.sql import functions as F
 from scipy import stats as sps
 
 from spark_gmm import GaussianMixture, GaussianMixtureModel, kernel
-from spark_gmm.em import limit_partitions
+from pyspark.rdd import RDD
+
+from spark_gmm.data import prepare, resolve_features
+from spark_gmm.em import BLOCKS_SCHEMA, SparkPasses, _pack, _tree_scale, limit_partitions, \
+    pack_blocks
 from tests.datasets import adjusted_rand_index, array_df, blobs, one_d_mixture, vector_df
 
 TYPES = kernel.COVARIANCE_TYPES
@@ -69,6 +73,27 @@ def test_passes_read_at_most_two_partitions_per_core(spark):
     assert limit_partitions(many).count() == 1000
     few = spark.range(1000, numPartitions=cores + 1)
     assert limit_partitions(few).rdd.getNumPartitions() == cores + 1
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_packed_block_forms_agree_with_each_other_and_the_kernel(spark, blob_data, depth):
+    """The RDD of NumPy blocks (classic sessions) and the DataFrame of packed bytes (what
+    Spark Connect reads) give bit-identical statistics over 40 partitions, some empty,
+    summed flat (depth 1) or through a tree level, equal to the kernel's."""
+    X, _ = blob_data
+    d = X.shape[1]
+    df = vector_df(spark, X, 40)
+    prepared, _ = prepare(df, resolve_features(df, "features", None), None, "error")
+    params = _start(X, 3, "full")
+    assert (_tree_scale(40, depth) is None) == (depth == 1)
+    rdd = pack_blocks(prepared, d)
+    assert isinstance(rdd, RDD) and rdd.getNumPartitions() == 40
+    frame = prepared.mapInArrow(_pack(d), BLOCKS_SCHEMA)
+    from_rdd = SparkPasses(rdd, d, depth).em_stats([params])[0].to_vector()
+    from_frame = SparkPasses(frame, d, depth, packed=True).em_stats([params])[0].to_vector()
+    np.testing.assert_array_equal(from_rdd, from_frame)
+    reference = kernel.accumulate_stats(X, None, params).to_vector()
+    np.testing.assert_allclose(from_rdd, reference, rtol=1e-9, atol=1e-9)
 
 
 def test_integer_weights_equal_duplicated_rows(spark, blob_data):
