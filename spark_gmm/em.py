@@ -7,10 +7,10 @@ closure (no broadcast, which Connect lacks).
 
 What a fit's passes read (:func:`pack_blocks`): on classic sessions an RDD of (X, w) NumPy
 blocks, whose cache holds the pickled arrays, so a pass streams bytes to Python with no
-conversion in the JVM; on Spark Connect, which has no RDDs, a DataFrame of the same blocks as
-binary columns, read with ``mapInArrow`` (the JVM converts the cached columns to Arrow on
-every pass: ``jobs/bench_pass_read.py`` measures both). The blocks and their order are the
-same, so both give identical results.
+conversion in the JVM; on Spark Connect, which has no RDDs (and on classic clusters that
+forbid them), a DataFrame of the same blocks as binary columns, read with ``mapInArrow``
+(the JVM converts the cached columns to Arrow on every pass: ``jobs/bench_pass_read.py``
+measures both). The blocks and their order are the same, so both give identical results.
 """
 from __future__ import annotations
 
@@ -70,13 +70,12 @@ def _unpack(row, n_features: int):
 
 def pack_blocks(prepared: DataFrame, n_features: int) -> Union[RDD, DataFrame]:
     """The prepared rows as dense float64 blocks, in the same partitions and order: an RDD of
-    (X (n, d), w (n,)) pairs on classic sessions, a DataFrame of ``BLOCKS_SCHEMA`` rows on
-    Spark Connect. Cached, either is about the size of the raw doubles, and a pass reads it
-    without converting a row at a time."""
+    (X (n, d), w (n,)) pairs on classic sessions, a DataFrame of ``BLOCKS_SCHEMA`` rows where
+    RDDs are not available (Spark Connect). Cached, either is about the size of the raw
+    doubles, and a pass reads it without converting a row at a time."""
     blocks = prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
-    if not is_classic(prepared):
-        return blocks
-    return blocks.rdd.map(partial(_unpack, n_features=n_features))
+    rdd = _rdd_or_none(blocks)
+    return blocks if rdd is None else rdd.map(partial(_unpack, n_features=n_features))
 
 
 def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame:
@@ -87,7 +86,7 @@ def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame
     iteration starting tasks. Spark Connect exposes no core count: there the partitioning is
     kept."""
     n = num_partitions(df)
-    if n:  # a classic session (Spark Connect reports 0)
+    if n:  # a classic session with RDDs (Spark Connect reports 0)
         target = per_core * df.sparkSession.sparkContext.defaultParallelism
         if n > target:
             return df.coalesce(target)
@@ -286,22 +285,26 @@ class SparkPasses:
         return self.stats(passes, shifts, types, label)
 
 
-def is_classic(df: DataFrame) -> bool:
-    """Whether ``df`` belongs to a classic session (a JVM in this process), not Spark
-    Connect."""
-    from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
-
-    return isinstance(df, ClassicDataFrame)
+def _rdd_or_none(df: DataFrame) -> Optional[RDD]:
+    """``df.rdd``, or None where RDDs are not available: Spark Connect, and classic clusters
+    whose access mode forbids them (the call raises there; the DataFrame forms still work)."""
+    try:
+        return df.rdd
+    except Exception:
+        return None
 
 
 def num_partitions(data: Union[DataFrame, RDD]) -> int:
-    """Partitions of an RDD or a classic DataFrame; 0 (unknown) on Spark Connect."""
+    """Partitions of an RDD or a DataFrame; 0 (unknown) where RDDs are not available."""
     if isinstance(data, RDD):
         return data.getNumPartitions()
-    return data.rdd.getNumPartitions() if is_classic(data) else 0
+    rdd = _rdd_or_none(data)
+    return 0 if rdd is None else rdd.getNumPartitions()
 
 
 def _set_job_description(df: DataFrame, text: str) -> None:
     """Names the job in the Spark UI on classic sessions (Connect has no such call)."""
-    if is_classic(df):
+    try:
         df.sparkSession.sparkContext.setJobDescription(text)
+    except Exception:  # Spark Connect, or a cluster that forbids the SparkContext
+        pass

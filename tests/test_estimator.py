@@ -96,6 +96,30 @@ def test_packed_block_forms_agree_with_each_other_and_the_kernel(spark, blob_dat
     np.testing.assert_allclose(from_rdd, reference, rtol=1e-9, atol=1e-9)
 
 
+def test_fits_the_same_where_rdds_are_forbidden(spark, blob_data, monkeypatch):
+    """Some classic clusters (shared access modes) forbid ``DataFrame.rdd``: the passes then
+    read the DataFrame form of the blocks, and the fit ends bit-identical."""
+    from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
+
+    X, _ = blob_data
+    start = _start(X, 3, "full")
+    initial = GaussianMixtureModel.fromArrays(start.weights, start.means, start.covariances)
+    gm = GaussianMixture(k=3, maxIter=5, tol=0.0, initialModel=initial)
+    df = vector_df(spark, X, 3)
+    expected = gm.fit(df)
+
+    def forbidden(self):
+        raise RuntimeError("RDD APIs are not allowed on this cluster")
+
+    monkeypatch.setattr(ClassicDataFrame, "rdd", property(forbidden))
+    prepared, _ = prepare(df, resolve_features(df, "features", None), None, "error")
+    assert not isinstance(pack_blocks(prepared, X.shape[1]), RDD)
+    model = gm.fit(df)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_array_equal(getattr(model, name), getattr(expected, name))
+    assert model.summary.logLikelihood == expected.summary.logLikelihood
+
+
 def test_integer_weights_equal_duplicated_rows(spark, blob_data):
     X, _ = blob_data
     counts = np.random.default_rng(5).integers(1, 4, size=len(X))
