@@ -199,7 +199,8 @@ class _Quadratic:
 
     Feature-major: Xc is (d, n), Z (d(d+1)/2, n) and log-densities (k, n), so each pair
     product is one contiguous multiply and the per-row max and sum over components run along
-    contiguous rows (several times faster than gathering columns of a row-major block)."""
+    contiguous rows: 1M x 10, k=8 takes 0.17 s per pass on one core against 0.34 s row-major
+    (``jobs/bench_pass_read.py``, before and after this layout)."""
 
     centre: np.ndarray  # (d,)
     pair_precisions: np.ndarray  # (k, d(d+1)/2)
