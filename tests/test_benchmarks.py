@@ -1,0 +1,50 @@
+"""Smoke runs of the hand-run benchmarks in jobs/ on tiny data: they still run against the
+current code and report every figure they document. Timings are never asserted."""
+import json
+import math
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+JOBS = REPO_ROOT / "jobs"
+pytestmark = pytest.mark.slow
+
+
+def test_bench_gmm_reports_every_implementation(run_script, tmp_path):
+    out = tmp_path / "out"
+    run_script(JOBS / "bench_gmm.py", "--rows", 5000, "--max-iter", 2, "--no-warmup",
+               "--workdir", tmp_path / "data", "--output", out)
+    result = json.loads((out / "results.json").read_text())
+    (run,) = result["runs"]
+    assert run["rows"] == 5000 and run["kernel"]["ceiling_seconds_per_iteration"] > 0
+    for name in ("builtin", "spark_gmm", "sklearn"):
+        figures = run["implementations"][name]
+        assert figures["num_iter"] == 2, name
+        assert math.isfinite(figures["log_likelihood_evaluated"]), name
+    assert run["implementations"]["spark_gmm"]["memory"]["python_worker_peak_mb"] > 0
+    assert (out / "results.csv").read_text().count("\n") >= 3  # header + one row each
+
+
+def test_bench_pass_read_times_every_form(run_script):
+    proc = run_script(JOBS / "bench_pass_read.py", "--rows", 20000, "--repeats", 1)
+    result = json.loads(proc.stdout)
+    seconds = {key: value for key, value in result.items() if "seconds" in key}
+    for key in ("empty_job_seconds", "read_packed_blocks_arrow_seconds",
+                "read_packed_blocks_rdd_seconds", "em_pass_seconds_arrow_blocks",
+                "em_pass_seconds_rdd_blocks", "em_pass_seconds_rdd_coalesced"):
+        assert key in seconds
+    assert all(value > 0 for value in seconds.values())
+
+
+def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path):
+    """Classic passes read the RDD of blocks, Connect passes the DataFrame form: the same fit
+    ends at the same log-likelihood."""
+    proc = run_script(JOBS / "bench_connect.py", "--rows", 5000, "--max-iter", 2,
+                      "--repeats", 1, "--workdir", tmp_path)
+    result = json.loads(proc.stdout)
+    classic, connect = result["classic"]["spark_gmm"], result["connect"]["spark_gmm"]
+    assert classic["num_iter"] == connect["num_iter"] == 2
+    assert connect["log_likelihood_reported"] == pytest.approx(
+        classic["log_likelihood_reported"], rel=1e-12)
+    assert result["connect"]["builtin"]["num_iter"] == 2
