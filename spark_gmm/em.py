@@ -47,19 +47,34 @@ PassFunction = Callable[[np.ndarray, np.ndarray], kernel.SufficientStats]
 
 
 def _pack(n_features: int):
-    """The mapInArrow function: Arrow batches of prepared rows -> rows of packed blocks."""
+    """The mapInArrow function: Arrow batches of prepared rows -> rows of packed blocks of
+    ``_BLOCK_ELEMENTS // n_features`` rows (the last of a partition shorter). Batches are
+    joined first: they hold only ``maxRecordsPerBatch`` rows, and every block costs the
+    kernel its per-call set-up again on every pass."""
     block = max(1, _BLOCK_ELEMENTS // n_features)
 
+    def record(X, w):
+        return pa.RecordBatch.from_pydict({
+            "n": pa.array([X.shape[0]], pa.int32()),
+            "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
+            "w": pa.array([w.tobytes()], pa.binary()),
+        })
+
     def run(batches):
+        Xs, ws, rows = [], [], 0
         for batch in batches:
-            for start in range(0, batch.num_rows, block):
-                X, w = batch_to_numpy(batch.slice(start, block), n_features)
-                if X.shape[0]:
-                    yield pa.RecordBatch.from_pydict({
-                        "n": pa.array([X.shape[0]], pa.int32()),
-                        "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
-                        "w": pa.array([w.tobytes()], pa.binary()),
-                    })
+            X, w = batch_to_numpy(batch, n_features)
+            Xs.append(X)
+            ws.append(w)
+            rows += X.shape[0]
+            if rows >= block:
+                X, w = np.concatenate(Xs), np.concatenate(ws)
+                full = rows - rows % block
+                for start in range(0, full, block):
+                    yield record(X[start:start + block], w[start:start + block])
+                Xs, ws, rows = [X[full:]], [w[full:]], rows - full
+        if rows:
+            yield record(np.concatenate(Xs), np.concatenate(ws))
 
     return run
 

@@ -75,6 +75,28 @@ def test_passes_read_at_most_two_partitions_per_core(spark):
     assert limit_partitions(few).rdd.getNumPartitions() == cores + 1
 
 
+def test_packing_joins_batches_into_full_blocks(monkeypatch):
+    """Arrow batches (maxRecordsPerBatch rows, some empty) are joined into blocks of
+    _BLOCK_ELEMENTS // d rows, only the last one shorter, rows and weights in order."""
+    import pyarrow as pa
+
+    from spark_gmm import em
+    from spark_gmm.data import FEATURES, WEIGHT
+
+    monkeypatch.setattr(em, "_BLOCK_ELEMENTS", 30)  # 10 rows of 3 features
+    rng = np.random.default_rng(0)
+    X, w = rng.standard_normal((57, 3)), rng.random(57)
+    cuts = [0, 4, 4, 27, 30, 57]
+    batches = [pa.RecordBatch.from_pydict({
+        FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
+        WEIGHT: pa.array(w[lo:hi]),
+    }) for lo, hi in zip(cuts, cuts[1:])]
+    blocks = [block for packed in em._pack(3)(batches) for block in em._read_blocks(packed, 3)]
+    assert [len(Xb) for Xb, _ in blocks] == [10, 10, 10, 10, 10, 7]
+    np.testing.assert_array_equal(np.concatenate([Xb for Xb, _ in blocks]), X)
+    np.testing.assert_array_equal(np.concatenate([wb for _, wb in blocks]), w)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_packed_block_forms_agree_with_each_other_and_the_kernel(spark, blob_data, depth):
     """The RDD of NumPy blocks (classic sessions) and the DataFrame of packed bytes (what
