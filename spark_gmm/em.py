@@ -1,6 +1,12 @@
-"""EM on Spark: one job per pass, partition statistics reduced to the driver.
+"""Pass engines: what runs a statistics pass over the fit's rows, and the job-per-pass engine.
 
-A pass maps every partition to one row holding the float64 statistics of every requested
+:class:`PassEngine` is everything the initialisation and ``run_em`` ask of the data: summed
+statistics of some passes, and rows gathered to the driver (samples). :class:`SparkPasses`
+runs each pass as one Spark job; :mod:`spark_gmm.resident` holds the rows in one barrier
+stage's Python workers for the whole fit. Both sum the same per-partition vectors in the same
+order (:func:`ordered_sum`), so they give bit-identical results.
+
+In the job-per-pass engine a pass maps every partition to one row holding the float64 statistics of every requested
 pass, and the driver sums them in partition order, so results do not depend on task timing
 and a retried task changes nothing. The model parameters travel to the tasks inside the task
 closure (no broadcast, which Connect lacks).
@@ -44,6 +50,8 @@ FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
 
 # A pass computes one statistics vector from (X, w): kernel functions bound with partial.
 PassFunction = Callable[[np.ndarray, np.ndarray], kernel.SufficientStats]
+# A gather keeps some rows of each (X, w) block: (m, features + 1) arrays, weight last.
+GatherFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _pack(n_features: int):
@@ -123,36 +131,50 @@ def _read_rows(batch: pa.RecordBatch, n_features: int):
 
 def _accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
                 passes: Sequence[PassFunction]) -> Optional[np.ndarray]:
-    """Inside a task: the statistics vectors of all ``passes`` over the (X, w) blocks of a
-    partition, concatenated (None for a partition without rows)."""
+    """The statistics vectors of all ``passes`` over the (X, w) blocks of one partition,
+    concatenated and summed in block order (None for a partition without rows). Callers
+    limit BLAS to one thread: two tasks already share two cores."""
+    total = None
+    for X, w in blocks:
+        if X.shape[0]:
+            vector = np.concatenate([p(X, w).to_vector() for p in passes])
+            total = vector if total is None else total + vector
+    return total
+
+
+def _gather(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
+            function: GatherFunction) -> Optional[np.ndarray]:
+    """The rows ``function`` keeps of each (X, w) block of one partition, in block order
+    (None when it keeps none)."""
+    kept = [function(X, w) for X, w in blocks if X.shape[0]]
+    kept = [rows for rows in kept if rows.shape[0]]
+    return np.concatenate(kept) if kept else None
+
+
+def _in_task(compute):
+    """Runs ``compute()`` inside a job-per-pass task: one BLAS thread, and the test-only
+    fault injection (a crashing Python worker on the task's first attempt)."""
     from pyspark import TaskContext
     from threadpoolctl import threadpool_limits
 
     if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
             and TaskContext.get().attemptNumber() == 0:
         os._exit(3)  # a crashing Python worker, for the retry tests
-    total = None
-    # Two tasks share two cores: more BLAS threads per task only oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"):
-        for X, w in blocks:
-            if X.shape[0]:
-                vector = np.concatenate([p(X, w).to_vector() for p in passes])
-                total = vector if total is None else total + vector
-    return total
+        return compute()
 
 
-def _arrow_stats(n_features: int, passes: Sequence[PassFunction], packed: bool):
-    """The mapInArrow function: Arrow batches of prepared rows (or packed blocks) -> one row
-    of statistics."""
+def _arrow_task(n_features: int, work, packed: bool):
+    """The mapInArrow function: Arrow batches of prepared rows (or packed blocks) -> one
+    (pid, float64 bytes) row holding ``work(blocks)`` (nothing when it is None)."""
     read = _read_blocks if packed else _read_rows
 
     def run(batches):
         from pyspark import TaskContext
 
-        total = _accumulate(
-            (block for batch in batches if batch.num_rows for block in read(batch, n_features)),
-            passes,
-        )
+        total = _in_task(lambda: work(
+            block for batch in batches if batch.num_rows for block in read(batch, n_features)
+        ))
         if total is not None:
             pid = TaskContext.get().partitionId()
             yield pa.RecordBatch.from_pydict(
@@ -162,11 +184,12 @@ def _arrow_stats(n_features: int, passes: Sequence[PassFunction], packed: bool):
     return run
 
 
-def _rdd_stats(passes: Sequence[PassFunction]):
-    """The mapPartitionsWithIndex function: (X, w) blocks -> one (pid, statistics) pair."""
+def _rdd_task(work):
+    """The mapPartitionsWithIndex function: (X, w) blocks -> one (pid, ``work(blocks)``) pair
+    (nothing when it is None)."""
 
     def run(pid, blocks):
-        total = _accumulate(blocks, passes)
+        total = _in_task(lambda: work(blocks))
         if total is not None:
             yield pid, total
 
@@ -211,6 +234,24 @@ def _sum_rows(scale: int):
     return run
 
 
+def ordered_sum(pairs: Iterable[Tuple[int, np.ndarray]], scale: Optional[int]) -> np.ndarray:
+    """The sum of (pid, vector) pairs as every engine forms it: in pid order, through buckets
+    ``pid % scale`` first when there is a tree level (:func:`_tree_scale`)."""
+    pairs = list(pairs)
+    if scale:
+        pairs = _sum_buckets(pairs, scale)
+    summed = _sum_in_order(pairs)
+    if summed is None:
+        raise ValueError("no rows reached the statistics pass")
+    return summed[1]
+
+
+def in_order(pieces: Iterable[Tuple[int, np.ndarray]]) -> Optional[np.ndarray]:
+    """(pid, rows) pieces joined in pid order (None when there are none)."""
+    pieces = sorted(pieces, key=lambda piece: piece[0])
+    return np.concatenate([rows for _, rows in pieces]) if pieces else None
+
+
 def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
     """Buckets of the intermediate level, or None when a flat collect is cheaper
     (Spark's treeAggregate rule)."""
@@ -220,60 +261,31 @@ def _tree_scale(n_partitions: int, depth: int) -> Optional[int]:
     return scale if n_partitions > scale + n_partitions // scale else None
 
 
-class SparkPasses:
-    """Runs statistics passes over a prepared DataFrame (columns of :mod:`spark_gmm.data`),
-    or over its :func:`pack_blocks` form (an RDD, or a DataFrame when ``packed``)."""
+class PassEngine:
+    """Runs statistics passes over a fit's rows, wherever they are held. Subclasses provide
+    :meth:`run` (summed statistics vectors) and :meth:`gather` (kept rows, in order)."""
 
-    def __init__(
-        self,
-        prepared: Union[DataFrame, RDD],
-        n_features: int,
-        aggregation_depth: int = 2,
-        description: str = "spark_gmm",
-        packed: bool = False,
-        n_partitions: Optional[int] = None,
-    ):
-        self.prepared = prepared
-        self.packed = packed
-        self.n_features = n_features
-        self.aggregation_depth = aggregation_depth
-        self.description = description
-        # given when known: asking a persisted DataFrame not yet filled can be slow
-        self.n_partitions = num_partitions(prepared) if n_partitions is None else n_partitions
-        self.jobs = 0  # data passes run so far
+    n_features: int
+    jobs: int  # data passes run so far
 
-    def run(self, passes: Sequence[PassFunction], label: str) -> np.ndarray:
-        """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
-        scale = _tree_scale(self.n_partitions, self.aggregation_depth)
-        if isinstance(self.prepared, RDD):
-            self.prepared.context.setJobDescription(f"{self.description}: {label}")
-            stats = self.prepared.mapPartitionsWithIndex(_rdd_stats(list(passes)))
-            if scale:
-                stats = stats.keyBy(lambda pair: pair[0] % scale).partitionBy(scale) \
-                    .mapPartitions(lambda keyed: _sum_buckets((pair for _, pair in keyed), scale))
-            pairs = stats.collect()
-        else:
-            stats = self.prepared.mapInArrow(
-                _arrow_stats(self.n_features, list(passes), self.packed), _STATS_SCHEMA
-            )
-            if scale:
-                stats = stats.repartition(scale, (F.col("pid") % scale)).mapInArrow(
-                    _sum_rows(scale), _STATS_SCHEMA
-                )
-            _set_job_description(self.prepared, f"{self.description}: {label}")
-            pairs = [(row["pid"], np.frombuffer(row["stats"])) for row in stats.collect()]
-        self.jobs += 1
-        summed = _sum_in_order(pairs)
-        if summed is None:
-            raise ValueError("no rows reached the statistics pass")
-        return summed[1]
+    def run(self, passes: Sequence[PassFunction], label: str,
+            size: Optional[int] = None) -> np.ndarray:
+        """The summed statistics vectors of all ``passes``, concatenated (``size`` values in
+        all, when the caller knows it)."""
+        raise NotImplementedError
+
+    def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        """The rows ``function`` keeps of every block (arrays of ``n_features + 1`` columns,
+        features then weight), joined in partition and block order; None when none."""
+        raise NotImplementedError
 
     def stats(self, passes: Sequence[PassFunction], shifts, types, label) -> List[kernel.SufficientStats]:
         """Runs ``passes`` and splits the result into SufficientStats with the given shifts."""
-        vector = self.run(passes, label)
+        sizes = [kernel.SufficientStats.zeros(shift, t).to_vector().size
+                 for shift, t in zip(shifts, types)]
+        vector = self.run(passes, label, size=sum(sizes))
         out, pos = [], 0
-        for shift, covariance_type in zip(shifts, types):
-            size = kernel.SufficientStats.zeros(shift, covariance_type).to_vector().size
+        for shift, covariance_type, size in zip(shifts, types, sizes):
             out.append(
                 kernel.SufficientStats.from_vector(vector[pos : pos + size], shift, covariance_type)
             )
@@ -298,6 +310,84 @@ class SparkPasses:
                   for centers, t in zip(centers_list, types)]
         shifts = [kernel.moment_shift(c, t) for c, t in zip(centers_list, types)]
         return self.stats(passes, shifts, types, label)
+
+    def sample(self, fraction: float, seed: int, limit: int):
+        """(X, w) of at most ``limit`` rows, each kept with probability ``fraction`` by
+        :func:`kernel.sample_rows` (the same rows on every engine), in partition order."""
+        rows = self.gather(partial(kernel.sample_rows, fraction=fraction, seed=seed),
+                           "sample rows")
+        if rows is None:
+            rows = np.empty((0, self.n_features + 1))
+        rows = rows[:limit]
+        return rows[:, :-1], rows[:, -1]
+
+    def first_row(self) -> np.ndarray:
+        """The first row of the data (an origin for offset-safe moments)."""
+        rows = self.gather(_first_row_of_block, "first row")
+        if rows is None:
+            raise ValueError("no rows reached the pass")
+        return rows[0, :-1]
+
+
+def _first_row_of_block(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.append(X[0], w[0])[None, :]
+
+
+class SparkPasses(PassEngine):
+    """Runs statistics passes over a prepared DataFrame (columns of :mod:`spark_gmm.data`),
+    or over its :func:`pack_blocks` form (an RDD, or a DataFrame when ``packed``): one Spark
+    job per pass."""
+
+    def __init__(
+        self,
+        prepared: Union[DataFrame, RDD],
+        n_features: int,
+        aggregation_depth: int = 2,
+        description: str = "spark_gmm",
+        packed: bool = False,
+        n_partitions: Optional[int] = None,
+    ):
+        self.prepared = prepared
+        self.packed = packed
+        self.n_features = n_features
+        self.aggregation_depth = aggregation_depth
+        self.description = description
+        # given when known: asking a persisted DataFrame not yet filled can be slow
+        self.n_partitions = num_partitions(prepared) if n_partitions is None else n_partitions
+        self.jobs = 0
+
+    def _collect(self, work, label: str, scale: Optional[int] = None):
+        """One Spark job: (pid, ``work(blocks)``) of every partition, or of every bucket
+        ``pid % scale`` (summed by :func:`_sum_buckets`) when ``scale``."""
+        self.jobs += 1
+        if isinstance(self.prepared, RDD):
+            self.prepared.context.setJobDescription(f"{self.description}: {label}")
+            out = self.prepared.mapPartitionsWithIndex(_rdd_task(work))
+            if scale:
+                out = out.keyBy(lambda pair: pair[0] % scale).partitionBy(scale) \
+                    .mapPartitions(lambda keyed: _sum_buckets((pair for _, pair in keyed), scale))
+            return out.collect()
+        out = self.prepared.mapInArrow(
+            _arrow_task(self.n_features, work, self.packed), _STATS_SCHEMA
+        )
+        if scale:
+            out = out.repartition(scale, (F.col("pid") % scale)).mapInArrow(
+                _sum_rows(scale), _STATS_SCHEMA
+            )
+        _set_job_description(self.prepared, f"{self.description}: {label}")
+        return [(row["pid"], np.frombuffer(row["stats"])) for row in out.collect()]
+
+    def run(self, passes: Sequence[PassFunction], label: str,
+            size: Optional[int] = None) -> np.ndarray:
+        """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
+        scale = _tree_scale(self.n_partitions, self.aggregation_depth)
+        pairs = self._collect(partial(_accumulate, passes=list(passes)), label, scale)
+        return ordered_sum(pairs, None)  # any tree level was summed by the job
+
+    def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        pieces = self._collect(partial(_gather, function=function), label)
+        width = self.n_features + 1
+        return in_order((pid, rows.reshape(-1, width)) for pid, rows in pieces)
 
 
 def _rdd_or_none(df: DataFrame) -> Optional[RDD]:

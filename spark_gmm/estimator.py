@@ -105,6 +105,7 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
         initialCovariances: Optional[list] = None,
         checkpointInterval: int = 10,
         checkpointDir: Optional[str] = None,
+        engine: str = "auto",
     ):
         super().__init__()
         self.setParams(**self._input_kwargs)
@@ -136,6 +137,7 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
         initialCovariances: Optional[list] = None,
         checkpointInterval: int = 10,
         checkpointDir: Optional[str] = None,
+        engine: str = "auto",
     ) -> "GaussianMixture":
         return self._set(**self._input_kwargs)
 
@@ -190,6 +192,9 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
     def setCheckpointDir(self, value: str) -> "GaussianMixture":
         return self._set(checkpointDir=value)
 
+    def setEngine(self, value: str) -> "GaussianMixture":
+        return self._set(engine=value)
+
     # ------------------------------------------------------------------ fit
 
     def _settings(self) -> FitSettings:
@@ -211,6 +216,7 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
             description=f"spark_gmm {self.uid}",
             checkpoint_dir=local_dir(self._opt(self.checkpointDir)),
             checkpoint_interval=self.getCheckpointInterval(),
+            engine=self.getEngine(),
         )
 
     def _explicit_initial(self):

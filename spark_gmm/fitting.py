@@ -1,7 +1,8 @@
 """The fit driver shared by GaussianMixture and GaussianMixtureSelector.
 
-Validates and prepares the input once, initialises every candidate (restarts, grid points),
-and advances all of them together: one Spark job per EM iteration whatever their number.
+Validates and prepares the input once, chooses the pass engine (resident: the whole fit in
+one barrier stage; or one Spark job per pass), initialises every candidate (restarts, grid
+points), and advances all of them together: one pass per EM iteration whatever their number.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pyspark.storagelevel import StorageLevel
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
-from spark_gmm.em import SparkPasses, limit_partitions, num_partitions, pack_blocks
+from spark_gmm.em import PassEngine, SparkPasses, limit_partitions, num_partitions, \
+    pack_blocks
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
+from spark_gmm.resident import ResidentPasses, ResidentUnavailable, plan
 
 log = logging.getLogger("spark_gmm")
 
@@ -39,6 +42,7 @@ class FitSettings:
     description: str = "spark_gmm"
     checkpoint_dir: Optional[str] = None  # EM state saved here every checkpoint_interval
     checkpoint_interval: int = 10  # iterations; < 1 disables
+    engine: str = "auto"  # auto | resident | jobPerPass
 
 
 @dataclass
@@ -64,22 +68,19 @@ def fit_candidates(
             "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
             report.n_skipped, report.n_input_rows,
         )
-    # Initialisation reads rows (samples, Spark's KMeans): cache them only if the caller did
-    # not cache the input, and only until EM starts. Every statistics pass reads the rows
-    # packed in dense float64 blocks (about the size of the raw doubles), cached for the fit
-    # in at most two partitions per core.
-    persist_rows = dataset.storageLevel == StorageLevel.NONE
-    if persist_rows:
-        prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
-    # coalesced before packing, so that packing too runs one Python task per new partition
+    # Every pass reads the rows packed in dense float64 blocks (about the size of the raw
+    # doubles), in at most two partitions per core, coalesced before packing so that packing
+    # too runs one Python task per new partition.
     rows = limit_partitions(prepared)
     n_partitions = num_partitions(rows)
-    blocks = pack_blocks(rows, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+    passes = _resident(settings, rows, report.n_features, n_partitions)
+    if passes is None:  # job-per-pass: the blocks cached for the fit
+        blocks = pack_blocks(rows, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
         passes = SparkPasses(
             blocks, report.n_features, settings.aggregation_depth, settings.description,
             packed=True, n_partitions=n_partitions,
         )
+    try:
         checkpoint = Checkpoint.for_fit(settings, candidates, report)
         resume = checkpoint.load() if checkpoint else None
         init = None
@@ -89,9 +90,6 @@ def fit_candidates(
                 settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
                 fixed=settings.fixed, explicit=settings.explicit,
             )
-        if persist_rows:
-            prepared.unpersist()  # EM reads only the blocks
-            persist_rows = False
         pass_number = itertools.count(1)
         multiple = len(candidates) > 1
 
@@ -121,7 +119,33 @@ def fit_candidates(
         if checkpoint:
             checkpoint.remove()  # the fit is complete: nothing to resume
     finally:
-        blocks.unpersist()
-        if persist_rows:
-            prepared.unpersist()
+        if isinstance(passes, ResidentPasses):
+            passes.close()
+        else:
+            blocks.unpersist()
     return FitOutcome(list(candidates), results, report, passes.jobs)
+
+
+_SAID = set()  # fallback reasons already logged by this process
+
+
+def _resident(settings: FitSettings, rows: DataFrame, n_features: int,
+              n_partitions: int) -> Optional[PassEngine]:
+    """The started resident engine, or None for the job-per-pass one: by ``settings.engine``,
+    and where 'auto' finds that a barrier stage cannot run (said once per reason)."""
+    if settings.engine == "jobPerPass":
+        return None
+    resident, why = plan(rows, n_partitions)
+    if resident is not None:
+        try:
+            return ResidentPasses(rows, n_features, n_partitions, settings.aggregation_depth,
+                                  settings.description, resident).start()
+        except ResidentUnavailable as exc:
+            why = str(exc)
+    if settings.engine == "resident":
+        raise RuntimeError(f"engine='resident' cannot run here: {why}")
+    if why not in _SAID:
+        _SAID.add(why)
+        log.warning("the fit runs one Spark job per pass (engine='auto' fell back from the "
+                    "resident engine): %s", why)
+    return None

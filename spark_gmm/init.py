@@ -1,11 +1,12 @@
 """Initial parameters for a list of candidates (restarts, grid points) in shared data passes.
 
-Modes: 'kmeans' (Spark's KMeans, k-means||, then one M-step from its hard assignments, as
-scikit-learn's default), 'k-means++' (seeds by k-means++ on a bounded driver sample, then the
-same M-step), 'random' (random responsibilities, then an M-step, as scikit-learn's 'random'),
-'randomFromData' (k distinct rows as means, the data covariance for every component); or
-fixed initial parameters (a model or explicit arrays) for every candidate.
-All candidates' assignment passes run in one Spark job.
+Modes: 'kmeans' (k-means++ seeds on a bounded sample, Lloyd iterations over all the rows,
+then one M-step from the hard assignments, as scikit-learn's default), 'k-means++' (the same
+seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then an
+M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as means, the data
+covariance for every component); or fixed initial parameters (a model or explicit arrays) for
+every candidate. Every step is a pass of the fit's pass engine (:mod:`spark_gmm.em`), shared by
+all candidates: on the resident engine no step starts a Spark job.
 """
 from __future__ import annotations
 
@@ -15,18 +16,18 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from pyspark.ml.clustering import KMeans
-from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_gmm import kernel
 from spark_gmm.data import FEATURES, WEIGHT, InvalidInputError
-from spark_gmm.em import SparkPasses
+from spark_gmm.em import PassEngine
 
 log = logging.getLogger("spark_gmm")
 
-SAMPLE_ROWS = 20_000  # rows collected to the driver for k-means++ and randomFromData
+SAMPLE_ROWS = 20_000  # rows sampled to the driver for k-means++ seeds and randomFromData
+KMEANS_MAX_ITER = 20  # Lloyd iterations of the 'kmeans' mode at most (Spark KMeans' default)
+KMEANS_TOL = 1e-4  # ... until no center moves more, in standard deviations of the data
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ExplicitInit:
     covariances: Optional[np.ndarray] = None
 
 
-def data_moments(passes: SparkPasses, origin: np.ndarray, full: bool):
+def data_moments(passes: PassEngine, origin: np.ndarray, full: bool):
     """Weighted mean (d,) and covariance ((d, d) if ``full`` else variances (d,)) of the
     prepared rows, accumulated around ``origin`` (a data row) so offsets do not cancel."""
     stats = passes.hard_assignment_stats(
@@ -70,20 +71,9 @@ def data_moments(passes: SparkPasses, origin: np.ndarray, full: bool):
     return mean, cov
 
 
-def _first_row(prepared: DataFrame) -> np.ndarray:
-    row = prepared.select(FEATURES).limit(1).collect()
-    return np.asarray(row[0][0], dtype=np.float64)
-
-
-def _sample_rows(prepared: DataFrame, n_rows: int, seed: int, limit: int):
+def _sample_rows(passes: PassEngine, n_rows: int, seed: int, limit: int):
     """Up to ``limit`` rows (and their weights) drawn without replacement."""
-    fraction = min(1.0, 2.0 * limit / max(n_rows, 1))
-    sample = prepared
-    if fraction < 1.0:
-        sample = sample.sample(withReplacement=False, fraction=fraction, seed=seed)
-    rows = sample.limit(limit).collect()
-    X = np.asarray([r[FEATURES] for r in rows], dtype=np.float64)
-    return X, np.asarray([r[WEIGHT] for r in rows], dtype=np.float64)
+    return passes.sample(min(1.0, 2.0 * limit / max(n_rows, 1)), seed, limit)
 
 
 def _distinct_rows(prepared: DataFrame, k: int) -> np.ndarray:
@@ -130,43 +120,28 @@ def _covariances_from_data(cov: np.ndarray, k: int, covariance_type: str, reg_co
     return np.repeat(variances[None], k, 0) if covariance_type == "diag" else np.full(k, variances.mean())
 
 
-def _kmeans_centers(prepared: DataFrame, passes: SparkPasses, pairs, weighted: bool):
-    """Spark's KMeans for each (k, seed), on centred data divided by one global scale (an
-    isotropic map, so the clustering is unchanged but offsets of 1e8 or scales of 1e-4 are
-    harmless). Returns {(k, seed): centers in the data's units}."""
-    mean, variances = data_moments(passes, _first_row(prepared), full=False)
-    scale = float(np.sqrt(variances.mean()))
-    if not scale > 0:
-        if max(k for k, _ in pairs) > 1:
-            raise _too_few_distinct(1, max(k for k, _ in pairs))
-        scale = 1.0
-    mean_col = F.array(*[F.lit(float(m)) for m in mean])
-    standardized = prepared.select(
-        array_to_vector(
-            F.transform(F.col(FEATURES), lambda x, i: (x - F.element_at(mean_col, i + 1)) / scale)
-        ).alias("features"),
-        F.col(WEIGHT),
-    )
-    out = {}
-    for k, seed in pairs:
-        if k == 1:  # Spark's KMeans needs k >= 2; one cluster's center is the mean
-            out[(k, seed)] = mean[None, :]
-            continue
-        km = KMeans(k=k, seed=seed, featuresCol="features", initMode="k-means||", maxIter=20)
-        if weighted:
-            km.setWeightCol(WEIGHT)
-        centers = np.unique(np.asarray(km.fit(standardized).clusterCenters()), axis=0)
-        if len(centers) < k:
-            # KMeans returns fewer centers when the data has fewer distinct points.
-            distinct = (_check_distinct(prepared, np.empty((0, len(mean))), k) - mean) / scale
-            extra = [r for r in distinct if not (np.abs(centers - r).sum(axis=1) == 0).any()]
-            centers = np.vstack([centers, np.asarray(extra)[: k - len(centers)]])
-        out[(k, seed)] = centers * scale + mean
-    return out
+def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: float):
+    """Lloyd iterations over all the rows for every (k, seed) at once, one pass each, until
+    no center moves more than ``KMEANS_TOL * scale`` or ``KMEANS_MAX_ITER``. The moments of
+    each pass are taken around the centre of the centers, so offsets do not cancel."""
+    active = [pair for pair in sorted(centers) if pair[0] > 1]
+    for iteration in range(1, KMEANS_MAX_ITER + 1):
+        if not active:
+            break
+        stats = passes.hard_assignment_stats([centers[pair] for pair in active],
+                                             ["spherical"] * len(active),
+                                             f"k-means iteration {iteration}")
+        still = []
+        for pair, s in zip(active, stats):
+            centers[pair], moved = kernel.lloyd_update(s, centers[pair])
+            if moved > (KMEANS_TOL * scale) ** 2:
+                still.append(pair)
+        active = still
+    return centers
 
 
 def initial_params(
-    passes: SparkPasses,
+    passes: PassEngine,
     prepared: DataFrame,
     n_rows: int,
     n_features: int,
@@ -188,7 +163,7 @@ def initial_params(
                 for c in candidates]
 
     if init_mode == "random":
-        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
         _check_distinct(prepared, X, k_max, w)
         origin = X[0]
         passes_ = [
@@ -203,7 +178,7 @@ def initial_params(
         return [kernel.m_step(s, reg_covar) for s in stats]
 
     if init_mode == "randomFromData":
-        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
         distinct = _check_distinct(prepared, X, k_max, w)
         full = any(c.covariance_type in ("full", "tied") for c in candidates)
         _, cov = data_moments(passes, X[0], full)
@@ -220,15 +195,17 @@ def initial_params(
 
     # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
     pairs = sorted({(c.k, c.seed) for c in candidates})
-    if init_mode == "k-means++":
-        X, w = _sample_rows(prepared, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(prepared, X, k_max, w)
-        centers: Dict[Tuple[int, int], np.ndarray] = {
-            (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w)
-            for k, seed in pairs
-        }
-    else:
-        centers = _kmeans_centers(prepared, passes, pairs, weighted)
+    X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
+    distinct = _check_distinct(prepared, X, k_max, w)
+    if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
+        X, w = distinct, np.ones(len(distinct))
+    centers: Dict[Tuple[int, int], np.ndarray] = {
+        (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w)
+        for k, seed in pairs
+    }
+    if init_mode == "kmeans":
+        # the unit of the tolerance: the sample's root mean variance
+        centers = _lloyd(passes, centers, float(np.sqrt(X.var(axis=0).mean())))
     stats = passes.hard_assignment_stats(
         [centers[(c.k, c.seed)] for c in candidates], [c.covariance_type for c in candidates],
         f"{init_mode} assignment",
@@ -248,7 +225,7 @@ def _explicit_params(passes, prepared, explicit: ExplicitInit, c: Candidate, n_f
     covariances = explicit.covariances
     if covariances is None:
         full = c.covariance_type in ("full", "tied")
-        _, cov = data_moments(passes, _first_row(prepared), full)
+        _, cov = data_moments(passes, passes.first_row(), full)
         covariances = _covariances_from_data(cov, c.k, c.covariance_type, reg_covar)
     try:
         params = kernel.MixtureParams(weights, means, covariances, c.covariance_type)

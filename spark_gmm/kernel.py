@@ -655,6 +655,28 @@ def random_resp_stats(
     return stats
 
 
+def sample_rows(X: np.ndarray, sample_weight: Optional[np.ndarray], fraction: float,
+                seed: int) -> np.ndarray:
+    """Rows of one block each kept with probability ``fraction``, with their weights as a last
+    column: (m, d + 1). Seeded by ``seed`` and the block's bytes, as :func:`random_resp_stats`,
+    so a block keeps the same rows wherever and however often it is processed."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    rng = np.random.default_rng([seed, zlib.crc32(X.tobytes()), X.shape[0]])
+    keep = rng.random(X.shape[0]) < fraction
+    return np.column_stack([X[keep], w[keep]])
+
+
+def lloyd_update(stats: SufficientStats, centers: np.ndarray):
+    """One Lloyd step from the statistics of nearest-center assignments
+    (:func:`hard_assignment_stats`): (new centers, largest squared move). A center that no
+    row chose stays where it is."""
+    assigned = stats.resp > 0
+    new = centers.copy()
+    new[assigned] = stats.shift[assigned] + stats.first[assigned] / stats.resp[assigned, None]
+    return new, float(((new - centers) ** 2).sum(axis=1).max())
+
+
 def kmeans_plus_plus(
     X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: Optional[np.ndarray] = None
 ) -> np.ndarray:

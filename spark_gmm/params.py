@@ -26,6 +26,7 @@ from spark_gmm.kernel import COVARIANCE_TYPES
 
 INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 HANDLE_INVALID = ("error", "skip")
+ENGINES = ("auto", "resident", "jobPerPass")
 
 
 def _one_of(name, allowed):
@@ -106,9 +107,9 @@ class _GaussianMixtureParams(
     )
     initMode = Param(
         Params._dummy(), "initMode",
-        "Initialisation: 'kmeans' (Spark's KMeans, k-means||, then one M-step from its hard "
-        "assignments), 'k-means++' (k-means++ seeds from a sample of at most 20,000 rows, "
-        "then the same M-step), 'random' (random responsibilities, then an M-step) or "
+        "Initialisation: 'kmeans' (k-means++ seeds from a sample of at most 20,000 rows, Lloyd "
+        "iterations over all rows, then one M-step from the hard assignments), 'k-means++' "
+        "(the same seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then an M-step) or "
         "'randomFromData' (k distinct rows as means, the data covariance for each).",
         typeConverter=_one_of("initMode", INIT_MODES),
     )
@@ -150,6 +151,14 @@ class _GaussianMixtureParams(
         "settings on the same data resumes from it. Unset (the default): no checkpoints.",
         typeConverter=TypeConverters.toString,
     )
+    engine = Param(
+        Params._dummy(), "engine",
+        "How the passes of a fit run: 'resident' holds the rows in the Python workers of one "
+        "barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job per "
+        "pass over cached blocks; 'auto' (the default) is resident wherever a barrier stage "
+        "can run and says once why not where it cannot.",
+        typeConverter=_one_of("engine", ENGINES),
+    )
     initialModel = Param(
         Params._dummy(), "initialModel",
         "A fitted GaussianMixtureModel to start EM from (warm start); its k, number of "
@@ -175,6 +184,7 @@ class _GaussianMixtureParams(
             nInit=1,
             recoverCollapsed=True,
             checkpointInterval=10,
+            engine="auto",
         )
 
     def getK(self) -> int:
@@ -203,6 +213,9 @@ class _GaussianMixtureParams(
 
     def getRecoverCollapsed(self) -> bool:
         return self.getOrDefault(self.recoverCollapsed)
+
+    def getEngine(self) -> str:
+        return self.getOrDefault(self.engine)
 
     def getCheckpointDir(self) -> str:
         return self.getOrDefault(self.checkpointDir)

@@ -1,0 +1,611 @@
+"""The resident pass engine: a fit's rows read once into the Python workers of one barrier
+stage, which then run every pass of the fit for the driver.
+
+How it runs:
+
+* The fit's prepared rows are tagged with their partition and order and shuffled to
+  ``n_tasks`` barrier tasks, never more than the cluster can run at once (a ``mapInArrow``
+  with ``barrier=True``, so classic sessions and Spark Connect share one path). Each task cuts
+  each partition's rows into the same blocks as :func:`spark_gmm.em.pack_blocks` and holds
+  them. The barrier stage reads a shuffle and ends in one, so Spark retries it whole when a
+  task fails, re-reading the shuffled rows rather than the source.
+* Each task connects to a coordinator on the driver and answers commands: pass functions and
+  parameters (pickled) come down, statistics (float64 bytes) go up. The driver sums them per
+  partition in partition order with :func:`spark_gmm.em.ordered_sum`, so the result is
+  bit-identical to the job-per-pass engine on the same partitions.
+* Connections authenticate both ways with a fresh random key per fit (the HMAC challenges of
+  :mod:`multiprocessing.connection`) before anything else is read; the key travels only inside
+  the task closure and is never logged or written. Every message has a size bound, and the
+  driver never unpickles what a worker sends.
+* Faults: a lost worker makes the driver wait for Spark's retry of the stage and run the
+  interrupted pass again there; a worker that does not answer within the pass timeout, or a
+  stage that cannot start within the connect timeout, cancels the job with a clear error (the
+  fit then falls back to the job-per-pass engine when nothing has run yet).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import queue
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, answer_challenge, \
+    deliver_challenge, wait
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
+from spark_gmm.em import _BLOCK_ELEMENTS, FAULT_INJECTION, GatherFunction, PassEngine, \
+    PassFunction, _accumulate, _gather, _set_job_description, _tree_scale, in_order, \
+    ordered_sum
+
+log = logging.getLogger("spark_gmm")
+
+# Spark configuration keys (seconds): how long the barrier stage may take to start and connect
+# (it includes reading and shuffling the data), and how long one pass may take.
+CONNECT_TIMEOUT_CONF = "spark.gmm.resident.connectTimeout"
+PASS_TIMEOUT_CONF = "spark.gmm.resident.passTimeout"
+CONNECT_TIMEOUT = 300.0
+PASS_TIMEOUT = 3600.0
+HANDSHAKE_SECONDS = 20.0  # an accepted connection must authenticate and say hello by then
+MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
+MAX_HELLO_BYTES = 1 << 16
+
+_HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), number of pids
+
+
+class ResidentUnavailable(RuntimeError):
+    """The barrier stage could not start (or its workers could not connect): nothing has run
+    on it, so the fit can use the job-per-pass engine instead."""
+
+
+class ResidentFailure(RuntimeError):
+    """The resident engine failed mid-fit (a hung worker, a stage Spark gave up retrying)."""
+
+
+@dataclass(frozen=True)
+class ResidentSettings:
+    n_tasks: int
+    connect_timeout: float = CONNECT_TIMEOUT
+    pass_timeout: float = PASS_TIMEOUT
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
+    fault: Optional[Tuple[str, str]] = None  # test-only: (SPARK_GMM_FAULT_INJECTION, marker)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _murmur3_int(value: int, seed: int = 42) -> int:
+    """Spark's Murmur3_x86_32.hashInt (what ``repartition(n, column)`` hashes an int with)."""
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+    k1 = rotl((value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+    h1 = (rotl(seed ^ k1, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h1 ^= 4
+    h1 = ((h1 ^ (h1 >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    h1 = ((h1 ^ (h1 >> 13)) * 0xC2B2AE35) & 0xFFFFFFFF
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
+
+
+def task_keys(n_tasks: int) -> List[int]:
+    """Keys whose hash partitioning sends key number ``t`` to shuffle partition ``t``, so that
+    ``repartition(n_tasks, key)`` spreads the fit's partitions evenly over the tasks."""
+    keys: Dict[int, int] = {}
+    value = 0
+    while len(keys) < n_tasks:
+        keys.setdefault(_murmur3_int(value) % n_tasks, value)
+        value += 1
+    return [keys[t] for t in range(n_tasks)]
+
+
+def _blocks_of(batches, n_features: int):
+    """A task's shuffled rows -> [(pid, [(X, w) blocks])], the blocks cut exactly as
+    :func:`spark_gmm.em.pack_blocks` cuts each partition (``_BLOCK_ELEMENTS // d`` rows, in
+    row order), so that sums per partition equal the job-per-pass engine's bit for bit."""
+    pids, seqs, Xs, ws = [], [], [], []
+    for batch in batches:
+        if batch.num_rows:
+            pids.append(batch.column("pid").to_numpy(zero_copy_only=False))
+            seqs.append(batch.column("seq").to_numpy(zero_copy_only=False))
+            X, w = batch_to_numpy(batch, n_features)
+            Xs.append(np.array(X))  # owned copies: the Arrow batch can go
+            ws.append(np.array(w))
+    if not Xs:
+        return []
+    pid, seq = np.concatenate(pids), np.concatenate(seqs)
+    X, w = np.concatenate(Xs), np.concatenate(ws)
+    del Xs, ws
+    if np.any(seq[1:] < seq[:-1]):  # seq orders rows by partition, then row
+        order = np.argsort(seq, kind="stable")  # a few sorted runs: timsort is near-linear
+        pid, X, w = pid[order], X[order], w[order]
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    ends = np.r_[starts[1:], len(pid)]
+    block = max(1, _BLOCK_ELEMENTS // n_features)
+    return [(int(pid[a]), [(X[i:min(i + block, b)], w[i:min(i + block, b)])
+                           for i in range(a, b, block)])
+            for a, b in zip(starts, ends)]
+
+
+def _connect(address: Tuple[str, int], key: bytes, seconds: float) -> Connection:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return Client(address, family="AF_INET", authkey=key)
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout) as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"spark_gmm resident worker: no coordinator at {address[0]}:{address[1]} "
+                    f"within {seconds:.0f} s ({exc})"
+                ) from None
+            time.sleep(0.2)
+
+
+def _reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
+    """Header, pids (int32), value counts (int64), then the float64 values of each piece."""
+    pids = np.asarray([pid for pid, _ in pieces], dtype=np.int32)
+    counts = np.asarray([piece.size for _, piece in pieces], dtype=np.int64)
+    return b"".join([_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
+                    + [np.ascontiguousarray(piece, dtype=np.float64).tobytes()
+                       for _, piece in pieces])
+
+
+def _inject_fault(fault: Optional[Tuple[str, str]]):
+    """Test-only (SPARK_GMM_FAULT_INJECTION): the first time in a fit, crash or hang."""
+    if not fault:
+        return
+    mode, marker = fault
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # only the first time gets past
+    except FileExistsError:
+        return
+    if mode == "exit-first-attempt":
+        os._exit(3)  # a crashing Python worker mid-fit, for the retry tests
+    if mode == "hang-first-attempt":
+        time.sleep(3600)  # a hung worker, for the timeout tests
+
+
+def _serve(conn: Connection, held, fault: Optional[Tuple[str, str]], partition: int):
+    """Answers the driver's commands until it says stop (EOFError if it goes away)."""
+    commands = 0
+    while True:
+        command = pickle.loads(conn.recv_bytes(MAX_COMMAND_BYTES))
+        if command[0] == "stop":
+            return
+        commands += 1
+        if partition == 0 and commands == 3:
+            _inject_fault(fault)
+        try:
+            if command[0] == "sum":
+                pieces = [(pid, _accumulate(blocks, command[1])) for pid, blocks in held]
+                kind = b"S"
+            else:  # "gather"
+                pieces = [(pid, _gather(blocks, command[1])) for pid, blocks in held]
+                kind = b"G"
+            reply = _reply(kind, [(pid, p) for pid, p in pieces if p is not None])
+        except Exception as exc:  # reported to the driver, which raises it
+            reply = _HEADER.pack(b"E", 0) + repr(exc).encode()[:4096]
+        conn.send_bytes(reply)
+
+
+def _worker(address: Tuple[str, int], key: bytes, n_features: int, connect_seconds: float,
+            fault: Optional[Tuple[str, str]]):
+    """The barrier task (a mapInArrow function): connect, say hello, read and hold the
+    blocks, serve the driver; it yields nothing."""
+
+    def run(batches):
+        from pyspark import TaskContext
+        from threadpoolctl import threadpool_limits
+
+        context = TaskContext.get()
+        partition = context.partitionId()
+        conn = _connect(address, key, connect_seconds)
+        held = None
+        try:
+            conn.send_bytes(json.dumps({"partition": partition,
+                                        "task": context.taskAttemptId()}).encode())
+            held = _blocks_of(batches, n_features)
+            conn.send_bytes(json.dumps({
+                "pids": [pid for pid, _ in held],
+                "rows": sum(X.shape[0] for _, blocks in held for X, _ in blocks),
+                "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
+            }).encode())
+            # Two tasks share two cores: more BLAS threads per task only oversubscribe.
+            with threadpool_limits(limits=1, user_api="blas"):
+                _serve(conn, held, fault, partition)
+        except EOFError:
+            raise RuntimeError("spark_gmm resident worker: the driver closed the connection "
+                               "before the fit ended") from None
+        finally:
+            conn.close()
+            held = None  # the blocks are freed with the task, not kept in the worker
+        return
+        yield  # a generator: mapInArrow wants an iterator of batches
+
+    return run
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+class _Coordinator:
+    """The driver's listening socket: accepts connections, authenticates each (both ways)
+    with the fit's key, reads its hello, and queues (hello, connection)."""
+
+    def __init__(self, bind_host: str, key: bytes):
+        self.key = key
+        self.server = socket.create_server((bind_host, 0))
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.ready: "queue.Queue[Tuple[dict, Connection]]" = queue.Queue()
+        self.refused = 0  # connections that failed to authenticate or say hello
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="spark_gmm-resident-accept",
+                                        daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while not self._closed.is_set():
+            try:
+                sock, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(sock,), daemon=True).start()
+
+    def _handshake(self, sock: socket.socket):
+        sock.setblocking(True)
+        conn = Connection(os.dup(sock.fileno()))
+        # a peer that stalls is cut off: shutdown wakes the blocked read
+        timer = threading.Timer(HANDSHAKE_SECONDS, _shutdown, args=(sock,))
+        timer.start()
+        try:
+            deliver_challenge(conn, self.key)  # the peer proves the key before we read more
+            answer_challenge(conn, self.key)  # and we prove it to the peer
+            hello = json.loads(conn.recv_bytes(MAX_HELLO_BYTES))
+            if not isinstance(hello.get("partition"), int) or \
+                    not isinstance(hello.get("task"), int):
+                raise ValueError("malformed hello")
+        except Exception:
+            self.refused += 1
+            conn.close()
+            return
+        finally:
+            timer.cancel()
+            sock.close()
+        self.ready.put((hello, conn))
+
+    def close(self):
+        self._closed.set()
+        self.server.close()
+        while True:
+            try:
+                self.ready.get_nowait()[1].close()
+            except queue.Empty:
+                return
+
+
+def _shutdown(sock: socket.socket):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class ResidentPasses(PassEngine):
+    """Runs a fit's passes in the Python workers of one barrier stage that hold its rows.
+
+    ``rows`` is the fit's prepared DataFrame in its ``n_partitions`` partitions (those the
+    job-per-pass engine would pack). :meth:`start` launches the stage and waits for its
+    workers; :meth:`close` ends it, and the workers free their blocks.
+    """
+
+    def __init__(self, rows: DataFrame, n_features: int, n_partitions: int,
+                 aggregation_depth: int, description: str, settings: ResidentSettings):
+        self.rows = rows
+        self.n_features = n_features
+        self.n_partitions = n_partitions
+        self.scale = _tree_scale(n_partitions, aggregation_depth)
+        self.description = description
+        self.settings = settings
+        self.jobs = 0  # data passes run so far
+        self.rows_held = 0
+        self.bytes_held = 0
+        self._workers: Dict[int, Connection] = {}
+        self._pids: Dict[int, List[int]] = {}  # partitions each worker holds
+        self._rows: Dict[int, int] = {}  # rows each worker holds
+        self._floor = -1  # Spark task ids of lost stage attempts are at most this
+        self._coordinator: Optional[_Coordinator] = None
+        self._job_error: Optional[BaseException] = None
+        self._job_done = threading.Event()
+        self._tag = f"spark_gmm-resident-{secrets.token_hex(8)}"
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> "ResidentPasses":
+        s = self.settings
+        key = secrets.token_bytes(32)
+        self._coordinator = _Coordinator(s.bind_host, key)
+        address = (s.advertise_host, self._coordinator.port)
+        keys = F.array(*[F.lit(k) for k in task_keys(s.n_tasks)])
+        held = (
+            self.rows.select(
+                F.spark_partition_id().alias("pid"),
+                F.monotonically_increasing_id().alias("seq"),  # partition, then row order
+                F.col(FEATURES), F.col(WEIGHT))
+            .withColumn("task", F.element_at(keys, F.col("pid") % s.n_tasks + 1))
+            .repartition(s.n_tasks, "task")
+            .mapInArrow(_worker(address, key, self.n_features, s.connect_timeout, s.fault),
+                        "done int", barrier=True)
+            # ending in a shuffle makes the barrier stage a shuffle-map stage: Spark retries it
+            # whole when a task fails (a failed barrier result stage is not retried)
+            .repartition(1)
+        )
+        del key
+        spark = self.rows.sparkSession
+        from pyspark import InheritableThread
+
+        def run_job():
+            try:
+                spark.addTag(self._tag)
+                _set_job_description(self.rows, f"{self.description}: resident fit "
+                                                 f"({s.n_tasks} barrier tasks)")
+                held.collect()
+            except BaseException as exc:  # reported by the waiting driver
+                self._job_error = exc
+            finally:
+                self._job_done.set()
+
+        InheritableThread(target=run_job, name="spark_gmm-resident-job", daemon=True).start()
+        try:
+            self._acquire(s.connect_timeout, first=True)
+        except BaseException:
+            self.close()
+            raise
+        log.info("resident engine: %d rows (%.1f MB) held in %d barrier tasks", self.rows_held,
+                 self.bytes_held / 1e6, s.n_tasks)
+        return self
+
+    def close(self):
+        """Tells the workers to stop (they free their blocks and the job ends by itself) and
+        closes the coordinator."""
+        for conn in self._workers.values():
+            try:
+                conn.send_bytes(pickle.dumps(("stop",)))
+            except OSError:
+                pass
+        self._drop_workers()
+        if self._coordinator is not None:
+            self._coordinator.close()
+
+    def _cancel(self):
+        try:
+            self.rows.sparkSession.interruptTag(self._tag)
+        except Exception:  # the session may be stopping
+            pass
+
+    def _drop_workers(self):
+        for conn in self._workers.values():
+            conn.close()
+        self._workers, self._pids, self._rows = {}, {}, {}
+
+    def _acquire(self, seconds: float, first: bool):
+        """Waits for a worker of every task to connect and load its blocks. Workers of a stage
+        attempt that failed are refused (their Spark task ids are at most ``self._floor``);
+        of two workers of one task the newer wins. Any such set is correct: every attempt
+        reads the same shuffled rows."""
+        deadline = time.monotonic() + seconds
+        n_tasks = self.settings.n_tasks
+        found: Dict[int, Tuple[int, Connection]] = {}
+        while len(found) < n_tasks:
+            remaining = deadline - time.monotonic()
+            if self._job_done.is_set() or remaining <= 0:
+                for _, conn in found.values():
+                    conn.close()
+                if self._job_done.is_set():
+                    raise self._job_failed(first)
+                self._cancel()
+                what = (f"the barrier stage of {n_tasks} task(s) did not start and connect "
+                        f"within {seconds:.0f} s ({CONNECT_TIMEOUT_CONF})")
+                raise (ResidentUnavailable if first else ResidentFailure)(what)
+            try:
+                hello, conn = self._coordinator.ready.get(timeout=min(remaining, 0.2))
+            except queue.Empty:
+                continue
+            partition, task = hello["partition"], hello["task"]
+            older = found.get(partition, (-1, None))
+            if task <= self._floor or not 0 <= partition < n_tasks or task < older[0]:
+                conn.close()  # a straggler of an attempt already given up
+                continue
+            if older[1] is not None:
+                older[1].close()
+            found[partition] = (task, conn)
+        self._floor = max(task for task, _ in found.values())
+        self._workers = {partition: conn for partition, (_, conn) in found.items()}
+        loaded = self._receive("load the data", lambda partition: MAX_HELLO_BYTES)
+        self.rows_held = self.bytes_held = 0
+        for partition, text in loaded.items():
+            info = json.loads(text)
+            self._pids[partition] = [int(pid) for pid in info["pids"]]
+            self._rows[partition] = int(info["rows"])
+            self.rows_held += int(info["rows"])
+            self.bytes_held += int(info["bytes"])
+
+    def _job_failed(self, first: bool) -> RuntimeError:
+        error = self._job_error
+        reason = "the barrier stage ended" if error is None else \
+            (str(error).strip().splitlines() or [type(error).__name__])[0][:500]
+        return (ResidentUnavailable if first else ResidentFailure)(f"resident engine: {reason}")
+
+    # ------------------------------------------------------------------ exchanges
+
+    def _receive(self, label: str, limit_of) -> Dict[int, bytes]:
+        """One message from every worker, each of at most ``limit_of(task)`` bytes, within
+        the pass timeout (which cancels the job)."""
+        timeout = self.settings.pass_timeout
+        deadline = time.monotonic() + timeout
+        pending = {conn: partition for partition, conn in self._workers.items()}
+        replies: Dict[int, bytes] = {}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._cancel()
+                raise ResidentFailure(
+                    f"resident engine: worker(s) {sorted(pending.values())} did not answer "
+                    f"'{label}' within {timeout:.0f} s ({PASS_TIMEOUT_CONF}); the fit's "
+                    "Spark job was cancelled"
+                )
+            for conn in wait(list(pending), timeout=min(remaining, 1.0)):
+                partition = pending.pop(conn)
+                replies[partition] = conn.recv_bytes(limit_of(partition))
+            if pending and self._job_done.is_set():
+                raise EOFError("the barrier stage ended")
+        return replies
+
+    def _exchange(self, command: tuple, label: str, limit_of) -> Dict[int, bytes]:
+        """Sends ``command`` to every worker and returns their replies; when a worker is lost,
+        waits for Spark's retry of the stage and sends it again."""
+        message = pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)
+        while True:
+            try:
+                for conn in self._workers.values():
+                    conn.send_bytes(message)
+                return self._receive(label, limit_of)
+            except (EOFError, OSError) as lost:
+                log.warning("resident engine: a worker was lost during '%s' (%s); waiting for "
+                            "Spark to retry the barrier stage", label,
+                            lost or type(lost).__name__)
+                self._drop_workers()
+                self._acquire(self.settings.connect_timeout, first=False)
+
+    def _reply_limit(self, partition: int, values_per_pid: int) -> int:
+        n = len(self._pids[partition])
+        return _HEADER.size + 12 * n + 8 * values_per_pid * n + 4096
+
+    def _parse(self, partition: int, data: bytes, kind: bytes, width: Optional[int]):
+        """[(pid, float64 values)] of a worker's reply, checked against what it holds."""
+        tag, count = _HEADER.unpack_from(data)
+        if tag == b"E":
+            raise ResidentFailure(f"resident worker {partition} failed: "
+                                  f"{data[_HEADER.size:].decode(errors='replace')}")
+        malformed = ResidentFailure(f"resident worker {partition}: malformed reply")
+        if tag != kind or count > len(self._pids[partition]):
+            raise malformed
+        pos = _HEADER.size
+        pids = np.frombuffer(data, np.int32, count, pos)
+        pos += 4 * count
+        sizes = np.frombuffer(data, np.int64, count, pos)
+        pos += 8 * count
+        if set(pids.tolist()) - set(self._pids[partition]) or np.any(sizes < 0) or \
+                pos + 8 * int(sizes.sum()) != len(data) or \
+                (width is not None and np.any(sizes != width)):
+            raise malformed
+        out = []
+        for pid, size in zip(pids.tolist(), sizes.tolist()):
+            out.append((pid, np.frombuffer(data, np.float64, size, pos)))
+            pos += 8 * size
+        return out
+
+    def run(self, passes: Sequence[PassFunction], label: str,
+            size: Optional[int] = None) -> np.ndarray:
+        replies = self._exchange(
+            ("sum", list(passes)), label,
+            lambda part: self._reply_limit(part, size) if size else MAX_COMMAND_BYTES)
+        self.jobs += 1
+        pairs = [pair for partition, data in sorted(replies.items())
+                 for pair in self._parse(partition, data, b"S", size)]
+        if len({vector.size for _, vector in pairs}) > 1:
+            raise ResidentFailure("resident engine: statistics of different sizes")
+        return ordered_sum(pairs, self.scale)
+
+    def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        width = self.n_features + 1
+        replies = self._exchange(
+            ("gather", function), label,
+            lambda part: self._reply_limit(part, self._rows[part] * width))
+        self.jobs += 1
+        pieces = [(pid, rows.reshape(-1, width)) for partition, data in sorted(replies.items())
+                  for pid, rows in self._parse(partition, data, b"G", None)]
+        return in_order(pieces)
+
+
+# --------------------------------------------------------------------------- where it runs
+
+
+def _slots(spark) -> int:
+    """Tasks the cluster can run at once (Spark's own count, which barrier stages check); on
+    Spark Connect, the partitions of a default ``range`` (the default parallelism)."""
+    try:
+        jsc = spark.sparkContext._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(
+            jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:
+        row = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id())).collect()[0]
+        return int(row[0]) + 1
+
+
+def _seconds(spark, key: str, default: float) -> float:
+    value = spark.conf.get(key, None)
+    try:
+        seconds = float(value) if value is not None else default
+    except ValueError:
+        raise ValueError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"{key} must be > 0 seconds, got {value!r}")
+    return seconds
+
+
+def _connect_host(spark) -> Optional[str]:
+    """The host of the Spark Connect server, or None on a classic session."""
+    if not type(spark).__module__.startswith("pyspark.sql.connect"):
+        return None
+    return str(getattr(getattr(spark.client, "_builder", None), "host", "") or "unknown")
+
+
+def plan(rows: DataFrame, n_partitions: int) -> Tuple[Optional[ResidentSettings], str]:
+    """(settings, "") where a barrier stage can hold these rows, else (None, why not)."""
+    spark = rows.sparkSession
+    remote = _connect_host(spark)
+    if remote is not None:
+        if remote not in ("localhost", "127.0.0.1", "::1"):
+            return None, (f"the Spark Connect server ({remote}) runs its tasks where they "
+                          "cannot be assumed to reach this client")
+        host = bind = "127.0.0.1"
+    else:
+        conf = spark.sparkContext.getConf()
+        if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+            return None, "dynamic allocation is enabled, and Spark runs no barrier stage under it"
+        host = conf.get("spark.driver.host", None) or "127.0.0.1"
+        bind = conf.get("spark.driver.bindAddress", None) or host
+    slots = _slots(spark)
+    return ResidentSettings(
+        n_tasks=max(1, min(n_partitions or slots, slots)),
+        connect_timeout=_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),
+        pass_timeout=_seconds(spark, PASS_TIMEOUT_CONF, PASS_TIMEOUT),
+        bind_host=bind,
+        advertise_host=host,
+        fault=_fault_marker(),
+    ), ""
+
+
+def _fault_marker() -> Optional[Tuple[str, str]]:
+    """Test-only: (mode, marker file) when SPARK_GMM_FAULT_INJECTION is set on the driver."""
+    mode = os.environ.get(FAULT_INJECTION)
+    if not mode:
+        return None
+    import tempfile
+
+    return mode, os.path.join(tempfile.gettempdir(), f"spark_gmm-fault-{secrets.token_hex(8)}")
