@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+from spark_gmm.data import quote_name
 from spark_gmm.jobs.errors import JobError, columns_text
 from spark_gmm.jobs.job import Job
 
@@ -36,12 +37,13 @@ def for_format(df, fmt: str, probability_col: Optional[str], k: int):
     from pyspark.sql.types import ArrayType, MapType, StructType
 
     if probability_col and probability_col in df.columns:
-        df = df.withColumn(probability_col, vector_to_array(F.col(quote(probability_col))))
+        df = df.withColumn(probability_col,
+                           vector_to_array(F.col(quote_name(probability_col))))
     if fmt != "csv":
         return df
     cols = []
     for field in df.schema.fields:
-        c = F.col(quote(field.name))
+        c = F.col(quote_name(field.name))
         if field.name == probability_col:
             cols += [c[j].alias(f"{probability_col}_{j}") for j in range(k)]
         elif isinstance(field.dataType, VectorUDT):
@@ -53,17 +55,13 @@ def for_format(df, fmt: str, probability_col: Optional[str], k: int):
     return df.select(*cols)
 
 
-def quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def write_frame(job: Job, df, path: str, fmt: str, partition_by: Sequence[str] = (),
                 num_files: int = 0) -> None:
     from pyspark.sql import functions as F
 
     if num_files:
-        df = df.repartition(num_files, *[F.col(quote(c)) for c in partition_by]) if partition_by \
-            else df.repartition(num_files)
+        df = df.repartition(num_files, *[F.col(quote_name(c)) for c in partition_by]) \
+            if partition_by else df.repartition(num_files)
     writer = df.write.format(fmt).mode("overwrite" if job.cfg.get("output.overwrite")
                                        else "errorifexists")
     if fmt == "csv":

@@ -7,11 +7,11 @@ import time
 from typing import Optional, Sequence
 
 from spark_gmm import config as _config
+from spark_gmm.data import quote_name
 from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.inputs import check_features, load_model, model_features, read_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
-from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, quote, \
-    write_frame
+from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, write_frame
 from spark_gmm.jobs.runner import run_job
 from spark_gmm.jobs.training_scores import TRAINING_SCORES, quantile_threshold, \
     read_training_scores
@@ -102,7 +102,7 @@ def run_score(job: Job) -> None:
 
     scored = model.transform(df)
     if anomaly_col:
-        scored = scored.withColumn(anomaly_col, F.col(quote(ll_col)) < F.lit(threshold))
+        scored = scored.withColumn(anomaly_col, F.col(quote_name(ll_col)) < F.lit(threshold))
     fmt = cfg["output.format"]
     partition_by = cfg.get("output.partition_by") or []
     check_partition_by(scored, partition_by)
@@ -115,10 +115,13 @@ def run_score(job: Job) -> None:
 
     job.describe("summarising the scores")
     with job.timed("summary"):
-        aggs = [F.count(F.lit(1)).alias("rows"), F.sum(F.col(quote(ll_col))).alias("ll")]
+        aggs = [F.count(F.lit(1)).alias("rows"),
+                F.sum(F.col(quote_name(ll_col))).alias("ll")]
         if anomaly_col:
-            aggs.append(F.sum(F.col(quote(anomaly_col)).cast("long")).alias("anomalies"))
-        per_cluster = source_df.groupBy(F.col(quote(pred_col)).alias("c")).agg(*aggs).collect()
+            aggs.append(
+                F.sum(F.col(quote_name(anomaly_col)).cast("long")).alias("anomalies"))
+        per_cluster = source_df.groupBy(F.col(quote_name(pred_col)).alias("c")) \
+            .agg(*aggs).collect()
     counts = [0] * model.getK()
     anomalies = [0] * model.getK()
     total_ll = 0.0

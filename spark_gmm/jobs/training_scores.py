@@ -7,9 +7,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from spark_gmm.data import quote_name
 from spark_gmm.jobs.errors import JobError, spark_error_line
 from spark_gmm.jobs.job import Job
-from spark_gmm.jobs.outputs import quote
 
 
 TRAINING_SCORES = "training_scores.json"
@@ -25,7 +25,7 @@ def score_statistics(df, column: str) -> Dict[str, Any]:
     Spark job."""
     from pyspark.sql import functions as F
 
-    c = F.col(quote(column))
+    c = F.col(quote_name(column))
     row = df.agg(
         F.count(c).alias("n"), F.mean(c).alias("mean"), F.min(c).alias("min"),
         F.max(c).alias("max"),
