@@ -10,7 +10,8 @@ from spark_gmm import config as _config
 from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.inputs import check_numeric, load_model, start_on_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
-from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, write_frame
+from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, save_model, \
+    write_frame
 from spark_gmm.jobs.report import model_description, plot_sample, summary_description, \
     write_report
 from spark_gmm.jobs.runner import run_job
@@ -77,13 +78,7 @@ def run_fit(job: Job) -> None:
              "converged" if s.converged else "NOT converged (raise max_iter?)",
              s.logLikelihood / s.totalWeight, s.bic)
 
-    model_path = job.out("model")
-    job.describe(f"saving the model to {model_path}")
-    with job.timed("save_model"):
-        writer = model.write()
-        if cfg.get("output.overwrite"):
-            writer = writer.overwrite()
-        writer.save(model_path)
+    model_path = save_model(job, model)
 
     scored_source, pred_path = _write_predictions(job, model, df, desc, fmt, partition_by)
 

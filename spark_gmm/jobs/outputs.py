@@ -1,4 +1,4 @@
-"""Writing a job's DataFrames: output column checks, the file formats' column types, the writer."""
+"""Writing a job's outputs: output column checks, the file formats' column types, the writers."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -69,3 +69,15 @@ def write_frame(job: Job, df, path: str, fmt: str, partition_by: Sequence[str] =
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
+
+
+def save_model(job: Job, model, what: str = "the model") -> str:
+    """Saves ``model`` as model/ in the output folder (replacing it under --overwrite)."""
+    model_path = job.out("model")
+    job.describe(f"saving {what} to {model_path}")
+    with job.timed("save_model"):
+        writer = model.write()
+        if job.cfg.get("output.overwrite"):
+            writer = writer.overwrite()
+        writer.save(model_path)
+    return model_path

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 from spark_gmm import config as _config
 from spark_gmm.jobs.inputs import start_on_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
+from spark_gmm.jobs.outputs import save_model
 from spark_gmm.jobs.report import model_description, plot_sample, summary_description, \
     write_report
 from spark_gmm.jobs.runner import run_job
@@ -62,13 +63,7 @@ def run_select(job: Job) -> None:
     best.setLogLikelihoodCol("logLikelihood")
     job.write_text("selection.csv", table.to_csv(index=False))
     job.write_json("selection.json", table.to_dict(orient="records"))
-    model_path = job.out("model")
-    job.describe(f"saving the best model to {model_path}")
-    with job.timed("save_model"):
-        writer = best.write()
-        if cfg.get("output.overwrite"):
-            writer = writer.overwrite()
-        writer.save(model_path)
+    model_path = save_model(job, best, "the best model")
     job.describe("computing the training log-likelihood quantiles of the best model")
     with job.timed("training_scores"):
         scored = best.transform(df)
