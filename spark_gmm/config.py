@@ -1,7 +1,8 @@
-"""Job configuration: TOML files, command-line flags, and the resolved result.
+"""The jobs' settings: every option of fit, score, select and sample, and how the defaults, the
+``--config`` file and the flags combine into one resolved configuration.
 
-Every job (fit, score, select, sample) declares its settings once, as a list of
-:class:`Option` s. From that one list come
+Every job declares its settings once, as a list of :class:`Option` s (the general TOML/flag
+layer is :mod:`spark_gmm.toml_flags`). From that one list come
 
 * the TOML file format (``conf/<job>.toml``): each option lives at a dotted key, e.g.
   ``model.k`` is ``k`` in the ``[model]`` table;
@@ -14,75 +15,15 @@ No pyspark import here: resolving a configuration (``--print-config``) starts no
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from spark_gmm.kernel import COVARIANCE_TYPES
+from spark_gmm.toml_flags import (ConfigError, JobSpec, Option, ResolvedConfig, build_parser,
+                                  coerce, flatten, load_toml, parse_cli_value, toml_value)
+from spark_gmm.toml_flags import tomllib  # noqa: F401 - callers read TOML through config
 
-TYPES = ("str", "int", "float", "bool", "str_list", "int_list", "str_map")
 INPUT_FORMATS = ("parquet", "csv", "json", "orc")
 OUTPUT_FORMATS = ("parquet", "csv", "json", "orc")
-
-
-class ConfigError(ValueError):
-    """A configuration file or flag that cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its dotted key in the TOML file, its flag, type, default and meaning."""
-
-    key: str
-    type: str
-    default: Any = None
-    help: str = ""
-    flag: Optional[str] = None  # derived from the last part of the key when None
-    choices: Tuple[str, ...] = ()
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    metavar: Optional[str] = None
-
-    def __post_init__(self):
-        if self.type not in TYPES:
-            raise ValueError(f"unknown option type {self.type!r}")
-
-    @property
-    def cli_flag(self) -> str:
-        return self.flag or "--" + self.key.split(".")[-1].replace("_", "-")
-
-    @property
-    def dest(self) -> str:
-        return "opt_" + self.key.replace(".", "__")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A job's options, the groups of options that exclude each other, and its usage text."""
-
-    name: str
-    description: str
-    options: Tuple[Option, ...]
-    exclusive: Tuple[Tuple[str, ...], ...] = ()
-    epilog: str = ""
-
-    def option(self, key: str) -> Option:
-        for opt in self.options:
-            if opt.key == key:
-                return opt
-        raise KeyError(key)
-
-    @property
-    def keys(self) -> List[str]:
-        return [o.key for o in self.options]
 
 
 # --------------------------------------------------------------------------- options
@@ -334,88 +275,7 @@ SAMPLE = JobSpec(
 JOBS: Dict[str, JobSpec] = {spec.name: spec for spec in (FIT, SCORE, SELECT, SAMPLE)}
 
 
-# --------------------------------------------------------------------------- values
-
-def _type_name(t: str) -> str:
-    return {
-        "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-        "str_list": "a list of strings", "int_list": "a list of integers",
-        "str_map": "a table of string values",
-    }[t]
-
-
-def coerce(opt: Option, value: Any, where: str) -> Any:
-    """A TOML or parsed CLI value checked against the option; ConfigError naming ``where``."""
-    def bad(detail: str = ""):
-        shown = json.dumps(value) if not isinstance(value, float) else repr(value)
-        return ConfigError(
-            f"{where}: {opt.key} must be {_type_name(opt.type)}{detail}, got {shown}"
-        )
-
-    t = opt.type
-    if value is None:
-        return None
-    if t == "str":
-        if not isinstance(value, str):
-            raise bad()
-        if value == "" and opt.default is None:
-            return None  # "" unsets an optional string
-        out = value
-    elif t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        out = value
-    elif t == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        out = float(value)
-        if math.isnan(out):
-            raise bad()
-    elif t == "bool":
-        if not isinstance(value, bool):
-            raise bad()
-        out = value
-    elif t == "str_list":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise bad()
-        out = list(value)
-    elif t == "int_list":
-        if not isinstance(value, list) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise bad(" (at least one)")
-        out = list(value)
-    else:  # str_map
-        if not isinstance(value, dict):
-            raise bad()
-        out = {}
-        for k, v in value.items():
-            if isinstance(v, bool):
-                v = "true" if v else "false"
-            elif isinstance(v, (int, float)):
-                v = str(v)
-            if not isinstance(v, str):
-                raise bad()
-            out[str(k)] = v
-    _check_range(opt, out, where)
-    return out
-
-
-def _check_range(opt: Option, value: Any, where: str) -> None:
-    values = value if isinstance(value, list) else [value]
-    for v in values:
-        if opt.choices and isinstance(v, str) and v not in opt.choices:
-            raise ConfigError(
-                f"{where}: {opt.key} must be one of {', '.join(opt.choices)}, got {v!r}"
-            )
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if opt.minimum is not None and v < opt.minimum:
-                raise ConfigError(f"{where}: {opt.key} must be >= {opt.minimum:g}, got {v:g}")
-            if opt.maximum is not None and v > opt.maximum:
-                raise ConfigError(f"{where}: {opt.key} must be <= {opt.maximum:g}, got {v:g}")
-
+# --------------------------------------------------------------------------- resolving
 
 def _check_list_choices(spec: JobSpec, key: str, value: List[str], where: str,
                         allowed: Sequence[str]) -> None:
@@ -423,182 +283,6 @@ def _check_list_choices(spec: JobSpec, key: str, value: List[str], where: str,
         if v not in allowed:
             raise ConfigError(f"{where}: {key} must hold values of {', '.join(allowed)}, "
                               f"got {v!r}")
-
-
-def parse_cli_value(opt: Option, text: str) -> Any:
-    """A flag's text -> a value of the option's type (lists are comma-separated)."""
-    where = f"{opt.cli_flag}"
-    t = opt.type
-    try:
-        if t == "str":
-            return text
-        if t == "int":
-            return int(text)
-        if t == "float":
-            return float(text)
-        if t == "str_list":
-            return [p.strip() for p in text.split(",") if p.strip()]
-        if t == "int_list":
-            out: List[int] = []
-            for part in text.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                if "-" in part[1:]:
-                    lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                    lo_i, hi_i = int(lo), int(hi)
-                    if hi_i < lo_i:
-                        raise ValueError
-                    out.extend(range(lo_i, hi_i + 1))
-                else:
-                    out.append(int(part))
-            return out
-    except ValueError:
-        raise ConfigError(f"{where}: expected {_type_name(t)}, got {text!r}") from None
-    raise AssertionError(t)  # bool and str_map flags are parsed by argparse actions
-
-
-# --------------------------------------------------------------------------- files
-
-def load_toml(path: str) -> Dict[str, Any]:
-    """A TOML file as a dict; ConfigError with the file name and the parser's position."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-
-
-def flatten(spec: JobSpec, data: Dict[str, Any], where: str) -> Dict[str, Any]:
-    """Nested TOML tables -> {dotted key: value}; unknown keys are errors (typos must not pass
-    silently)."""
-    known = {o.key: o for o in spec.options}
-    out: Dict[str, Any] = {}
-
-    def walk(node: Dict[str, Any], prefix: str) -> None:
-        for name, value in node.items():
-            key = f"{prefix}{name}"
-            if key in known:
-                out[key] = coerce(known[key], value, where)
-            elif isinstance(value, dict) and any(k.startswith(key + ".") for k in known):
-                walk(value, key + ".")
-            else:
-                hint = _close_keys(key, known)
-                raise ConfigError(
-                    f"{where}: unknown setting '{key}' for the {spec.name} job"
-                    + (f" (did you mean {hint}?)" if hint else "")
-                )
-
-    walk(data, "")
-    return out
-
-
-def _close_keys(key: str, known: Iterable[str]) -> str:
-    import difflib
-
-    matches = difflib.get_close_matches(key, list(known), n=2, cutoff=0.6)
-    if not matches:
-        last = key.split(".")[-1]
-        matches = [k for k in known if k.split(".")[-1] == last][:2]
-    return " or ".join(f"'{m}'" for m in matches)
-
-
-# --------------------------------------------------------------------------- command line
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit code 2), like the jobs' errors."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _KeyValue(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        if "=" not in values:
-            parser.error(f"{option_string} expects KEY=VALUE, got {values!r}")
-        k, v = values.split("=", 1)
-        current = dict(getattr(namespace, self.dest) or {})
-        current[k.strip()] = v
-        setattr(namespace, self.dest, current)
-
-
-def build_parser(spec: JobSpec, prog: Optional[str] = None) -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog=prog or f"spark-gmm {spec.name}",
-        description=spec.description
-        + " Settings come from the built-in defaults, then --config FILE, then the flags.",
-        epilog=spec.epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", help="A TOML file of settings (conf/*.toml).")
-    parser.add_argument("--print-config", action="store_true",
-                        help="Print the resolved configuration as TOML and exit.")
-    parser.add_argument("--traceback", action="store_true",
-                        help="On error, print the Python traceback too.")
-    for opt in spec.options:
-        kwargs: Dict[str, Any] = {"dest": opt.dest, "default": None}
-        help_text = opt.help.replace("%", "%%") + f" [{opt.key}]"
-        if opt.type == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif opt.type == "str_map":
-            kwargs["action"] = _KeyValue
-            kwargs["metavar"] = opt.metavar or "KEY=VALUE"
-            help_text += " (repeatable)"
-        else:
-            kwargs["metavar"] = opt.metavar or opt.key.split(".")[-1].upper()
-            if opt.choices and opt.type == "str":
-                kwargs["metavar"] = "{" + ",".join(opt.choices) + "}"
-        parser.add_argument(opt.cli_flag, help=help_text, **kwargs)
-    return parser
-
-
-@dataclass
-class ResolvedConfig:
-    """The settings of one run: ``values`` by dotted key, and where each came from."""
-
-    spec: JobSpec
-    values: Dict[str, Any]
-    sources: Dict[str, str] = field(default_factory=dict)
-    config_file: Optional[str] = None
-    print_config: bool = False
-    traceback: bool = False
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.values.get(key)
-        return default if value is None else value
-
-    def nested(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for key, value in self.values.items():
-            if value is None:
-                continue
-            node = out
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = value
-        return out
-
-    def to_toml(self, header: Sequence[str] = ()) -> str:
-        lines = [f"# {h}" if h else "#" for h in header]
-        if lines:
-            lines.append("")
-        return "\n".join(lines) + dump_toml(self.nested(), maps=_map_keys(self.spec))
-
-
-def _map_keys(spec: JobSpec) -> set:
-    return {o.key for o in spec.options if o.type == "str_map"}
 
 
 def resolve(spec: JobSpec, argv: Optional[Sequence[str]] = None,
@@ -674,68 +358,13 @@ def _check_lists(spec: JobSpec, values: Dict[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------------- TOML writing
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isalnum() or c in "_-" for c in key):
-        return key
-    return json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)
-        return text if any(c in text for c in ".eEn") else text + ".0"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def dump_toml(data: Dict[str, Any], maps: Iterable[str] = ()) -> str:
-    """A nested dict -> TOML text: top-level keys first, then one [table] per section;
-    dotted keys named in ``maps`` are written as inline tables."""
-    maps = set(maps)
-    lines: List[str] = []
-
-    def is_table(key: str, value: Any) -> bool:
-        return isinstance(value, dict) and key not in maps
-
-    def emit(node: Dict[str, Any], prefix: str) -> None:
-        scalars = [(k, v) for k, v in node.items() if not is_table(prefix + k, v)]
-        tables = [(k, v) for k, v in node.items() if is_table(prefix + k, v)]
-        if prefix and scalars:
-            lines.append(f"[{'.'.join(_toml_key(p) for p in prefix[:-1].split('.'))}]")
-        for k, v in scalars:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        if scalars:
-            lines.append("")
-        for k, v in tables:
-            emit(v, prefix + k + ".")
-
-    emit(data, "")
-    return "\n".join(lines).rstrip() + "\n"
-
-
 # --------------------------------------------------------------------------- reference
 
 def reference_markdown(spec: JobSpec) -> str:
     """The job's settings as a Markdown table (the README's configuration reference)."""
     rows = ["| key | flag | default | meaning |", "|---|---|---|---|"]
     for opt in spec.options:
-        default = "—" if opt.default in (None, [], {}) else f"`{_toml_value(opt.default)}`"
+        default = "—" if opt.default in (None, [], {}) else f"`{toml_value(opt.default)}`"
         flag = opt.cli_flag + ("" if opt.type != "bool" else f" / --no-{opt.cli_flag[2:]}")
         if opt.key == "demo.enabled":
             flag = "--demo"

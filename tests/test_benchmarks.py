@@ -1,5 +1,5 @@
-"""Smoke runs of the hand-run benchmarks in jobs/ on tiny data: they still run against the
-current code and report every figure they document. Timings are never asserted."""
+"""Smoke runs of the hand-run benchmarks in jobs/benchmarks/ on tiny data: they still run
+against the current code and report every figure they document. Timings are never asserted."""
 import json
 import math
 
@@ -7,13 +7,13 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-JOBS = REPO_ROOT / "jobs"
+BENCHMARKS = REPO_ROOT / "jobs" / "benchmarks"
 pytestmark = pytest.mark.slow
 
 
 def test_bench_gmm_reports_every_implementation(run_script, tmp_path):
     out = tmp_path / "out"
-    run_script(JOBS / "bench_gmm.py", "--rows", 5000, "--max-iter", 2, "--no-warmup",
+    run_script(BENCHMARKS / "bench_gmm.py", "--rows", 5000, "--max-iter", 2, "--no-warmup",
                "--workdir", tmp_path / "data", "--output", out)
     result = json.loads((out / "results.json").read_text())
     (run,) = result["runs"]
@@ -27,7 +27,7 @@ def test_bench_gmm_reports_every_implementation(run_script, tmp_path):
 
 
 def test_bench_pass_read_times_every_form(run_script):
-    proc = run_script(JOBS / "bench_pass_read.py", "--rows", 20000, "--repeats", 1)
+    proc = run_script(BENCHMARKS / "bench_pass_read.py", "--rows", 20000, "--repeats", 1)
     result = json.loads(proc.stdout)
     seconds = {key: value for key, value in result.items() if "seconds" in key}
     for key in ("empty_job_seconds", "read_packed_blocks_arrow_seconds",
@@ -40,7 +40,7 @@ def test_bench_pass_read_times_every_form(run_script):
 def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path):
     """Classic passes read the RDD of blocks, Connect passes the DataFrame form: the same fit
     ends at the same log-likelihood."""
-    proc = run_script(JOBS / "bench_connect.py", "--rows", 5000, "--max-iter", 2,
+    proc = run_script(BENCHMARKS / "bench_connect.py", "--rows", 5000, "--max-iter", 2,
                       "--repeats", 1, "--workdir", tmp_path)
     result = json.loads(proc.stdout)
     classic, connect = result["classic"]["spark_gmm"], result["connect"]["spark_gmm"]

@@ -1,4 +1,4 @@
-"""The batch jobs (jobs/*.py, spark_gmm.cli) end to end.
+"""The batch jobs (jobs/*.py, spark_gmm.cli, spark_gmm.jobs) end to end.
 
 Subprocess runs (``python jobs/<job>.py ...``: the job starts Spark in local mode itself) cover
 the README's quickstart command, fit -> score -> sample, select, and the one-line errors as a
@@ -19,6 +19,7 @@ import pytest
 
 from spark_gmm import cli
 from spark_gmm.config import JOBS, ConfigError, resolve, tomllib  # tomli on Python 3.10
+from spark_gmm.jobs.errors import one_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_SCRIPTS = {"fit": "fit.py", "score": "score.py", "select": "select_model.py",
@@ -597,5 +598,5 @@ def test_error_lines_of_spark_exceptions():
     assert cli.describe_error(cli.JobError("bad\nthing")) == ("bad", 1)
     assert cli.describe_error(ConfigError("x")) == ("x", 2)
     assert cli.describe_error(KeyError("k")) == ("KeyError: 'k'", 1)
-    assert math.isfinite(len(cli._one_line("a" * 5000)))
-    assert len(cli._one_line("a" * 5000)) == 600
+    assert math.isfinite(len(one_line("a" * 5000)))
+    assert len(one_line("a" * 5000)) == 600

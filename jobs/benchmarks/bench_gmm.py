@@ -1,12 +1,12 @@
 """Seconds per EM iteration: spark_gmm against Spark's built-in GaussianMixture, scikit-learn
 and the NumPy kernel alone. A hand-run benchmark, never a test.
 
-    .venv/bin/python jobs/bench_gmm.py [--config NAME] [--rows N --features D --k K
+    .venv/bin/python jobs/benchmarks/bench_gmm.py [--config NAME] [--rows N --features D --k K
         --covariance-type TYPE] [--max-iter M] [--rows-curve N1,N2,...] [--output DIR]
         [--workdir DIR] [--skip-builtin] [--skip-sklearn]
 
     # the issue's first configuration, results and plot in /tmp/bench_out:
-    .venv/bin/python jobs/bench_gmm.py --config 1m-10d-k8-full --output /tmp/bench_out
+    .venv/bin/python jobs/benchmarks/bench_gmm.py --config 1m-10d-k8-full --output /tmp/bench_out
 
 One SparkSession (local[2] unless --master) and, for each row count, one Parquet file of
 seeded Gaussian blobs written under --workdir, read back, assembled into a "features" vector
@@ -65,7 +65,7 @@ import numpy as np
 try:
     from spark_gmm import GaussianMixture, kernel
 except ImportError:  # a checkout without `pip install -e .`: use the package beside jobs/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from spark_gmm import GaussianMixture, kernel
 
 # name: (rows, features, k, covariance type); the last four are the issue's configurations.
@@ -751,7 +751,7 @@ def source_state() -> Dict:
     from it (the benchmark measures the working tree as it is)."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def git(*cmd):
         try:

@@ -1,6 +1,6 @@
 """Where a spark_gmm EM pass spends its time, in two hand-run measurements (never a test).
 
-    .venv/bin/python jobs/bench_pass_read.py [--rows 1000000] [--features 10] [--k 8]
+    .venv/bin/python jobs/benchmarks/bench_pass_read.py [--rows 1000000] [--features 10] [--k 8]
         [--partitions 4]
 
 1. Spark (local[2], --partitions partitions, default 4): seconds of a job that only reads

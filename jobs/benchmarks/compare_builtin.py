@@ -1,6 +1,6 @@
 """Side by side with Spark's built-in GaussianMixture on the cases where it is known to fail.
 
-    .venv/bin/python jobs/compare_builtin.py [--rows-per-blob 200] [--output FILE.json]
+    .venv/bin/python jobs/benchmarks/compare_builtin.py [--rows-per-blob 200] [--output FILE.json]
 
 Three well-separated blobs in 10-D scaled by 100, by 1e-4, shifted by 1e8, and in 40-D
 (plus the plain 10-D case as a control). For each case and each implementation: the adjusted
@@ -15,8 +15,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# the blobs are the tests' (tests/datasets.py), so the README's table and the tests measure
+# the same data
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.datasets import blobs  # noqa: E402
 
 CASES = [
     ("plain 10-D", 1.0, 0.0, 10),
@@ -25,15 +31,6 @@ CASES = [
     ("shifted by 1e8", 1.0, 1e8, 10),
     ("40 features", 1.0, 0.0, 40),
 ]
-
-
-def blobs(n_per: int, d: int, k: int = 3, separation: float = 10.0, seed: int = 1):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0.0, separation, size=(k, d))
-    X = np.vstack([rng.normal(c, 1.0, size=(n_per, d)) for c in centers])
-    labels = np.repeat(np.arange(k), n_per)
-    order = rng.permutation(len(X))
-    return X[order], labels[order]
 
 
 def _fit(cls, df, seed):

@@ -1,12 +1,12 @@
 """Seconds per EM iteration on Spark Connect beside a classic session: spark_gmm and Spark's
 built-in GaussianMixture. A hand-run benchmark, never a test.
 
-    .venv/bin/python jobs/bench_connect.py [--rows 1000000 --features 10 --k 8]
+    .venv/bin/python jobs/benchmarks/bench_connect.py [--rows 1000000 --features 10 --k 8]
         [--max-iter 5] [--partitions 4] [--repeats 3] [--workdir /tmp/spark_gmm_bench]
 
-The same Parquet file of seeded blobs as jobs/bench_gmm.py (written once under --workdir),
-read, assembled into a "features" vector column, repartitioned and cached, then timed with
-bench_gmm's method (tol=0; one warm-up fit; seconds per iteration by differencing the
+The same Parquet file of seeded blobs as jobs/benchmarks/bench_gmm.py (written once under
+--workdir), read, assembled into a "features" vector column, repartitioned and cached, then
+timed with bench_gmm's method (tol=0; one warm-up fit; seconds per iteration by differencing the
 fastest maxIter=M and maxIter=1 fits of --repeats rounds; for spark_gmm also the mean of its
 logged per-iteration seconds) in two sessions one after the other, never at once (two JVMs
 would share the two cores):
@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import bench_gmm  # noqa: E402  (jobs/ is this script's directory)
+import bench_gmm  # noqa: E402  (this script's directory)
 
 
 def measure(spark, args) -> dict:

@@ -1,0 +1,156 @@
+"""The score job: apply a saved model to new data, with the anomaly flag below a log-likelihood
+threshold (absolute, or a quantile of the training scores)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+from spark_gmm import config as _config
+from spark_gmm.data import quote_name
+from spark_gmm.jobs.errors import JobError
+from spark_gmm.jobs.inputs import check_features, load_model, model_features, read_input
+from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
+from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, write_frame
+from spark_gmm.jobs.runner import run_job
+from spark_gmm.jobs.training_scores import TRAINING_SCORES, quantile_threshold, \
+    read_training_scores
+
+log = logging.getLogger("spark_gmm")
+
+
+SCORE_OUTPUTS = ("predictions", "summary.json", RESOLVED_CONFIG)
+
+
+def main_score(argv: Optional[Sequence[str]] = None) -> int:
+    """``score``: apply a saved model to new data, with an optional anomaly flag."""
+    return run_job(_config.SCORE, run_score, argv)
+
+
+def run_score(job: Job) -> None:
+    from pyspark.sql import functions as F
+
+    from spark_gmm.data import prepare, resolve_features
+
+    cfg = job.cfg
+    if not cfg.get("model.path"):
+        raise JobError("no model: give --model PATH (model.path)")
+    if not (cfg.get("input.path") or cfg.get("input.table")):
+        raise JobError("no input: give --input PATH or --table NAME (input.path / input.table)")
+    if not cfg.get("output.path"):
+        raise JobError("no output folder: give --output PATH (output.path)")
+    job.start_spark()
+    job.prepare_output(SCORE_OUTPUTS)
+    model, model_path = load_model(job, cfg["model.path"])
+    d = model.numFeatures
+
+    threshold, threshold_info = None, None
+    if cfg.get("anomaly.threshold") is not None:
+        threshold = float(cfg["anomaly.threshold"])
+        threshold_info = {"threshold": threshold, "source": "absolute (anomaly.threshold)"}
+    elif cfg.get("anomaly.threshold_quantile") is not None:
+        q = float(cfg["anomaly.threshold_quantile"])
+        scores_path = cfg.get("anomaly.training_scores") or job.fs.join(
+            model_path.rstrip("/").rsplit("/", 1)[0] if "/" in model_path.rstrip("/") else ".",
+            TRAINING_SCORES)
+        scores = read_training_scores(job, scores_path)
+        threshold, interpolated = quantile_threshold(scores, q)
+        threshold_info = {"threshold": threshold, "quantile": q, "trainingScores": scores_path,
+                          "interpolated": interpolated,
+                          "source": f"quantile {q:g} of the training log-likelihoods"}
+        log.info("anomaly threshold: log-likelihood < %.6g (%s quantile of the training "
+                 "scores%s)", threshold, f"{q:g}", ", interpolated" if interpolated else "")
+
+    with job.timed("read"):
+        df, desc = read_input(job)
+    model_cols, model_features_col = model_features(model)
+    if cfg.get("input.input_cols") or cfg.get("input.features_col"):
+        input_cols, features_col = check_features(df, desc, cfg.get("input.input_cols"),
+                                                  cfg.get("input.features_col"))
+    else:
+        input_cols, features_col = check_features(df, desc, model_cols, model_features_col)
+    if input_cols and len(input_cols) != d:
+        raise JobError(f"the model expects {d} features but input_cols lists {len(input_cols)} "
+                       f"({', '.join(input_cols)})")
+    pred_col, prob_col, ll_col = (cfg["output.prediction_col"], cfg["output.probability_col"],
+                                  cfg["output.log_likelihood_col"])
+    anomaly_col = cfg["anomaly.column"] if threshold is not None else None
+    check_new_columns(df, desc, {"--prediction-col": pred_col,
+                                 "--probability-col": prob_col,
+                                 "--log-likelihood-col": ll_col,
+                                 "--anomaly-column": anomaly_col})
+    if len({pred_col, prob_col, ll_col, anomaly_col or ""}) < 4:
+        raise JobError("the output column names must differ")
+
+    model.setFeaturesCol(features_col)
+    if input_cols:
+        model.setInputCols(input_cols)
+    else:
+        model.clear(model.inputCols)
+    model.setPredictionCol(pred_col).setProbabilityCol(prob_col).setLogLikelihoodCol(ll_col)
+    model.setHandleInvalid(cfg["input.handle_invalid"])
+
+    # One validation pass: clear errors for NaNs, nulls and vectors of the wrong size here,
+    # instead of a failed Spark task later.
+    job.describe(f"checking the features of {desc}")
+    with job.timed("validate"):
+        source = resolve_features(df, features_col, input_cols)
+        _, report = prepare(df, source, None, cfg["input.handle_invalid"], expected_features=d)
+    if report.n_skipped:
+        log.warning("skipping %d of %d rows with null, NaN or infinite features",
+                    report.n_skipped, report.n_input_rows)
+
+    scored = model.transform(df)
+    if anomaly_col:
+        scored = scored.withColumn(anomaly_col, F.col(quote_name(ll_col)) < F.lit(threshold))
+    fmt = cfg["output.format"]
+    partition_by = cfg.get("output.partition_by") or []
+    check_partition_by(scored, partition_by)
+    path = job.out("predictions")
+    job.describe(f"scoring {desc} and writing the predictions ({fmt}) to {path}")
+    with job.timed("predictions"):
+        write_frame(job, for_format(scored, fmt, prob_col, model.getK()), path, fmt,
+                    partition_by, int(cfg.get("output.num_files") or 0))
+    source_df = job.spark.read.format(fmt).load(path) if fmt in ("parquet", "orc") else scored
+
+    job.describe("summarising the scores")
+    with job.timed("summary"):
+        aggs = [F.count(F.lit(1)).alias("rows"),
+                F.sum(F.col(quote_name(ll_col))).alias("ll")]
+        if anomaly_col:
+            aggs.append(
+                F.sum(F.col(quote_name(anomaly_col)).cast("long")).alias("anomalies"))
+        per_cluster = source_df.groupBy(F.col(quote_name(pred_col)).alias("c")) \
+            .agg(*aggs).collect()
+    counts = [0] * model.getK()
+    anomalies = [0] * model.getK()
+    total_ll = 0.0
+    for row in per_cluster:
+        counts[int(row["c"])] = int(row["rows"])
+        total_ll += float(row["ll"] or 0.0)
+        if anomaly_col:
+            anomalies[int(row["c"])] = int(row["anomalies"] or 0)
+    n = sum(counts)
+    summary = {
+        "job": "score",
+        "spark": spark_info(job),
+        "model": model_path,
+        "input": {"source": desc, "rows": report.n_input_rows, "skippedRows": report.n_skipped,
+                  "inputCols": input_cols, "featuresCol": None if input_cols else features_col},
+        "rows": n,
+        "meanLogLikelihood": total_ll / n if n else None,
+        "clusterSizes": counts,
+        "anomaly": None if not anomaly_col else dict(
+            threshold_info, column=anomaly_col, rows=sum(anomalies),
+            fraction=sum(anomalies) / n if n else None, perCluster=anomalies),
+        "outputs": {"predictions": path, "config": job.out(RESOLVED_CONFIG)},
+        "seconds": dict(job.timings, total=time.time() - job.started),
+    }
+    job.write_json("summary.json", summary)
+    job.write_resolved_config()
+    if anomaly_col:
+        log.info("scored %d rows: %d anomalies (%.2f%%) below log-likelihood %.6g", n,
+                 sum(anomalies), 100.0 * sum(anomalies) / max(n, 1), threshold)
+    else:
+        log.info("scored %d rows, mean log-likelihood %.6g", n, total_ll / max(n, 1))
+    log.info("done in %.1f s: %s", time.time() - job.started, job.output)
