@@ -9,6 +9,7 @@ other data never picks it up. JSON only: nothing is unpickled or evaluated.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -110,7 +111,9 @@ class Checkpoint:
         log.info("checkpoint at iteration %d: %s", state.iteration, self.path)
 
     def remove(self) -> None:
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
+        """Removes the checkpoint and any temporary file of a writer killed mid-save."""
+        for path in [self.path] + glob.glob(glob.escape(self.path) + ".tmp-*"):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass

@@ -687,6 +687,10 @@ class GaussianMixtureSummary:
 
     @property
     def numDataPasses(self) -> int:
-        """Statistics passes over the data this fit ran (initialisation and EM; Spark's own
-        KMeans jobs not included)."""
+        """Statistics passes over the data this fit ran (initialisation and EM)."""
         return self._outcome.data_passes
+
+    @property
+    def engine(self) -> str:
+        """The pass engine that ran the fit: 'resident' or 'jobPerPass'."""
+        return self._outcome.engine

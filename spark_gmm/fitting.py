@@ -51,6 +51,7 @@ class FitOutcome:
     results: List[kernel.EMResult]
     report: InputReport
     data_passes: int
+    engine: str  # resident | jobPerPass
 
     def best(self, indices: Optional[Sequence[int]] = None) -> int:
         """Index of the candidate with the highest final log-likelihood (first on ties)."""
@@ -123,7 +124,8 @@ def fit_candidates(
             passes.close()
         else:
             blocks.unpersist()
-    return FitOutcome(list(candidates), results, report, passes.jobs)
+    return FitOutcome(list(candidates), results, report, passes.jobs,
+                      "resident" if isinstance(passes, ResidentPasses) else "jobPerPass")
 
 
 _SAID = set()  # fallback reasons already logged by this process

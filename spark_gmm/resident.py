@@ -29,6 +29,7 @@ import logging
 import os
 import pickle
 import queue
+import re
 import secrets
 import socket
 import struct
@@ -331,6 +332,7 @@ class ResidentPasses(PassEngine):
         self._coordinator: Optional[_Coordinator] = None
         self._job_error: Optional[BaseException] = None
         self._job_done = threading.Event()
+        self._abandoned = False
         self._tag = f"spark_gmm-resident-{secrets.token_hex(8)}"
 
     # ------------------------------------------------------------------ life cycle
@@ -360,7 +362,9 @@ class ResidentPasses(PassEngine):
 
         def run_job():
             try:
-                spark.addTag(self._tag)
+                _add_tag(spark, self._tag)
+                if self._abandoned:  # start() gave up before the job was submitted
+                    return
                 _set_job_description(self.rows, f"{self.description}: resident fit "
                                                  f"({s.n_tasks} barrier tasks)")
                 held.collect()
@@ -373,15 +377,18 @@ class ResidentPasses(PassEngine):
         try:
             self._acquire(s.connect_timeout, first=True)
         except BaseException:
-            self.close()
+            self.close(cancel=True)
             raise
         log.info("resident engine: %d rows (%.1f MB) held in %d barrier tasks", self.rows_held,
                  self.bytes_held / 1e6, s.n_tasks)
         return self
 
-    def close(self):
+    def close(self, cancel: bool = False):
         """Tells the workers to stop (they free their blocks and the job ends by itself) and
-        closes the coordinator."""
+        closes the coordinator; with ``cancel``, cancels the job too."""
+        if cancel:
+            self._abandoned = True
+            self._cancel()
         for conn in self._workers.values():
             try:
                 conn.send_bytes(pickle.dumps(("stop",)))
@@ -393,7 +400,7 @@ class ResidentPasses(PassEngine):
 
     def _cancel(self):
         try:
-            self.rows.sparkSession.interruptTag(self._tag)
+            _cancel_tag(self.rows.sparkSession, self._tag)
         except Exception:  # the session may be stopping
             pass
 
@@ -542,19 +549,43 @@ class ResidentPasses(PassEngine):
         return in_order(pieces)
 
 
+def _add_tag(spark, tag: str):
+    """Tags the jobs this thread starts: SparkContext job tags where there is a SparkContext
+    (their cancellation reaches SQL jobs), session tags elsewhere (Spark Connect)."""
+    try:
+        spark.sparkContext.addJobTag(tag)
+    except Exception:
+        spark.addTag(tag)
+
+
+def _cancel_tag(spark, tag: str):
+    try:
+        spark.sparkContext.cancelJobsWithTag(tag)
+    except Exception:
+        spark.interruptTag(tag)
+
+
 # --------------------------------------------------------------------------- where it runs
 
 
-def _slots(spark) -> int:
-    """Tasks the cluster can run at once (Spark's own count, which barrier stages check); on
-    Spark Connect, the partitions of a default ``range`` (the default parallelism)."""
+def _slots(spark) -> Optional[int]:
+    """Tasks the cluster can run at once: Spark's own count (which barrier stages check)
+    where there is a SparkContext; on Spark Connect, read from a local or local-cluster
+    master (None for any other: the client cannot count a cluster's free slots)."""
     try:
         jsc = spark.sparkContext._jsc.sc()
-        return int(jsc.maxNumConcurrentTasks(
-            jsc.resourceProfileManager().defaultResourceProfile()))
     except Exception:
-        row = spark.range(0, 1 << 16).select(F.max(F.spark_partition_id())).collect()[0]
-        return int(row[0]) + 1
+        return _master_slots(spark.conf.get("spark.master", "") or "")
+    return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+
+
+def _master_slots(master: str) -> Optional[int]:
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if match:
+        n = match.group(1)
+        return 1 if n is None else (os.cpu_count() or 1) if n == "*" else int(n)
+    match = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", master.strip())
+    return int(match.group(1)) * int(match.group(2)) if match else None
 
 
 def _seconds(spark, key: str, default: float) -> float:
@@ -585,12 +616,15 @@ def plan(rows: DataFrame, n_partitions: int) -> Tuple[Optional[ResidentSettings]
                           "cannot be assumed to reach this client")
         host = bind = "127.0.0.1"
     else:
-        conf = spark.sparkContext.getConf()
-        if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+        conf = spark.conf
+        if (conf.get("spark.dynamicAllocation.enabled", "false") or "").strip().lower() == "true":
             return None, "dynamic allocation is enabled, and Spark runs no barrier stage under it"
         host = conf.get("spark.driver.host", None) or "127.0.0.1"
         bind = conf.get("spark.driver.bindAddress", None) or host
     slots = _slots(spark)
+    if not slots:
+        return None, ("this Spark Connect session does not tell how many tasks its cluster runs "
+                      "at once, which a barrier stage must know")
     return ResidentSettings(
         n_tasks=max(1, min(n_partitions or slots, slots)),
         connect_timeout=_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),

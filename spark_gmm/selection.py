@@ -164,7 +164,7 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
 
         restarts = FitOutcome(
             [outcome.candidates[i] for i in indices], [outcome.results[i] for i in indices],
-            outcome.report, outcome.data_passes,
+            outcome.report, outcome.data_passes, outcome.engine,
         )
         model = estimator._model_from(dataset, restarts, indices.index(best))
         selection = GaussianMixtureSelectionModel._create(model, table, uid=self.uid)

@@ -286,3 +286,11 @@ def test_output_column_order_matches_builtin(dropin_local):
     ref = dropin_local["runs"][BUILTIN]
     for key in ("transform_columns", "summary_predictions_columns", "pipeline_transform_columns"):
         assert ours["info"].get(key) == ref["info"][key], key
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ours_fits_in_one_resident_stage(request, mode):
+    """On local[2], through a local Connect server and on local-cluster (separate executor
+    JVMs and Python workers), the default fit runs on the resident engine."""
+    ours = _require_run(request.getfixturevalue(f"dropin_{mode}"), OURS)
+    assert ours["info"]["engine"] == "resident"

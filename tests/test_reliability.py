@@ -152,11 +152,18 @@ def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["resident", "jobPerPass"])
 def test_crashing_python_workers_are_retried_to_the_same_result(spark, parquet_data, tmp_path,
-                                                                 run_script):
-    run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 8,
-               "--out", tmp_path / "retried.json",
-               env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"})
+                                                                 run_script, engine):
+    """jobPerPass: every first attempt of a statistics task crashes, and Spark retries the
+    task. resident: one worker crashes mid-fit (its third pass), and Spark retries the whole
+    barrier stage; the driver runs the interrupted pass again on the new attempt."""
+    run = run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 8,
+                     "--engine", engine, "--out", tmp_path / "retried.json",
+                     env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"})
     retried = json.loads((tmp_path / "retried.json").read_text())
+    assert retried["engine"] == engine
     assert retried["failedTasks"] > 0  # the first attempts did crash
+    if engine == "resident":
+        assert "waiting for Spark to retry the barrier stage" in run.stderr
     _assert_same_fit(retried, _reference(spark, parquet_data, 8))

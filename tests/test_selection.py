@@ -100,7 +100,8 @@ def test_restarts_share_one_pass_per_iteration(spark, blob_df):
     one, jobs_one = fit(1)
     five, jobs_five = fit(5)
     assert jobs_five == jobs_one  # five restarts, not five times the Spark jobs
-    assert five.summary.numDataPasses == one.summary.numDataPasses == 6 + 2  # init + EM + final
+    # the sample and the assignment of the initialisation, 6 EM passes, the final pass
+    assert five.summary.numDataPasses == one.summary.numDataPasses == 2 + 6 + 1
     restarts = five.summary.restarts
     assert len(restarts) == 5 and [r["seed"] for r in restarts] == [4, 5, 6, 7, 8]
     best = max(r["logLikelihood"] for r in restarts)

@@ -207,6 +207,9 @@ def test_fit_job_on_a_standalone_cluster(standalone_cluster, tmp_path):
     assert {e["executable"] for e in executors} == {sys.executable}
     assert report["model"]["k"] == 4 and report["fit"]["numRows"] == 6000
     assert report["fit"]["converged"]
+    # the whole fit ran in one barrier stage of the two workers' executors
+    assert report["fit"]["engine"] == "resident"
+    assert "INFO spark_gmm: resident engine: 6000 rows" in console
 
     # model, predictions partitioned as asked, training scores, resolved configuration
     assert (out / "model" / "metadata").is_dir() and (out / "model" / "data").is_dir()

@@ -52,6 +52,8 @@ def summary_description(model) -> Dict[str, Any]:
         "numSkippedRows": s.numSkippedRows,
         "clusterSizes": s.clusterSizes,
         "logLikelihoodHistory": s.logLikelihoodHistory,
+        "engine": s.engine,
+        "numDataPasses": s.numDataPasses,
     }
 
 

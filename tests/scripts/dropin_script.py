@@ -346,6 +346,7 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
         I["logLikelihood"] = ll
         I["numIter"] = ni
         I["summary_predictions_columns"] = pr.columns
+        I["engine"] = getattr(s, "engine", None)  # spark_gmm's pass engine
         return {
             "class": type_name(s),
             "k": s.k,

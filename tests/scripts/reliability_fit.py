@@ -19,13 +19,14 @@ def main():
     parser.add_argument("--max-iter", type=int, default=30)
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--checkpoint-interval", type=int, default=2)
+    parser.add_argument("--engine", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 
     spark, _ = make_session(args.master, args.remote)
     from spark_gmm import GaussianMixture
 
-    gm = GaussianMixture(maxIter=args.max_iter, **FIT)
+    gm = GaussianMixture(maxIter=args.max_iter, engine=args.engine, **FIT)
     if args.checkpoint_dir:
         gm.setCheckpointDir(args.checkpoint_dir).setCheckpointInterval(args.checkpoint_interval)
     sc = spark.sparkContext
@@ -44,7 +45,7 @@ def main():
                    "numIter": model.summary.numIter,
                    "history": model.summary.logLikelihoodHistory,
                    "logLikelihood": model.summary.logLikelihood,
-                   "failedTasks": failed}, fh)
+                   "failedTasks": failed, "engine": model.summary.engine}, fh)
     spark.stop()
 
 
