@@ -13,7 +13,9 @@ seeded Gaussian blobs written under --workdir, read back, assembled into a "feat
 column, repartitioned, cached and counted before any timing. On that cached DataFrame, with
 tol=0 and the same maxIter for all:
 
-* spark_gmm (``from spark_gmm import GaussianMixture``);
+* spark_gmm (``from spark_gmm import GaussianMixture``) on its default resident engine (the
+  whole fit in one barrier stage), and as ``spark_gmm_jobPerPass`` with ``engine="jobPerPass"``
+  (one Spark job per pass; ``--skip-job-per-pass`` leaves it out);
 * Spark's built-in ``pyspark.ml.clustering.GaussianMixture`` (full covariance only: it
   supports nothing else, so other types skip it);
 * scikit-learn's GaussianMixture on the data collected to the driver (skipped when the
@@ -75,9 +77,10 @@ CONFIGS = {
     "200k-50d-k16-full": (200_000, 50, 16, "full"),
     "100k-20d-k256-full": (100_000, 20, 256, "full"),
     "1m-39d-k1024-diag": (1_000_000, 39, 1024, "diag"),
+    "18m-1d-k3-full": (18_000_000, 1, 3, "full"),
 }
 MB = 1024.0 * 1024.0
-IMPLEMENTATIONS = ("spark_gmm", "builtin", "sklearn")
+IMPLEMENTATIONS = ("spark_gmm", "spark_gmm_jobPerPass", "builtin", "sklearn")
 
 
 def progress(message: str) -> None:
@@ -340,7 +343,7 @@ def timed_fits(fit, short_iter: int, max_iter: int, warmup: bool, repeats: int,
     return result
 
 
-def run_spark_gmm(df, args, k: int, covariance_type: str) -> Dict:
+def run_spark_gmm(df, args, k: int, covariance_type: str, engine: str = "auto") -> Dict:
     """spark_gmm: timings, per-iteration log seconds of the long fit, reported log-likelihood."""
     logger = logging.getLogger("spark_gmm")
     handler = IterationLog()
@@ -349,7 +352,8 @@ def run_spark_gmm(df, args, k: int, covariance_type: str) -> Dict:
     def fit(m):
         handler.seconds = []
         model = GaussianMixture(k=k, covarianceType=covariance_type, maxIter=m, tol=0.0,
-                                seed=args.seed, initMode=args.init_mode).fit(df)
+                                seed=args.seed, initMode=args.init_mode,
+                                engine=engine).fit(df)
         logs.setdefault(m, []).append(list(handler.seconds))
         return model
 
@@ -371,6 +375,7 @@ def run_spark_gmm(df, args, k: int, covariance_type: str) -> Dict:
         "iteration_seconds_log": [[round(s, 3) for s in f] for f in long_fits],
         "num_iter": summary.numIter,
         "num_data_passes": summary.numDataPasses,
+        "engine": summary.engine,
         "num_recovered_components": summary.numRecoveredComponents,
         "log_likelihood_reported": summary.logLikelihood,
         "log_likelihood_reported_at": "returned parameters",
@@ -540,6 +545,16 @@ def bench_size(spark, monitor: MemoryMonitor, args, n: int, d: int, k: int,
     out["memory"]["python_worker_ru_maxrss_probe"] = probe
     params["spark_gmm"] = out.pop("params")
     results["spark_gmm"] = out
+
+    if args.skip_job_per_pass:
+        results["spark_gmm_jobPerPass"] = {"skipped": "--skip-job-per-pass"}
+    else:
+        progress("spark_gmm fits, engine=jobPerPass")
+        monitor.start()
+        out = run_spark_gmm(df, args, k, covariance_type, engine="jobPerPass")
+        out["memory"] = monitor.stop()
+        params["spark_gmm_jobPerPass"] = out.pop("params")
+        results["spark_gmm_jobPerPass"] = out
 
     progress("collecting the data to the driver")
     started = time.perf_counter()
@@ -717,6 +732,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                          "seconds_per_iteration.png")
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--skip-job-per-pass", action="store_true",
+                        help="leave out spark_gmm with engine='jobPerPass'")
     args = parser.parse_args(argv)
     if args.max_iter <= args.short_iter or args.short_iter < 1:
         parser.error("need 1 <= --short-iter < --max-iter")
