@@ -87,7 +87,7 @@ def fit_candidates(
         init = None
         if resume is None:
             init = initial_params(
-                passes, prepared, report.n_rows, report.n_features, candidates,
+                passes, report.n_rows, report.n_features, candidates,
                 settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
                 fixed=settings.fixed, explicit=settings.explicit,
             )

@@ -16,11 +16,9 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from spark_gmm import kernel
-from spark_gmm.data import FEATURES, WEIGHT, InvalidInputError
+from spark_gmm.data import InvalidInputError
 from spark_gmm.em import PassEngine
 
 log = logging.getLogger("spark_gmm")
@@ -76,10 +74,18 @@ def _sample_rows(passes: PassEngine, n_rows: int, seed: int, limit: int):
     return passes.sample(min(1.0, 2.0 * limit / max(n_rows, 1)), seed, limit)
 
 
-def _distinct_rows(prepared: DataFrame, k: int) -> np.ndarray:
-    """Up to k distinct rows among those of positive weight (zero weight = no row)."""
-    rows = prepared.where(F.col(WEIGHT) > 0).select(FEATURES).distinct().limit(k).collect()
-    return np.asarray([r[0] for r in rows], dtype=np.float64)
+def _distinct_of_block(X: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Up to k distinct rows of positive weight of one block, weight 1 appended."""
+    rows = np.unique(X[w > 0], axis=0)[:k]
+    return np.column_stack([rows, np.ones(len(rows))])
+
+
+def _distinct_rows(passes: PassEngine, k: int) -> np.ndarray:
+    """Up to k distinct rows among those of positive weight (zero weight = no row): each
+    block's first k distinct rows hold at least k distinct ones when the data has them."""
+    rows = passes.gather(partial(_distinct_of_block, k=k), "distinct rows")
+    return np.empty((0, passes.n_features)) if rows is None else \
+        np.unique(rows[:, :-1], axis=0)[:k]
 
 
 def _too_few_distinct(found: int, k: int) -> InvalidInputError:
@@ -88,13 +94,13 @@ def _too_few_distinct(found: int, k: int) -> InvalidInputError:
     )
 
 
-def _check_distinct(prepared: DataFrame, rows: np.ndarray, k: int,
+def _check_distinct(passes: PassEngine, rows: np.ndarray, k: int,
                     weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """Distinct rows (of positive weight) of a sample, topped up from the whole data when the
+    """Distinct rows (of positive weight) of a sample, topped up from all the rows when the
     sample has fewer than k."""
     distinct = np.unique(rows if weights is None else rows[weights > 0], axis=0)
     if len(distinct) < k:
-        distinct = _distinct_rows(prepared, k)
+        distinct = _distinct_rows(passes, k)
         if len(distinct) < k:
             raise _too_few_distinct(len(distinct), k)
     return distinct
@@ -142,7 +148,6 @@ def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale
 
 def initial_params(
     passes: PassEngine,
-    prepared: DataFrame,
     n_rows: int,
     n_features: int,
     candidates: Sequence[Candidate],
@@ -159,12 +164,12 @@ def initial_params(
     if fixed is not None:
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
     if explicit is not None:
-        return [_explicit_params(passes, prepared, explicit, c, n_features, reg_covar)
+        return [_explicit_params(passes, explicit, c, n_features, reg_covar)
                 for c in candidates]
 
     if init_mode == "random":
         X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(prepared, X, k_max, w)
+        _check_distinct(passes, X, k_max, w)
         origin = X[0]
         passes_ = [
             partial(kernel.random_resp_stats, origin=origin, k=c.k,
@@ -179,7 +184,7 @@ def initial_params(
 
     if init_mode == "randomFromData":
         X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        distinct = _check_distinct(prepared, X, k_max, w)
+        distinct = _check_distinct(passes, X, k_max, w)
         full = any(c.covariance_type in ("full", "tied") for c in candidates)
         _, cov = data_moments(passes, X[0], full)
         out = []
@@ -196,7 +201,7 @@ def initial_params(
     # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
     pairs = sorted({(c.k, c.seed) for c in candidates})
     X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-    distinct = _check_distinct(prepared, X, k_max, w)
+    distinct = _check_distinct(passes, X, k_max, w)
     if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
         X, w = distinct, np.ones(len(distinct))
     centers: Dict[Tuple[int, int], np.ndarray] = {
@@ -213,7 +218,7 @@ def initial_params(
     return [kernel.m_step(s, reg_covar) for s in stats]
 
 
-def _explicit_params(passes, prepared, explicit: ExplicitInit, c: Candidate, n_features: int,
+def _explicit_params(passes, explicit: ExplicitInit, c: Candidate, n_features: int,
                      reg_covar: float) -> kernel.MixtureParams:
     means = np.atleast_2d(explicit.means)
     if means.shape != (c.k, n_features):

@@ -243,7 +243,10 @@ class ResidentPasses(PassEngine):
             finally:
                 self._job_done.set()
 
-        InheritableThread(target=run_job, name="spark_gmm-resident-job", daemon=True).start()
+        # the job's thread inherits the caller's job group and local properties (and, on
+        # Spark Connect, its session's tags)
+        InheritableThread(target=run_job, name="spark_gmm-resident-job", daemon=True,
+                          session=spark).start()
         try:
             self._acquire(s.connect_timeout, first=True)
         except BaseException:
