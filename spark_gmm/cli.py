@@ -1248,9 +1248,10 @@ FIT_OUTPUTS = ("model", "predictions", "report", TRAINING_SCORES, RESOLVED_CONFI
 
 
 def _run_fit(job: Job) -> None:
-    from spark_gmm import GaussianMixture
+    from spark_gmm import GaussianMixture, tracking
 
     cfg = job.cfg
+    tracker = tracking.fit_tracker(cfg)  # None unless --mlflow; fails now if MLflow is missing
     df, desc, demo, input_cols, features_col = _start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
@@ -1332,6 +1333,10 @@ def _run_fit(job: Job) -> None:
     }
     _write_report(job, report, model, X, labels)
     job.write_resolved_config()
+    if tracker is not None:
+        with job.timed("mlflow"):
+            tracker.log_fit(model, params, artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
+                            extra_params={"input": desc, "spark_version": job.spark.version})
     log.info("done in %.1f s: %s", time.time() - job.started, job.output)
 
 
