@@ -83,6 +83,8 @@ def test_fit_job_logs_model_params_and_metrics(spark, mlflow, store, points, tmp
     from mlflow.tracking import MlflowClient
 
     uri, _ = store
+    # the job's experiment, made here only to keep its artifacts out of ./mlruns
+    mlflow.create_experiment("fit-job", artifact_location=(tmp_path / "runs").as_uri())
     data = tmp_path / "points"
     points.write.parquet(str(data))
     out = tmp_path / "out"
