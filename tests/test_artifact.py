@@ -30,7 +30,11 @@ from tests.conftest import LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, _tai
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-PIP = ("-m", "pip", "--disable-pip-version-check", "--progress-bar", "off", "-q")
+PIP_FLAGS = ("--disable-pip-version-check", "-q")
+
+
+def _pip(python: Path, command: str, *args) -> list:
+    return [python, "-m", "pip", command, *PIP_FLAGS, *args]
 PNGS = ["clusters_x_y.png", "density_x.png", "density_y.png", "density_z.png",
         "log_likelihood.png"]
 
@@ -100,7 +104,7 @@ def test_first_quickstart_command_writes_the_plots_and_the_page(quickstart):
 def wheel(quickstart) -> Path:
     python = quickstart / ".venv" / "bin" / "python"
     dist = quickstart / "dist"
-    _run([python, *PIP, "wheel", "--no-deps", "-w", dist, "."], cwd=quickstart,
+    _run(_pip(python, "wheel", "--no-deps", "-w", dist, "."), cwd=quickstart,
          env=_clean_env(quickstart.parent))
     (built,) = dist.glob("spark_gmm-*-py3-none-any.whl")
     with zipfile.ZipFile(built) as zf:
@@ -118,9 +122,9 @@ def installed(quickstart, wheel) -> Path:
     """The quickstart's environment with the wheel instead of the editable install."""
     python = quickstart / ".venv" / "bin" / "python"
     env = _clean_env(quickstart.parent)
-    _run([python, *PIP, "uninstall", "-y", "spark-gmm"], cwd=quickstart.parent, env=env)
-    _run([python, *PIP, "install", wheel], cwd=quickstart.parent, env=env)
-    _run([python, *PIP, "check"], cwd=quickstart.parent, env=env)
+    _run(_pip(python, "uninstall", "-y", "spark-gmm"), cwd=quickstart.parent, env=env)
+    _run(_pip(python, "install", wheel), cwd=quickstart.parent, env=env)
+    _run(_pip(python, "check"), cwd=quickstart.parent, env=env)
     return python
 
 
@@ -170,5 +174,7 @@ def test_readme_cluster_recipe_with_the_wheel_on_local_cluster(installed, wheel,
     _run(cmd, cwd=tmp_path, env=env)
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["spark"]["master"] == LOCAL_CLUSTER_MASTER
-    assert all(e["spark_gmm_path"].startswith(str(package)) for e in _executors(report))
+    # each executor's copy of the shipped file (in its work folder)
+    paths = [e["spark_gmm_path"] for e in _executors(report)]
+    assert all("/spark_gmm.zip/" in p for p in paths), paths
     assert report["fit"]["numRows"] == 3000 and (out / "model" / "metadata").is_dir()
