@@ -150,6 +150,24 @@ def _spark_options(job: str) -> List[Option]:
     ]
 
 
+def _mlflow_options() -> List[Option]:
+    """The fit job's MLflow run (spark_gmm.tracking; needs the 'spark-gmm[mlflow]' extra)."""
+    return [
+        Option("mlflow.enabled", "bool", False,
+               "Record the fit as an MLflow run: model (mlflow.spark), params, metrics, report "
+               "(needs pip install 'spark-gmm[mlflow]').", flag="--mlflow"),
+        Option("mlflow.tracking_uri", "str", None,
+               "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000. Default: "
+               "MLFLOW_TRACKING_URI, else MLflow's default.", flag="--mlflow-tracking-uri",
+               metavar="URI"),
+        Option("mlflow.experiment", "str", None,
+               "MLflow experiment name (created if missing). Default: MLflow's default.",
+               flag="--mlflow-experiment", metavar="NAME"),
+        Option("mlflow.run_name", "str", None, "MLflow run name. Default: MLflow's.",
+               flag="--mlflow-run-name", metavar="NAME"),
+    ]
+
+
 _LOG_LEVEL = Option("log_level", "str", "INFO",
                     "Level of the job's own log (INFO shows one line per EM iteration).",
                     choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -180,6 +198,7 @@ FIT = JobSpec(
         + [Option("output.predictions", "bool", True, "Write the predictions of the input.")]
         + _report_options()
         + _demo_options(20000)
+        + _mlflow_options()
         + _spark_options("fit")
     ),
     exclusive=(("input.path", "input.table"), ("input.input_cols", "input.features_col")),

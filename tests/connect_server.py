@@ -183,8 +183,11 @@ class ConnectServer:
     def start(self, timeout: float = 120.0) -> "ConnectServer":
         home = spark_home()
         if connect_jar(home) is None:
+            import pyspark
+
             raise ConnectServerUnavailable(
-                f"no spark-connect_*.jar in {home / 'jars'}"
+                f"no spark-connect_*.jar in {home / 'jars'} (PySpark {pyspark.__version__}; "
+                "the pip package ships the server jar from Spark 4.0 on)"
             )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = python_env()

@@ -8,6 +8,8 @@ from pyspark.sql.types import DoubleType, StructField, StructType
 from spark_gmm import GaussianMixture, GaussianMixtureModel, InvalidInputError
 from tests.datasets import blobs, vector_df
 
+pytestmark = pytest.mark.compat  # also run on PySpark 3.5 (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def clean(spark):

@@ -64,11 +64,12 @@ def demo_fit(run_script, tmp_path_factory):
     return cwd / "out" / "demo", proc, time.monotonic() - t0
 
 
+@pytest.mark.compat
 @pytest.mark.slow
 def test_quickstart_demo_fit(demo_fit):
     out, proc, seconds = demo_fit
     _ok(proc)
-    assert seconds < 150, f"the demo took {seconds:.0f}s"
+    # the run's wall time (seconds) is not asserted: timings belong to jobs/benchmarks/
     report = json.loads((out / "report" / "report.json").read_text())
     # progress: one log line per EM iteration on stderr
     iterations = [line for line in proc.stderr.splitlines() if "INFO spark_gmm: EM iteration" in line]
@@ -115,6 +116,7 @@ def test_quickstart_demo_fit(demo_fit):
     )
 
 
+@pytest.mark.compat
 @pytest.mark.slow
 def test_score_with_a_training_quantile(demo_fit, run_script, tmp_path):
     out, proc, _ = demo_fit
@@ -381,6 +383,7 @@ def test_dispatch_and_help(capsys):
     assert "--threshold-quantile" in capsys.readouterr().out
 
 
+@pytest.mark.compat
 def test_fit_in_process_outputs(fitted, capsys):
     out = fitted
     assert (out / "model" / "metadata").is_dir()
@@ -414,6 +417,7 @@ def test_overwrite_replaces_only_the_jobs_outputs(fitted, table_dir, tmp_path, c
         cli.main_fit, *args[:-1], tmp_path / "file", "--overwrite", capsys=capsys)
 
 
+@pytest.mark.compat
 def test_conf_fit_toml_with_csv_in_and_out(table_dir, tmp_path, capsys):
     """conf/fit.toml as shipped (partitioned predictions, plot pair), on CSV, writing CSV."""
     out = tmp_path / "o"
@@ -470,6 +474,7 @@ def test_fit_without_matplotlib_still_works(table_dir, tmp_path, capsys, monkeyp
     assert "plots skipped" in err
 
 
+@pytest.mark.compat
 def test_fit_input_errors(table_dir, fitted, tmp_path, capsys, spark):
     points, csv = table_dir / "points", table_dir / "points_csv"
     o = tmp_path / "o"
@@ -511,6 +516,7 @@ def test_fit_input_errors(table_dir, fitted, tmp_path, capsys, spark):
         "source"] == "table lake_points"
 
 
+@pytest.mark.compat
 def test_score_in_process(fitted, table_dir, tmp_path, capsys):
     out = tmp_path / "s"
     code, _, err = _run(cli.main_score, "--model", fitted / "model", "--input",
@@ -537,6 +543,7 @@ def test_score_in_process(fitted, table_dir, tmp_path, capsys):
         np.interp(0.03, scores["probabilities"], scores["values"]))
 
 
+@pytest.mark.compat
 def test_score_errors(fitted, table_dir, tmp_path, capsys, spark):
     points = table_dir / "points"
     predictions = fitted / "predictions"

@@ -12,6 +12,8 @@ from pyspark.sql import functions as F
 from spark_gmm import GaussianMixture, GaussianMixtureModel, ModelFileError
 from tests.datasets import blobs, vector_df
 
+pytestmark = pytest.mark.compat  # also run on PySpark 3.5 (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def fitted(spark):

@@ -29,9 +29,10 @@ def main_fit(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_fit(job: Job) -> None:
-    from spark_gmm import GaussianMixture
+    from spark_gmm import GaussianMixture, tracking
 
     cfg = job.cfg
+    tracker = tracking.fit_tracker(cfg)  # None unless --mlflow; fails now if MLflow is missing
     df, desc, demo, input_cols, features_col = start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
@@ -107,6 +108,10 @@ def run_fit(job: Job) -> None:
     }
     write_report(job, report, model, X, labels)
     job.write_resolved_config()
+    if tracker is not None:
+        with job.timed("mlflow"):
+            tracker.log_fit(model, params, artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
+                            extra_params={"input": desc, "spark_version": job.spark.version})
     log.info("done in %.1f s: %s", time.time() - job.started, job.output)
 
 

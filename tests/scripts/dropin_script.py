@@ -327,7 +327,8 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
 
     S["predict"] = rec.step("predict", predict)
 
-    S["numFeatures"] = rec.step("numFeatures", lambda: model.numFeatures)
+    # None where the class has no numFeatures (Spark 3.5's built-in model)
+    S["numFeatures"] = rec.step("numFeatures", lambda: getattr(model, "numFeatures", None))
     S["model_getK"] = rec.step("model_getK", model.getK)
     S["model_getters"] = rec.step(
         "model_getters",
@@ -379,7 +380,7 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
             "class": type_name(loaded),
             "uid_same": loaded.uid == model.uid,
             "k": loaded.getK(),
-            "numFeatures": loaded.numFeatures,
+            "numFeatures": getattr(loaded, "numFeatures", None),
             "weights_close": bool(np.allclose(sorted(loaded.weights), sorted(model.weights))),
             "predictions_equal": lp == preds,
             "hasSummary": loaded.hasSummary,
