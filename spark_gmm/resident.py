@@ -245,8 +245,13 @@ class ResidentPasses(PassEngine):
 
         # the job's thread inherits the caller's job group and local properties (and, on
         # Spark Connect, its session's tags)
-        InheritableThread(target=run_job, name="spark_gmm-resident-job", daemon=True,
-                          session=spark).start()
+        try:
+            thread = InheritableThread(target=run_job, name="spark_gmm-resident-job",
+                                       daemon=True, session=spark)
+        except TypeError:  # PySpark 3.5 takes no session
+            thread = InheritableThread(target=run_job, name="spark_gmm-resident-job",
+                                       daemon=True)
+        thread.start()
         try:
             self._acquire(s.connect_timeout, first=True)
         except BaseException:
