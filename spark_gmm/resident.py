@@ -304,7 +304,7 @@ class ResidentPasses(PassEngine):
                     raise self._job_failed(first)
                 self._cancel()
                 what = (f"the barrier stage of {n_tasks} task(s) did not start and connect "
-                        f"within {seconds:.0f} s ({CONNECT_TIMEOUT_CONF})")
+                        f"within {seconds:g} s ({CONNECT_TIMEOUT_CONF})")
                 raise (ResidentUnavailable if first else ResidentFailure)(what)
             try:
                 hello, conn = self._coordinator.ready.get(timeout=min(remaining, 0.2))
@@ -320,7 +320,13 @@ class ResidentPasses(PassEngine):
             found[partition] = (task, conn)
         self._floor = max(task for task, _ in found.values())
         self._workers = {partition: conn for partition, (_, conn) in found.items()}
-        loaded = self._receive("load the data", lambda partition: MAX_HELLO_BYTES)
+        try:
+            loaded = self._receive("load the data", lambda partition: MAX_HELLO_BYTES)
+        except (EOFError, OSError) as lost:  # a worker died reading: Spark retries the stage
+            log.warning("resident engine: a worker was lost while reading its rows (%s); "
+                        "waiting for Spark to retry the barrier stage", lost or "EOF")
+            self._drop_workers()
+            return self._acquire(max(deadline - time.monotonic(), 1.0), first)
         self.rows_held = self.bytes_held = 0
         for partition, text in loaded.items():
             info = json.loads(text)
