@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.storagelevel import StorageLevel
+from threadpoolctl import threadpool_limits
 
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
@@ -81,6 +82,9 @@ def fit_candidates(
             blocks, report.n_features, settings.aggregation_depth, settings.description,
             packed=True, n_partitions=n_partitions,
         )
+    # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
+    # wake-ups there (with several, a tiny triangular solve took milliseconds).
+    limits = threadpool_limits(limits=1, user_api="blas")
     try:
         checkpoint = Checkpoint.for_fit(settings, candidates, report)
         resume = checkpoint.load() if checkpoint else None
@@ -120,6 +124,7 @@ def fit_candidates(
         if checkpoint:
             checkpoint.remove()  # the fit is complete: nothing to resume
     finally:
+        limits.restore_original_limits()
         if isinstance(passes, ResidentPasses):
             passes.close()
         else:

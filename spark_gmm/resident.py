@@ -55,6 +55,7 @@ CONNECT_TIMEOUT_CONF = "spark.gmm.resident.connectTimeout"
 PASS_TIMEOUT_CONF = "spark.gmm.resident.passTimeout"
 CONNECT_TIMEOUT = 300.0
 PASS_TIMEOUT = 3600.0
+CLOSE_SECONDS = 30.0  # the job's end after the workers stopped, at most; then it is cancelled
 HANDSHAKE_SECONDS = 20.0  # an accepted connection must authenticate and say hello by then
 
 class ResidentUnavailable(RuntimeError):
@@ -262,8 +263,9 @@ class ResidentPasses(PassEngine):
         return self
 
     def close(self, cancel: bool = False):
-        """Tells the workers to stop (they free their blocks and the job ends by itself) and
-        closes the coordinator; with ``cancel``, cancels the job too."""
+        """Tells the workers to stop (they free their blocks), waits a little for the job to
+        end (so that nothing of the fit outlives it), and closes the coordinator; with
+        ``cancel``, cancels the job instead."""
         if cancel:
             self._abandoned = True
             self._cancel()
@@ -273,6 +275,8 @@ class ResidentPasses(PassEngine):
             except OSError:
                 pass
         self._drop_workers()
+        if not cancel and not self._job_done.wait(CLOSE_SECONDS):
+            self._cancel()
         if self._coordinator is not None:
             self._coordinator.close()
 
