@@ -313,12 +313,15 @@ class PassEngine:
 
     def sample(self, fraction: float, seed: int, limit: int):
         """(X, w) of at most ``limit`` rows, each kept with probability ``fraction`` by
-        :func:`kernel.sample_rows` (the same rows on every engine), in partition order."""
+        :func:`kernel.sample_rows` (the same rows on every engine), then ``limit`` of them
+        drawn uniformly when more were kept; in partition order."""
         rows = self.gather(partial(kernel.sample_rows, fraction=fraction, seed=seed),
                            "sample rows")
         if rows is None:
             rows = np.empty((0, self.n_features + 1))
-        rows = rows[:limit]
+        if len(rows) > limit:  # a uniform subset, not the first partitions' rows
+            keep = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
+            rows = rows[np.sort(keep)]
         return rows[:, :-1], rows[:, -1]
 
     def first_row(self) -> np.ndarray:
