@@ -511,8 +511,9 @@ def plan(rows: DataFrame, n_partitions: int) -> Tuple[Optional[ResidentSettings]
         bind = conf.get("spark.driver.bindAddress", None) or host
     slots = _slots(spark)
     if not slots:
-        return None, ("this Spark Connect session does not tell how many tasks its cluster runs "
-                      "at once, which a barrier stage must know")
+        return None, ("this session has no SparkContext (Spark Connect, or a shared access "
+                      "mode) and its master does not tell how many tasks the cluster runs at "
+                      "once, which a barrier stage must know")
     return ResidentSettings(
         n_tasks=max(1, min(n_partitions or slots, slots)),
         connect_timeout=_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),
