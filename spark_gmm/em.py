@@ -303,10 +303,12 @@ class PassEngine:
         )
 
     def hard_assignment_stats(self, centers_list: Sequence[np.ndarray],
-                              types: Sequence[str], label: str):
+                              types: Sequence[str], label: str,
+                              scale: Optional[np.ndarray] = None):
         """Statistics of nearest-center assignments, one per (centers, covariance type), in
-        one data pass (initialisation and data moments)."""
-        passes = [partial(kernel.hard_assignment_stats, centers=centers, covariance_type=t)
+        one data pass (initialisation and data moments); distances in units of ``scale``."""
+        passes = [partial(kernel.hard_assignment_stats, centers=centers, covariance_type=t,
+                          scale=scale)
                   for centers, t in zip(centers_list, types)]
         shifts = [kernel.moment_shift(c, t) for c, t in zip(centers_list, types)]
         return self.stats(passes, shifts, types, label)

@@ -2,7 +2,9 @@
 
 Modes: 'kmeans' (k-means++ seeds on a bounded sample, Lloyd iterations over all the rows,
 then one M-step from the hard assignments, as scikit-learn's default), 'k-means++' (the same
-seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then an
+seeds and M-step without the Lloyd iterations); both measure distances in standard
+deviations of each feature (of the sample), so that the start does not depend on the features'
+units (scikit-learn uses the raw units; mclust scales too), 'random' (random responsibilities, then an
 M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as means, the data
 covariance for every component); or fixed initial parameters (a model or explicit arrays) for
 every candidate. Every step is a pass of the fit's pass engine (:mod:`spark_gmm.em`), shared by
@@ -126,21 +128,22 @@ def _covariances_from_data(cov: np.ndarray, k: int, covariance_type: str, reg_co
     return np.repeat(variances[None], k, 0) if covariance_type == "diag" else np.full(k, variances.mean())
 
 
-def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: float):
+def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: np.ndarray):
     """Lloyd iterations over all the rows for every (k, seed) at once, one pass each, until
-    no center moves more than ``KMEANS_TOL * scale`` or ``KMEANS_MAX_ITER``. The moments of
-    each pass are taken around the centre of the centers, so offsets do not cancel."""
+    no center moves more than ``KMEANS_TOL`` or ``KMEANS_MAX_ITER``, with distances in units
+    of ``scale`` per feature. The moments of each pass are taken around the centre of the
+    centers, so offsets do not cancel."""
     active = [pair for pair in sorted(centers) if pair[0] > 1]
     for iteration in range(1, KMEANS_MAX_ITER + 1):
         if not active:
             break
         stats = passes.hard_assignment_stats([centers[pair] for pair in active],
                                              ["spherical"] * len(active),
-                                             f"k-means iteration {iteration}")
+                                             f"k-means iteration {iteration}", scale)
         still = []
         for pair, s in zip(active, stats):
-            centers[pair], moved = kernel.lloyd_update(s, centers[pair])
-            if moved > (KMEANS_TOL * scale) ** 2:
+            centers[pair], moved = kernel.lloyd_update(s, centers[pair], scale)
+            if moved > KMEANS_TOL**2:
                 still.append(pair)
         active = still
     return centers
@@ -204,16 +207,16 @@ def initial_params(
     distinct = _check_distinct(passes, X, k_max, w)
     if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
         X, w = distinct, np.ones(len(distinct))
+    scale = kernel.feature_scale(X, w)  # distances in standard deviations of each feature
     centers: Dict[Tuple[int, int], np.ndarray] = {
-        (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w)
+        (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w, scale)
         for k, seed in pairs
     }
     if init_mode == "kmeans":
-        # the unit of the tolerance: the sample's root mean variance
-        centers = _lloyd(passes, centers, float(np.sqrt(X.var(axis=0).mean())))
+        centers = _lloyd(passes, centers, scale)
     stats = passes.hard_assignment_stats(
         [centers[(c.k, c.seed)] for c in candidates], [c.covariance_type for c in candidates],
-        f"{init_mode} assignment",
+        f"{init_mode} assignment", scale,
     )
     return [kernel.m_step(s, reg_covar) for s in stats]
 

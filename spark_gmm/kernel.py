@@ -594,10 +594,14 @@ def accumulate_stats(
     return _reshifted(stats, stats_shift(params))
 
 
-def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the closest center (Euclidean) for each row: (n, d), (k, d) -> (n,)."""
+def nearest_center(X: np.ndarray, centers: np.ndarray,
+                   scale: Optional[np.ndarray] = None) -> np.ndarray:
+    """Index of the closest center for each row: (n, d), (k, d) -> (n,). Distances are
+    Euclidean, in units of ``scale`` (d,) per feature when given."""
     c = _center(centers)
     Xc, Cc = X - c, centers - c
+    if scale is not None:
+        Xc, Cc = Xc / scale, Cc / scale
     dist = (Cc**2).sum(axis=1) - 2.0 * (Xc @ Cc.T)  # + |x|^2, the same for every center
     return dist.argmin(axis=1)
 
@@ -608,8 +612,10 @@ def hard_assignment_stats(
     centers: np.ndarray,
     covariance_type: str,
     block_rows: Optional[int] = None,
+    scale: Optional[np.ndarray] = None,
 ) -> SufficientStats:
-    """Statistics of one-hot responsibilities from the nearest center (k-means initialisation).
+    """Statistics of one-hot responsibilities from the nearest center (k-means initialisation;
+    distances in units of ``scale`` per feature when given, see :func:`nearest_center`).
 
     Moments are taken around ``stats_shift`` of a mixture with these centers as means.
     """
@@ -617,7 +623,7 @@ def hard_assignment_stats(
     stats = SufficientStats.zeros(moment_shift(centers, covariance_type), covariance_type)
     block = block_rows or default_block_rows(k, d, covariance_type)
     for Xb, wb in _blocks(X, sample_weight, block):
-        labels = nearest_center(Xb, centers)
+        labels = nearest_center(Xb, centers, scale)
         rw = np.zeros((Xb.shape[0], k))
         rw[np.arange(Xb.shape[0]), labels] = wb
         _add_moments(stats, Xb, rw)
@@ -667,34 +673,59 @@ def sample_rows(X: np.ndarray, sample_weight: Optional[np.ndarray], fraction: fl
     return np.column_stack([X[keep], w[keep]])
 
 
-def lloyd_update(stats: SufficientStats, centers: np.ndarray):
+def lloyd_update(stats: SufficientStats, centers: np.ndarray,
+                 scale: Optional[np.ndarray] = None):
     """One Lloyd step from the statistics of nearest-center assignments
-    (:func:`hard_assignment_stats`): (new centers, largest squared move). A center that no
-    row chose stays where it is."""
+    (:func:`hard_assignment_stats`): (new centers, largest squared move, in units of
+    ``scale`` per feature when given). A center that no row chose stays where it is."""
     assigned = stats.resp > 0
     new = centers.copy()
     new[assigned] = stats.shift[assigned] + stats.first[assigned] / stats.resp[assigned, None]
-    return new, float(((new - centers) ** 2).sum(axis=1).max())
+    moves = new - centers if scale is None else (new - centers) / scale
+    return new, float((moves**2).sum(axis=1).max())
+
+
+def feature_scale(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """Each feature's (weighted) standard deviation over the rows of X, 1 where it is 0: the
+    units in which the k-means initialisation measures distances, so that its seeds do not
+    depend on the units of the features (as mclust's scaled start)."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if not w.sum() > 0:
+        w = np.ones(X.shape[0])
+    mean = (w @ X) / w.sum()
+    std = np.sqrt(np.maximum((w @ (X - mean) ** 2) / w.sum(), 0.0))
+    return np.where(std > 0, std, 1.0)
 
 
 def kmeans_plus_plus(
-    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: Optional[np.ndarray] = None
+    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: Optional[np.ndarray] = None,
+    scale: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """k seeds chosen by k-means++ (D^2 weighting) among the rows of X: (n, d) -> (k, d)."""
+    """k seeds chosen by greedy k-means++ among the rows of X: (n, d) -> (k, d). Each seed after
+    the first is the best, by the potential it leaves (the weighted sum of squared distances to
+    the nearest seed), of ``2 + int(log k)`` rows drawn by D^2 weighting (scikit-learn's
+    rule); distances in units of ``scale`` per feature when given."""
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     Xc = X - X.mean(axis=0)  # distances are shift-invariant; centring keeps them exact
+    if scale is not None:
+        Xc = Xc / scale
     sq = np.einsum("ij,ij->i", Xc, Xc)
+    trials = 2 + int(math.log(k)) if k > 1 else 1
     chosen = [int(rng.choice(n, p=w / w.sum()))]
     closest = np.maximum(sq + sq[chosen[0]] - 2.0 * Xc @ Xc[chosen[0]], 0.0)
     for _ in range(1, k):
         p = closest * w
         total = p.sum()
-        nxt = int(rng.choice(n, p=p / total)) if total > 0 else int(rng.integers(n))
-        chosen.append(nxt)
-        dist = np.maximum(sq + sq[nxt] - 2.0 * Xc @ Xc[nxt], 0.0)
-        np.minimum(closest, dist, out=closest)
+        tries = rng.choice(n, size=trials, p=p / total) if total > 0 else \
+            rng.integers(n, size=trials)
+        dist = np.maximum(sq[None, :] + sq[tries, None] - 2.0 * (Xc[tries] @ Xc.T), 0.0)
+        np.minimum(dist, closest[None, :], out=dist)
+        best = int(np.argmin(dist @ w))
+        chosen.append(int(tries[best]))
+        closest = dist[best]
     return X[chosen]
 
 
