@@ -1,25 +1,23 @@
-"""Spark columns <-> NumPy blocks, and validation of the input.
+"""The user's columns -> the fit's prepared rows, and validation of the input.
 
 Everything the fit and transform read goes through :func:`resolve_features`, which turns the
 user's vector column, array column or list of numeric columns into one ``array<double>``
-expression, and :func:`batch_to_numpy`, which turns an Arrow batch of that column into a
-(rows, features) float64 array without per-row Python objects.
+expression; :func:`prepare` validates it and names the prepared columns
+(:mod:`spark_gmm.blocks` turns their Arrow batches into NumPy blocks).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional
 
-import numpy as np
-import pyarrow as pa
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, NumericType
 
-FEATURES = "__gmm_x"  # internal column names in prepared data
-WEIGHT = "__gmm_w"
+from spark_gmm.blocks import FEATURES, WEIGHT
+
 
 
 class InvalidInputError(ValueError):
@@ -191,21 +189,3 @@ def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:
 def valid_rows(source: FeatureSource) -> Column:
     """Filter expression keeping rows whose features are present and finite."""
     return _row_is_valid(source.array)
-
-
-def list_array_to_numpy(column: pa.Array, n_features: int) -> np.ndarray:
-    """An Arrow list<double> array with no nulls (n rows) -> (n, n_features) float64."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.flatten()  # honours the array's offset and slicing
-    out = values.to_numpy(zero_copy_only=False)
-    if out.dtype != np.float64:
-        out = out.astype(np.float64)
-    return out.reshape(len(column), n_features)
-
-
-def batch_to_numpy(batch: pa.RecordBatch, n_features: int):
-    """A prepared Arrow batch -> (X (n, d) float64, weights (n,) float64)."""
-    X = list_array_to_numpy(batch.column(FEATURES), n_features)
-    w = batch.column(WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    return X, w

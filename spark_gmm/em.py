@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from functools import partial
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -33,58 +33,17 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_gmm import kernel
-from spark_gmm.data import batch_to_numpy
+from spark_gmm.blocks import BLOCKS_SCHEMA, GatherFunction, PassFunction, accumulate, \
+    batch_to_numpy, gather, pack, read_packed
 
 log = logging.getLogger("spark_gmm")
 
 _STATS_SCHEMA = "pid int, stats binary"
-# Packed data: one row per block of prepared rows, float64 row-major bytes (X) and weights.
-BLOCKS_SCHEMA = "n int, x binary, w binary"
-# Rows x features doubles per packed block: at most 2**20 (8 MiB per value).
-_BLOCK_ELEMENTS = 1 << 20
 # Partitions per core that EM passes read at most (see limit_partitions).
 TASKS_PER_CORE = 2
 # Test-only switch: "exit-first-attempt" kills the Python worker on each statistics task's
 # first attempt (tests/test_reliability.py shows a retried fit equals a clean one).
 FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
-
-# A pass computes one statistics vector from (X, w): kernel functions bound with partial.
-PassFunction = Callable[[np.ndarray, np.ndarray], kernel.SufficientStats]
-# A gather keeps some rows of each (X, w) block: (m, features + 1) arrays, weight last.
-GatherFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _pack(n_features: int):
-    """The mapInArrow function: Arrow batches of prepared rows -> rows of packed blocks of
-    ``_BLOCK_ELEMENTS // n_features`` rows (the last of a partition shorter). Batches are
-    joined first: they hold only ``maxRecordsPerBatch`` rows, and every block costs the
-    kernel its per-call set-up again on every pass."""
-    block = max(1, _BLOCK_ELEMENTS // n_features)
-
-    def record(X, w):
-        return pa.RecordBatch.from_pydict({
-            "n": pa.array([X.shape[0]], pa.int32()),
-            "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
-            "w": pa.array([w.tobytes()], pa.binary()),
-        })
-
-    def run(batches):
-        Xs, ws, rows = [], [], 0
-        for batch in batches:
-            X, w = batch_to_numpy(batch, n_features)
-            Xs.append(X)
-            ws.append(w)
-            rows += X.shape[0]
-            if rows >= block:
-                X, w = np.concatenate(Xs), np.concatenate(ws)
-                full = rows - rows % block
-                for start in range(0, full, block):
-                    yield record(X[start:start + block], w[start:start + block])
-                Xs, ws, rows = [X[full:]], [w[full:]], rows - full
-        if rows:
-            yield record(np.concatenate(Xs), np.concatenate(ws))
-
-    return run
 
 
 def _unpack(row, n_features: int):
@@ -96,7 +55,7 @@ def pack_blocks(prepared: DataFrame, n_features: int) -> Union[RDD, DataFrame]:
     (X (n, d), w (n,)) pairs on classic sessions, a DataFrame of ``BLOCKS_SCHEMA`` rows where
     RDDs are not available (Spark Connect). Cached, either is about the size of the raw
     doubles, and a pass reads it without converting a row at a time."""
-    blocks = prepared.mapInArrow(_pack(n_features), BLOCKS_SCHEMA)
+    blocks = prepared.mapInArrow(pack(n_features), BLOCKS_SCHEMA)
     rdd = _rdd_or_none(blocks)
     return blocks if rdd is None else rdd.map(partial(_unpack, n_features=n_features))
 
@@ -116,39 +75,8 @@ def limit_partitions(df: DataFrame, per_core: int = TASKS_PER_CORE) -> DataFrame
     return df
 
 
-def _read_blocks(batch: pa.RecordBatch, n_features: int):
-    """(X, w) of each packed row of a batch, viewing the Arrow buffers without copies."""
-    ns = batch.column("n").to_numpy(zero_copy_only=False)
-    xs, ws = batch.column("x"), batch.column("w")
-    for i, n in enumerate(ns):
-        X = np.frombuffer(xs[i].as_buffer(), dtype=np.float64).reshape(int(n), n_features)
-        yield X, np.frombuffer(ws[i].as_buffer(), dtype=np.float64)
-
-
 def _read_rows(batch: pa.RecordBatch, n_features: int):
     yield batch_to_numpy(batch, n_features)
-
-
-def _accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
-                passes: Sequence[PassFunction]) -> Optional[np.ndarray]:
-    """The statistics vectors of all ``passes`` over the (X, w) blocks of one partition,
-    concatenated and summed in block order (None for a partition without rows). Callers
-    limit BLAS to one thread: two tasks already share two cores."""
-    total = None
-    for X, w in blocks:
-        if X.shape[0]:
-            vector = np.concatenate([p(X, w).to_vector() for p in passes])
-            total = vector if total is None else total + vector
-    return total
-
-
-def _gather(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
-            function: GatherFunction) -> Optional[np.ndarray]:
-    """The rows ``function`` keeps of each (X, w) block of one partition, in block order
-    (None when it keeps none)."""
-    kept = [function(X, w) for X, w in blocks if X.shape[0]]
-    kept = [rows for rows in kept if rows.shape[0]]
-    return np.concatenate(kept) if kept else None
 
 
 def _in_task(compute):
@@ -167,7 +95,7 @@ def _in_task(compute):
 def _arrow_task(n_features: int, work, packed: bool):
     """The mapInArrow function: Arrow batches of prepared rows (or packed blocks) -> one
     (pid, float64 bytes) row holding ``work(blocks)`` (nothing when it is None)."""
-    read = _read_blocks if packed else _read_rows
+    read = read_packed if packed else _read_rows
 
     def run(batches):
         from pyspark import TaskContext
@@ -386,11 +314,11 @@ class SparkPasses(PassEngine):
             size: Optional[int] = None) -> np.ndarray:
         """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
         scale = _tree_scale(self.n_partitions, self.aggregation_depth)
-        pairs = self._collect(partial(_accumulate, passes=list(passes)), label, scale)
+        pairs = self._collect(partial(accumulate, passes=list(passes)), label, scale)
         return ordered_sum(pairs, None)  # any tree level was summed by the job
 
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
-        pieces = self._collect(partial(_gather, function=function), label)
+        pieces = self._collect(partial(gather, function=function), label)
         width = self.n_features + 1
         return in_order((pid, rows.reshape(-1, width)) for pid, rows in pieces)
 

@@ -21,7 +21,7 @@ from spark_gmm.data import InputReport, prepare, resolve_features
 from spark_gmm.em import PassEngine, SparkPasses, limit_partitions, num_partitions, \
     pack_blocks
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
-from spark_gmm.resident import ResidentPasses, ResidentUnavailable, plan
+from spark_gmm.resident import ResidentPasses, ResidentUnavailable, plan, start_python_workers
 
 log = logging.getLogger("spark_gmm")
 
@@ -64,6 +64,7 @@ def fit_candidates(
     dataset: DataFrame, candidates: Sequence[Candidate], settings: FitSettings
 ) -> FitOutcome:
     source = resolve_features(dataset, settings.features_col, settings.input_cols)
+    start_python_workers(dataset.sparkSession)  # in the background, while prepare validates
     prepared, report = prepare(dataset, source, settings.weight_col, settings.handle_invalid)
     if report.n_skipped:
         log.warning(
@@ -75,7 +76,7 @@ def fit_candidates(
     # too runs one Python task per new partition.
     rows = limit_partitions(prepared)
     n_partitions = num_partitions(rows)
-    passes = _resident(settings, rows, report.n_features, n_partitions)
+    passes = _resident(settings, rows, report, n_partitions)
     if passes is None:  # job-per-pass: the blocks cached for the fit
         blocks = pack_blocks(rows, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
         passes = SparkPasses(
@@ -136,7 +137,7 @@ def fit_candidates(
 _SAID = set()  # fallback reasons already logged by this process
 
 
-def _resident(settings: FitSettings, rows: DataFrame, n_features: int,
+def _resident(settings: FitSettings, rows: DataFrame, report: InputReport,
               n_partitions: int) -> Optional[PassEngine]:
     """The started resident engine, or None for the job-per-pass one: by ``settings.engine``,
     and where 'auto' finds that a barrier stage cannot run (said once per reason)."""
@@ -145,8 +146,9 @@ def _resident(settings: FitSettings, rows: DataFrame, n_features: int,
     resident, why = plan(rows, n_partitions)
     if resident is not None:
         try:
-            return ResidentPasses(rows, n_features, n_partitions, settings.aggregation_depth,
-                                  settings.description, resident).start()
+            return ResidentPasses(rows, report.n_rows, report.n_features, n_partitions,
+                                  settings.aggregation_depth, settings.description,
+                                  resident).start()
         except ResidentUnavailable as exc:
             why = str(exc)
     if settings.engine == "resident":

@@ -3,12 +3,13 @@ stage, which then run every pass of the fit for the driver.
 
 How it runs:
 
-* The fit's prepared rows are tagged with their partition and order and shuffled to
-  ``n_tasks`` barrier tasks, never more than the cluster can run at once (a ``mapInArrow``
-  with ``barrier=True``, so classic sessions and Spark Connect share one path). Each task cuts
-  each partition's rows into the same blocks as :func:`spark_gmm.em.pack_blocks` and holds
-  them. The barrier stage reads a shuffle and ends in one, so Spark retries it whole when a
-  task fails, re-reading the shuffled rows rather than the source.
+* Each partition of the fit's prepared rows is packed into the blocks the job-per-pass engine
+  reads (:func:`spark_gmm.blocks.pack`, in that partition's task); the blocks are tagged with
+  their partition and order and shuffled to ``n_tasks`` barrier tasks, never more than the
+  cluster can run at once (a ``mapInArrow`` with ``barrier=True``, so classic sessions and
+  Spark Connect share one path), which hold them. The barrier stage reads a shuffle and ends
+  in one, so Spark retries it whole when a task fails, re-reading the shuffled blocks rather
+  than the source.
 * Each task connects to a coordinator on the driver and answers commands: pass functions and
   parameters (pickled) come down, statistics (float64 bytes) go up. The driver sums them per
   partition in partition order with :func:`spark_gmm.em.ordered_sum`, so the result is
@@ -42,10 +43,11 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_gmm.data import FEATURES, WEIGHT
+from spark_gmm.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, pack
 from spark_gmm.em import FAULT_INJECTION, GatherFunction, PassEngine, PassFunction, \
     _set_job_description, _tree_scale, in_order, ordered_sum
-from spark_gmm.resident_worker import _HEADER, MAX_COMMAND_BYTES, MAX_HELLO_BYTES, _worker
+from spark_gmm.resident_worker import _HEADER, MAX_COMMAND_BYTES, MAX_HELLO_BYTES, _warm, \
+    _worker
 
 log = logging.getLogger("spark_gmm")
 
@@ -57,6 +59,9 @@ CONNECT_TIMEOUT = 300.0
 PASS_TIMEOUT = 3600.0
 CLOSE_SECONDS = 30.0  # the job's end after the workers stopped, at most; then it is cancelled
 HANDSHAKE_SECONDS = 20.0  # an accepted connection must authenticate and say hello by then
+# From this many values (rows x (features + 1)), the rows are packed into blocks before the
+# shuffle to the barrier tasks, rather than shuffled row by row.
+PACK_VALUES = 1 << 22
 
 class ResidentUnavailable(RuntimeError):
     """The barrier stage could not start (or its workers could not connect): nothing has run
@@ -185,9 +190,10 @@ class ResidentPasses(PassEngine):
     workers; :meth:`close` ends it, and the workers free their blocks.
     """
 
-    def __init__(self, rows: DataFrame, n_features: int, n_partitions: int,
+    def __init__(self, rows: DataFrame, n_rows: int, n_features: int, n_partitions: int,
                  aggregation_depth: int, description: str, settings: ResidentSettings):
         self.rows = rows
+        self.n_values = n_rows * (n_features + 1)
         self.n_features = n_features
         self.n_partitions = n_partitions
         self.scale = _tree_scale(n_partitions, aggregation_depth)
@@ -214,11 +220,20 @@ class ResidentPasses(PassEngine):
         self._coordinator = _Coordinator(s.bind_host, key)
         address = (s.advertise_host, self._coordinator.port)
         keys = F.array(*[F.lit(k) for k in task_keys(s.n_tasks)])
+        if self.n_values >= PACK_VALUES:
+            # each partition packed into the job-per-pass engine's blocks in its own task: a
+            # shuffle of a few large binary rows costs far less than one of millions of rows
+            # (18M x 1: the fit's start-up took half as long), but the extra Python stage
+            # costs a small table more than its shuffle saves
+            shuffled = self.rows.mapInArrow(pack(self.n_features), BLOCKS_SCHEMA)
+            columns = ["n", "x", "w"]
+        else:
+            shuffled, columns = self.rows, [FEATURES, WEIGHT]
         held = (
-            self.rows.select(
+            shuffled.select(
                 F.spark_partition_id().alias("pid"),
                 F.monotonically_increasing_id().alias("seq"),  # partition, then row order
-                F.col(FEATURES), F.col(WEIGHT))
+                *columns)
             .withColumn("task", F.element_at(keys, F.col("pid") % s.n_tasks + 1))
             .repartition(s.n_tasks, "task")
             .mapInArrow(_worker(address, key, self.n_features, s.connect_timeout, s.fault),
@@ -522,6 +537,36 @@ def plan(rows: DataFrame, n_partitions: int) -> Tuple[Optional[ResidentSettings]
         advertise_host=host,
         fault=_fault_marker(),
     ), ""
+
+
+_STARTED: set = set()  # sessions whose Python workers a fit has started
+
+
+def start_python_workers(spark) -> None:
+    """On the first fit of a session, starts its Python workers in the background (a job of
+    one trivial task per slot that imports the kernel), so that their start-up (a new Python
+    process, pyarrow, NumPy, SciPy: seconds, on the session's first Python job) overlaps the
+    validation of the input, which runs in the JVM. Later fits find the workers started."""
+    try:
+        key = spark.sparkContext.applicationId
+    except Exception:  # Spark Connect
+        key = getattr(spark, "session_id", None)
+    if key is None or key in _STARTED:
+        return
+    _STARTED.add(key)
+    slots = _slots(spark)
+    if not slots:
+        return
+    job = spark.range(0, slots, 1, numPartitions=slots).mapInArrow(_warm, "id long")
+
+    def run():
+        try:
+            job.collect()
+        except Exception:  # only a head start: the fit's own jobs report real failures
+            pass
+
+    # not an InheritableThread: this job is no part of the caller's job group
+    threading.Thread(target=run, name="spark_gmm-start-workers", daemon=True).start()
 
 
 def _fault_marker() -> Optional[Tuple[str, str]]:

@@ -1,5 +1,6 @@
 """The resident engine's task side: what runs inside each barrier task, holding its share of
-the rows for the whole fit and answering the driver's commands (:mod:`spark_gmm.resident`)."""
+the rows for the whole fit and answering the driver's commands (:mod:`spark_gmm.resident`).
+It imports only light modules (no pyspark.ml): a fit's first tasks start cold workers."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from spark_gmm.data import batch_to_numpy
-from spark_gmm.em import _BLOCK_ELEMENTS, _accumulate, _gather
+from spark_gmm.blocks import accumulate, batch_to_numpy, block_rows, gather, read_packed
 
 MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
 MAX_HELLO_BYTES = 1 << 16
@@ -23,20 +23,34 @@ _HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), numb
 
 
 def _blocks_of(batches, n_features: int):
-    """A task's shuffled rows -> [(pid, [(X, w) blocks])], the blocks cut exactly as
-    :func:`spark_gmm.em.pack_blocks` cuts each partition (``_BLOCK_ELEMENTS // d`` rows, in
-    row order), so that sums per partition equal the job-per-pass engine's bit for bit."""
+    """A task's shuffled rows or packed blocks -> [(pid, [(X, w) blocks])], each partition's
+    blocks in order, cut as :func:`spark_gmm.em.pack_blocks` cuts them (``blocks.block_rows``
+    rows), so that sums per partition equal the job-per-pass engine's bit for bit."""
     pids, seqs, Xs, ws = [], [], [], []
+    packed = False
     for batch in batches:
         if batch.num_rows:
-            pids.append(batch.column("pid").to_numpy(zero_copy_only=False))
-            seqs.append(batch.column("seq").to_numpy(zero_copy_only=False))
-            X, w = batch_to_numpy(batch, n_features)
-            Xs.append(np.array(X))  # owned copies: the Arrow batch can go
-            ws.append(np.array(w))
+            packed = "x" in batch.schema.names
+            pid = batch.column("pid").to_numpy(zero_copy_only=False)
+            seq = batch.column("seq").to_numpy(zero_copy_only=False)
+            pieces = read_packed(batch, n_features) if packed else \
+                [batch_to_numpy(batch, n_features)]
+            for X, w in pieces:  # owned copies: the Arrow batch can go
+                Xs.append(np.array(X))
+                ws.append(np.array(w))
+            pids.append(pid)
+            seqs.append(seq)
     if not Xs:
         return []
     pid, seq = np.concatenate(pids), np.concatenate(seqs)
+    if packed:  # one (pid, seq) per block
+        order = np.argsort(seq, kind="stable")  # seq orders blocks by partition, then block
+        held: List[Tuple[int, list]] = []
+        for i in order.tolist():
+            if not held or held[-1][0] != int(pid[i]):
+                held.append((int(pid[i]), []))
+            held[-1][1].append((Xs[i], ws[i]))
+        return held
     X, w = np.concatenate(Xs), np.concatenate(ws)
     del Xs, ws
     if np.any(seq[1:] < seq[:-1]):  # seq orders rows by partition, then row
@@ -44,10 +58,21 @@ def _blocks_of(batches, n_features: int):
         pid, X, w = pid[order], X[order], w[order]
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     ends = np.r_[starts[1:], len(pid)]
-    block = max(1, _BLOCK_ELEMENTS // n_features)
+    block = block_rows(n_features)
     return [(int(pid[a]), [(X[i:min(i + block, b)], w[i:min(i + block, b)])
                            for i in range(a, b, block)])
             for a, b in zip(starts, ends)]
+
+
+def _warm(batches):
+    """A mapInArrow function that only imports what a fit's tasks import (see
+    :func:`spark_gmm.resident.start_python_workers`)."""
+    import spark_gmm.kernel  # noqa: F401  (scipy, and the kernel every pass runs)
+
+    for _ in batches:
+        pass
+    return
+    yield
 
 
 def _connect(address: Tuple[str, int], key: bytes, seconds: float) -> Connection:
@@ -100,10 +125,10 @@ def _serve(conn: Connection, held, fault: Optional[Tuple[str, str]], partition: 
             _inject_fault(fault)
         try:
             if command[0] == "sum":
-                pieces = [(pid, _accumulate(blocks, command[1])) for pid, blocks in held]
+                pieces = [(pid, accumulate(blocks, command[1])) for pid, blocks in held]
                 kind = b"S"
             else:  # "gather"
-                pieces = [(pid, _gather(blocks, command[1])) for pid, blocks in held]
+                pieces = [(pid, gather(blocks, command[1])) for pid, blocks in held]
                 kind = b"G"
             reply = _reply(kind, [(pid, p) for pid, p in pieces if p is not None])
         except Exception as exc:  # reported to the driver, which raises it

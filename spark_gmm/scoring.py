@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from spark_gmm import kernel
-from spark_gmm.data import list_array_to_numpy
+from spark_gmm.blocks import list_array_to_numpy
 
 
 def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],

@@ -11,8 +11,8 @@ from spark_gmm import GaussianMixture, GaussianMixtureModel, kernel
 from pyspark.rdd import RDD
 
 from spark_gmm.data import prepare, resolve_features
-from spark_gmm.em import BLOCKS_SCHEMA, SparkPasses, _pack, _tree_scale, limit_partitions, \
-    pack_blocks
+from spark_gmm.blocks import BLOCKS_SCHEMA, pack
+from spark_gmm.em import SparkPasses, _tree_scale, limit_partitions, pack_blocks
 from tests.datasets import adjusted_rand_index, array_df, blobs, one_d_mixture, vector_df
 
 TYPES = kernel.COVARIANCE_TYPES
@@ -77,13 +77,13 @@ def test_passes_read_at_most_two_partitions_per_core(spark):
 
 def test_packing_joins_batches_into_full_blocks(monkeypatch):
     """Arrow batches (maxRecordsPerBatch rows, some empty) are joined into blocks of
-    _BLOCK_ELEMENTS // d rows, only the last one shorter, rows and weights in order."""
+    BLOCK_ELEMENTS // d rows, only the last one shorter, rows and weights in order."""
     import pyarrow as pa
 
-    from spark_gmm import em
-    from spark_gmm.data import FEATURES, WEIGHT
+    from spark_gmm import blocks as blocks_module
+    from spark_gmm.blocks import FEATURES, WEIGHT
 
-    monkeypatch.setattr(em, "_BLOCK_ELEMENTS", 30)  # 10 rows of 3 features
+    monkeypatch.setattr(blocks_module, "BLOCK_ELEMENTS", 30)  # 10 rows of 3 features
     rng = np.random.default_rng(0)
     X, w = rng.standard_normal((57, 3)), rng.random(57)
     cuts = [0, 4, 4, 27, 30, 57]
@@ -91,7 +91,8 @@ def test_packing_joins_batches_into_full_blocks(monkeypatch):
         FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
         WEIGHT: pa.array(w[lo:hi]),
     }) for lo, hi in zip(cuts, cuts[1:])]
-    blocks = [block for packed in em._pack(3)(batches) for block in em._read_blocks(packed, 3)]
+    blocks = [block for packed in blocks_module.pack(3)(batches)
+              for block in blocks_module.read_packed(packed, 3)]
     assert [len(Xb) for Xb, _ in blocks] == [10, 10, 10, 10, 10, 7]
     np.testing.assert_array_equal(np.concatenate([Xb for Xb, _ in blocks]), X)
     np.testing.assert_array_equal(np.concatenate([wb for _, wb in blocks]), w)
@@ -110,7 +111,7 @@ def test_packed_block_forms_agree_with_each_other_and_the_kernel(spark, blob_dat
     assert (_tree_scale(40, depth) is None) == (depth == 1)
     rdd = pack_blocks(prepared, d)
     assert isinstance(rdd, RDD) and rdd.getNumPartitions() == 40
-    frame = prepared.mapInArrow(_pack(d), BLOCKS_SCHEMA)
+    frame = prepared.mapInArrow(pack(d), BLOCKS_SCHEMA)
     from_rdd = SparkPasses(rdd, d, depth).em_stats([params])[0].to_vector()
     from_frame = SparkPasses(frame, d, depth, packed=True).em_stats([params])[0].to_vector()
     np.testing.assert_array_equal(from_rdd, from_frame)

@@ -158,7 +158,7 @@ def test_crashing_python_workers_are_retried_to_the_same_result(spark, parquet_d
     """jobPerPass: every first attempt of a statistics task crashes, and Spark retries the
     task. resident: one worker crashes mid-fit (its third pass), and Spark retries the whole
     barrier stage; the driver runs the interrupted pass again on the new attempt."""
-    run = run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 8,
+    run = run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 4,
                      "--engine", engine, "--out", tmp_path / "retried.json",
                      env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"})
     retried = json.loads((tmp_path / "retried.json").read_text())
@@ -168,4 +168,4 @@ def test_crashing_python_workers_are_retried_to_the_same_result(spark, parquet_d
         assert retried["retriedStages"] > 0
     else:
         assert retried["failedTasks"] > 0  # the first attempts did crash
-    _assert_same_fit(retried, _reference(spark, parquet_data, 8))
+    _assert_same_fit(retried, _reference(spark, parquet_data, 4))

@@ -59,6 +59,19 @@ def test_bit_identical_to_job_per_pass_with_restarts(spark, data, covariance_typ
     assert resident.summary.numDataPasses == per_pass.summary.numDataPasses
 
 
+def test_bit_identical_when_blocks_are_packed_before_the_shuffle(spark, data, monkeypatch):
+    """Large fits shuffle packed blocks to the barrier tasks, not rows (PACK_VALUES): with
+    several blocks per partition, still the job-per-pass engine's result bit for bit."""
+    from spark_gmm import blocks, resident
+
+    monkeypatch.setattr(resident, "PACK_VALUES", 0)
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 30)  # blocks of 10 rows of 3 features
+    gm = GaussianMixture(k=3, covarianceType="full", nInit=2, maxIter=6, tol=0.0, seed=3,
+                         aggregationDepth=3, weightCol="w")
+    resident_fit, per_pass = _both(gm, data)
+    _assert_identical(_facts(resident_fit), _facts(per_pass))
+
+
 @pytest.mark.parametrize("init_mode", ["kmeans", "k-means++", "random", "randomFromData"])
 def test_bit_identical_for_every_init_mode_with_weights(spark, data, init_mode):
     gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=5, seed=9,

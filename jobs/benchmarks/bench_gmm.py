@@ -141,7 +141,7 @@ def collect_features(df, d: int) -> np.ndarray:
     """The cached "features" column collected to the driver as an (n, d) float64 array."""
     from pyspark.ml.functions import vector_to_array
 
-    from spark_gmm.data import list_array_to_numpy
+    from spark_gmm.blocks import list_array_to_numpy
 
     table = df.select(vector_to_array("features").alias("x")).toArrow()
     return np.ascontiguousarray(list_array_to_numpy(table.column("x"), d))

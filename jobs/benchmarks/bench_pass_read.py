@@ -43,10 +43,10 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from spark_gmm.data import FEATURES, WEIGHT, batch_to_numpy
     from spark_gmm import kernel
-    from spark_gmm.em import BLOCKS_SCHEMA, SparkPasses, _pack, _read_blocks, \
-        limit_partitions, pack_blocks
+    from spark_gmm.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, batch_to_numpy, pack, \
+        read_packed
+    from spark_gmm.em import SparkPasses, limit_partitions, pack_blocks
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "4g").getOrCreate())
@@ -54,7 +54,7 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     prepared = spark.range(rows, numPartitions=partitions).select(
         F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT)
     ).persist()
-    arrow_blocks = prepared.mapInArrow(_pack(d), BLOCKS_SCHEMA).persist()
+    arrow_blocks = prepared.mapInArrow(pack(d), BLOCKS_SCHEMA).persist()
     rdd_blocks = pack_blocks(prepared, d).persist()
     coalesced = pack_blocks(limit_partitions(prepared), d).persist()
     tiny = spark.range(partitions, numPartitions=partitions).persist()
@@ -91,7 +91,7 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
         "read_array_rows_seconds": _fastest(job(prepared, lambda b: [batch_to_numpy(b, d)]),
                                             repeats),
         "read_packed_blocks_arrow_seconds": _fastest(
-            job(arrow_blocks, lambda b: _read_blocks(b, d)), repeats),
+            job(arrow_blocks, lambda b: read_packed(b, d)), repeats),
         "read_packed_blocks_rdd_seconds": _fastest(rdd_job(rdd_blocks), repeats),
         "em_pass_seconds_arrow_blocks": _fastest(em_pass(arrow_blocks), repeats),
         "em_pass_seconds_rdd_blocks": _fastest(em_pass(rdd_blocks), repeats),

@@ -1,0 +1,112 @@
+"""A fit's rows as dense float64 blocks, without Spark: Arrow batches of prepared rows ->
+NumPy, and pass functions run over a partition's blocks. This is what every task of either
+pass engine imports, so it stays light (NumPy and pyarrow, no pyspark)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from spark_gmm.kernel import SufficientStats
+
+FEATURES = "__gmm_x"  # internal column names in prepared data
+WEIGHT = "__gmm_w"
+# Rows x features doubles per block: at most 2**20 (8 MiB per value).
+BLOCK_ELEMENTS = 1 << 20
+# Packed blocks: one row per block of a partition's prepared rows (block_rows rows, the last
+# shorter), float64 row-major bytes of X and of the weights.
+BLOCKS_SCHEMA = "n int, x binary, w binary"
+
+# A pass computes one statistics vector from (X, w): kernel functions bound with partial.
+PassFunction = Callable[[np.ndarray, np.ndarray], "SufficientStats"]
+# A gather keeps some rows of each (X, w) block: (m, features + 1) arrays, weight last.
+GatherFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def block_rows(n_features: int) -> int:
+    """Rows per block: ``BLOCK_ELEMENTS // n_features`` (at least 1)."""
+    return max(1, BLOCK_ELEMENTS // n_features)
+
+
+def list_array_to_numpy(column: pa.Array, n_features: int) -> np.ndarray:
+    """An Arrow list<double> array with no nulls (n rows) -> (n, n_features) float64."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten()  # honours the array's offset and slicing
+    out = values.to_numpy(zero_copy_only=False)
+    if out.dtype != np.float64:
+        out = out.astype(np.float64)
+    return out.reshape(len(column), n_features)
+
+
+def batch_to_numpy(batch: pa.RecordBatch, n_features: int):
+    """A prepared Arrow batch -> (X (n, d) float64, weights (n,) float64)."""
+    X = list_array_to_numpy(batch.column(FEATURES), n_features)
+    w = batch.column(WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return X, w
+
+
+def pack(n_features: int):
+    """The mapInArrow function: Arrow batches of prepared rows -> rows of packed blocks of
+    ``block_rows(n_features)`` rows (the last of a partition shorter). Batches are
+    joined first: they hold only ``maxRecordsPerBatch`` rows, and every block costs the
+    kernel its per-call set-up again on every pass."""
+    block = block_rows(n_features)
+
+    def record(X, w):
+        return pa.RecordBatch.from_pydict({
+            "n": pa.array([X.shape[0]], pa.int32()),
+            "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
+            "w": pa.array([w.tobytes()], pa.binary()),
+        })
+
+    def run(batches):
+        Xs, ws, rows = [], [], 0
+        for batch in batches:
+            X, w = batch_to_numpy(batch, n_features)
+            Xs.append(X)
+            ws.append(w)
+            rows += X.shape[0]
+            if rows >= block:
+                X, w = np.concatenate(Xs), np.concatenate(ws)
+                full = rows - rows % block
+                for start in range(0, full, block):
+                    yield record(X[start:start + block], w[start:start + block])
+                Xs, ws, rows = [X[full:]], [w[full:]], rows - full
+        if rows:
+            yield record(np.concatenate(Xs), np.concatenate(ws))
+
+    return run
+
+
+def read_packed(batch: pa.RecordBatch, n_features: int):
+    """(X, w) of each packed row of a batch, viewing the Arrow buffers without copies."""
+    ns = batch.column("n").to_numpy(zero_copy_only=False)
+    xs, ws = batch.column("x"), batch.column("w")
+    for i, n in enumerate(ns):
+        X = np.frombuffer(xs[i].as_buffer(), dtype=np.float64).reshape(int(n), n_features)
+        yield X, np.frombuffer(ws[i].as_buffer(), dtype=np.float64)
+
+
+def accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
+               passes: Sequence[PassFunction]) -> Optional[np.ndarray]:
+    """The statistics vectors of all ``passes`` over the (X, w) blocks of one partition,
+    concatenated and summed in block order (None for a partition without rows). Callers
+    limit BLAS to one thread: two tasks already share two cores."""
+    total = None
+    for X, w in blocks:
+        if X.shape[0]:
+            vector = np.concatenate([p(X, w).to_vector() for p in passes])
+            total = vector if total is None else total + vector
+    return total
+
+
+def gather(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
+           function: GatherFunction) -> Optional[np.ndarray]:
+    """The rows ``function`` keeps of each (X, w) block of one partition, in block order
+    (None when it keeps none)."""
+    kept = [function(X, w) for X, w in blocks if X.shape[0]]
+    kept = [rows for rows in kept if rows.shape[0]]
+    return np.concatenate(kept) if kept else None
