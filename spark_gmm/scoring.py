@@ -6,6 +6,7 @@ from typing import List
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spark_gmm import kernel
 from spark_gmm.blocks import list_array_to_numpy
@@ -32,7 +33,7 @@ def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names)
     n = len(features)
     if features.null_count:
         raise ValueError(f"{description} has null rows; set handleInvalid='skip' to drop them")
-    lengths = pa.compute.list_value_length(features).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)
     if n and (lengths != d).any():
         bad = int(lengths[lengths != d][0])
         raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")

@@ -210,3 +210,28 @@ def test_engine_param_is_checked_and_persisted(tmp_path):
     gm = GaussianMixture(engine="jobPerPass")
     gm.save(str(tmp_path / "gm"))
     assert GaussianMixture.load(str(tmp_path / "gm")).getEngine() == "jobPerPass"
+
+
+def test_first_fit_of_a_session_starts_python_workers_once(spark, monkeypatch):
+    """start_python_workers runs one background job per session (outside the caller's job
+    group), and nothing on later fits."""
+    import threading
+
+    from spark_gmm import resident
+
+    monkeypatch.setattr(resident, "_STARTED", set())
+    sc = spark.sparkContext
+    sc.setJobGroup("spark_gmm-test-start-workers", "caller's group")
+    try:
+        before = {t.ident for t in threading.enumerate()}
+        resident.start_python_workers(spark)
+        resident.start_python_workers(spark)
+        started = [t for t in threading.enumerate()
+                   if t.name == "spark_gmm-start-workers" and t.ident not in before]
+        assert len(started) <= 1 and resident._STARTED == {sc.applicationId}
+        for thread in started:
+            thread.join(60)
+            assert not thread.is_alive()
+        assert sc.statusTracker().getJobIdsForGroup("spark_gmm-test-start-workers") == []
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
