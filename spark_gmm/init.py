@@ -1,13 +1,13 @@
 """Initial parameters for a list of candidates (restarts, grid points) in shared data passes.
 
-Modes: 'kmeans' (k-means++ seeds on a bounded sample, Lloyd iterations over all the rows,
-then one M-step from the hard assignments, as scikit-learn's default), 'k-means++' (the same
-seeds and M-step without the Lloyd iterations); both measure distances in standard
-deviations of each feature (of the sample), so that the start does not depend on the features'
-units (scikit-learn uses the raw units; mclust scales too), 'random' (random responsibilities, then an
-M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as means, the data
+Modes: 'kmeans' (greedy k-means++ seeds on a bounded sample, Lloyd iterations over all the
+rows, then one M-step from the hard assignments, as scikit-learn's default), 'k-means++' (the
+same seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then
+an M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as means, the data
 covariance for every component); or fixed initial parameters (a model or explicit arrays) for
-every candidate. Every step is a pass of the fit's pass engine (:mod:`spark_gmm.em`), shared by
+every candidate. The two k-means modes measure distances in standard deviations of each
+feature (of the sample), so that the start does not depend on the features' units
+(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass engine (:mod:`spark_gmm.em`), shared by
 all candidates: on the resident engine no step starts a Spark job.
 """
 from __future__ import annotations
