@@ -3,13 +3,14 @@ stage, which then run every pass of the fit for the driver.
 
 How it runs:
 
-* Each partition of the fit's prepared rows is packed into the blocks the job-per-pass engine
-  reads (:func:`spark_gmm.blocks.pack`, in that partition's task); the blocks are tagged with
-  their partition and order and shuffled to ``n_tasks`` barrier tasks, never more than the
-  cluster can run at once (a ``mapInArrow`` with ``barrier=True``, so classic sessions and
-  Spark Connect share one path), which hold them. The barrier stage reads a shuffle and ends
-  in one, so Spark retries it whole when a task fails, re-reading the shuffled blocks rather
-  than the source.
+* The fit's prepared rows are tagged with their partition and order and shuffled to
+  ``n_tasks`` barrier tasks, each task cutting each partition into the blocks the
+  job-per-pass engine reads; from ``PACK_VALUES`` values on, each partition is packed into
+  those blocks in its own task first (:func:`spark_gmm.blocks.pack`) and the blocks are
+  shuffled instead of the rows. The tasks, never more than the cluster can run at once (a
+  ``mapInArrow`` with ``barrier=True``, so classic sessions and Spark Connect share one path),
+  hold the blocks. The barrier stage reads a shuffle and ends in one, so Spark retries it
+  whole when a task fails, re-reading the shuffled data rather than the source.
 * Each task connects to a coordinator on the driver and answers commands: pass functions and
   parameters (pickled) come down, statistics (float64 bytes) go up. The driver sums them per
   partition in partition order with :func:`spark_gmm.em.ordered_sum`, so the result is
@@ -223,8 +224,8 @@ class ResidentPasses(PassEngine):
         if self.n_values >= PACK_VALUES:
             # each partition packed into the job-per-pass engine's blocks in its own task: a
             # shuffle of a few large binary rows costs far less than one of millions of rows
-            # (18M x 1: the fit's start-up took half as long), but the extra Python stage
-            # costs a small table more than its shuffle saves
+            # (README "Performance", 18M x 1), but on a small table the extra Python stage
+            # costs more than its shuffle saves
             shuffled = self.rows.mapInArrow(pack(self.n_features), BLOCKS_SCHEMA)
             columns = ["n", "x", "w"]
         else:

