@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from spark_gmm.tasks import task_scope
+
 if TYPE_CHECKING:
     from spark_gmm.kernel import SufficientStats
 
@@ -63,20 +65,21 @@ def pack(n_features: int):
         })
 
     def run(batches):
-        Xs, ws, rows = [], [], 0
-        for batch in batches:
-            X, w = batch_to_numpy(batch, n_features)
-            Xs.append(X)
-            ws.append(w)
-            rows += X.shape[0]
-            if rows >= block:
-                X, w = np.concatenate(Xs), np.concatenate(ws)
-                full = rows - rows % block
-                for start in range(0, full, block):
-                    yield record(X[start:start + block], w[start:start + block])
-                Xs, ws, rows = [X[full:]], [w[full:]], rows - full
-        if rows:
-            yield record(np.concatenate(Xs), np.concatenate(ws))
+        with task_scope():
+            Xs, ws, rows = [], [], 0
+            for batch in batches:
+                X, w = batch_to_numpy(batch, n_features)
+                Xs.append(X)
+                ws.append(w)
+                rows += X.shape[0]
+                if rows >= block:
+                    X, w = np.concatenate(Xs), np.concatenate(ws)
+                    full = rows - rows % block
+                    for start in range(0, full, block):
+                        yield record(X[start:start + block], w[start:start + block])
+                    Xs, ws, rows = [X[full:]], [w[full:]], rows - full
+            if rows:
+                yield record(np.concatenate(Xs), np.concatenate(ws))
 
     return run
 

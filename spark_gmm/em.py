@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from spark_gmm import kernel
 from spark_gmm.blocks import BLOCKS_SCHEMA, GatherFunction, PassFunction, accumulate, \
     batch_to_numpy, gather, pack, read_packed
+from spark_gmm.tasks import task_scope
 
 log = logging.getLogger("spark_gmm")
 
@@ -80,15 +81,14 @@ def _read_rows(batch: pa.RecordBatch, n_features: int):
 
 
 def _in_task(compute):
-    """Runs ``compute()`` inside a job-per-pass task: one BLAS thread, and the test-only
+    """Runs ``compute()`` inside a job-per-pass task (:func:`task_scope`), and the test-only
     fault injection (a crashing Python worker on the task's first attempt)."""
     from pyspark import TaskContext
-    from threadpoolctl import threadpool_limits
 
     if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
             and TaskContext.get().attemptNumber() == 0:
         os._exit(3)  # a crashing Python worker, for the retry tests
-    with threadpool_limits(limits=1, user_api="blas"):
+    with task_scope():
         return compute()
 
 

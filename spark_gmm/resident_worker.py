@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from spark_gmm.blocks import accumulate, batch_to_numpy, block_rows, gather, read_packed
+from spark_gmm.tasks import task_scope
 
 MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
 MAX_HELLO_BYTES = 1 << 16
@@ -69,6 +70,8 @@ def _warm(batches):
     :func:`spark_gmm.resident.start_python_workers`)."""
     import spark_gmm.kernel  # noqa: F401  (scipy, and the kernel every pass runs)
 
+    with task_scope():  # and freezes the imported objects (see spark_gmm.tasks)
+        pass
     for _ in batches:
         pass
     return
@@ -143,7 +146,6 @@ def _worker(address: Tuple[str, int], key: bytes, n_features: int, connect_secon
 
     def run(batches):
         from pyspark import TaskContext
-        from threadpoolctl import threadpool_limits
 
         context = TaskContext.get()
         partition = context.partitionId()
@@ -158,8 +160,7 @@ def _worker(address: Tuple[str, int], key: bytes, n_features: int, connect_secon
                 "rows": sum(X.shape[0] for _, blocks in held for X, _ in blocks),
                 "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
             }).encode())
-            # Two tasks share two cores: more BLAS threads per task only oversubscribe.
-            with threadpool_limits(limits=1, user_api="blas"):
+            with task_scope():
                 _serve(conn, held, fault, partition)
         except EOFError:
             raise RuntimeError("spark_gmm resident worker: the driver closed the connection "

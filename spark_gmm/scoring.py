@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from spark_gmm import kernel
 from spark_gmm.blocks import list_array_to_numpy
+from spark_gmm.tasks import task_scope
 
 
 def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
@@ -19,9 +20,7 @@ def _scoring_function(params: kernel.MixtureParams, description: str, kinds: Lis
     k, d = params.k, params.d
 
     def score(batches):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with task_scope():
             for batch in batches:
                 yield _score_batch(batch, params, k, d, description, kinds, names)
 
@@ -63,24 +62,27 @@ def _sampling_function(params: kernel.MixtureParams, seed: int, n: int):
     d = params.d
 
     def draw(batches):
-        for batch in batches:
-            ids = batch.column(0).to_numpy()
-            if not len(ids):
-                continue
-            X = np.empty((len(ids), d))
-            labels = np.empty(len(ids), dtype=np.int32)
-            for chunk in range(ids[0] // SAMPLE_CHUNK, ids[-1] // SAMPLE_CHUNK + 1):
-                lo = chunk * SAMPLE_CHUNK
-                size = min(SAMPLE_CHUNK, n - lo)
-                rng = np.random.default_rng([seed % 2**63, chunk])
-                Xc, lc = kernel.sample(params, size, rng)
-                rows = (ids >= lo) & (ids < lo + size)  # ids are consecutive within a batch
-                X[rows], labels[rows] = Xc[ids[rows] - lo], lc[ids[rows] - lo]
-            offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
-            yield pa.RecordBatch.from_arrays(
-                [pa.ListArray.from_arrays(offsets, pa.array(X.ravel())),
-                 pa.array(labels, pa.int32())],
-                names=["features", "component"],
-            )
+        with task_scope():
+            for batch in batches:
+                ids = batch.column(0).to_numpy()
+                if len(ids):
+                    yield _draw_batch(ids, params, seed, n, d)
 
     return draw
+
+
+def _draw_batch(ids, params: kernel.MixtureParams, seed: int, n: int, d: int):
+    X = np.empty((len(ids), d))
+    labels = np.empty(len(ids), dtype=np.int32)
+    for chunk in range(ids[0] // SAMPLE_CHUNK, ids[-1] // SAMPLE_CHUNK + 1):
+        lo = chunk * SAMPLE_CHUNK
+        size = min(SAMPLE_CHUNK, n - lo)
+        rng = np.random.default_rng([seed % 2**63, chunk])
+        Xc, lc = kernel.sample(params, size, rng)
+        rows = (ids >= lo) & (ids < lo + size)  # ids are consecutive within a batch
+        X[rows], labels[rows] = Xc[ids[rows] - lo], lc[ids[rows] - lo]
+    offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
+    return pa.RecordBatch.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(X.ravel())), pa.array(labels, pa.int32())],
+        names=["features", "component"],
+    )
