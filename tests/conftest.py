@@ -35,6 +35,7 @@ if str(TESTS_DIR) not in sys.path:  # make ``import connect_server`` work
     sys.path.insert(0, str(TESTS_DIR))
 
 from connect_server import (  # noqa: E402
+    TEST_JVM_OPTIONS,
     ConnectServer,
     ConnectServerUnavailable,
     python_env,

@@ -70,6 +70,14 @@ def _prepend_path(value: str, existing: str | None) -> str:
     return value if not existing else value + os.pathsep + existing
 
 
+# The JVMs our test subprocesses start (jobs, scripts, servers, clusters) live for seconds to a
+# minute: with the C2 compiler they spent about a third of their CPU compiling (a demo fit job:
+# ~50 CPU-seconds, ~33 with C1 alone, on this 2-core machine). The long-lived in-process
+# session keeps the default (C1 alone made those tests slower). Java prints one "NOTE: Picked up
+# JDK_JAVA_OPTIONS" line per JVM on stderr.
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
 def python_env(base: dict | None = None) -> dict:
     """Environment for any process that runs (or spawns) our Python code.
 
@@ -77,6 +85,7 @@ def python_env(base: dict | None = None) -> dict:
       so Python workers can import pyarrow, numpy and our package;
     * PYTHONPATH starts with the repo root;
     * single-threaded BLAS (2-core machine, several worker processes);
+    * JVMs with the C1 compiler only (TEST_JVM_OPTIONS);
     * no inherited Spark Connect switches (they flip pyspark into remote mode).
     """
     env = dict(os.environ if base is None else base)
@@ -87,6 +96,7 @@ def python_env(base: dict | None = None) -> dict:
         env[var] = "1"
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("JDK_JAVA_OPTIONS", TEST_JVM_OPTIONS)
     for var in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(var, None)
     return env

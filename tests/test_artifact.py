@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, _tail
+from tests.conftest import (LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, TEST_JVM_OPTIONS,
+                            _tail)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -55,6 +56,7 @@ def _clean_env(tmp: Path) -> dict:
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and not p.startswith(str(REPO_ROOT)))
     env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_CONF_DIR=str(tmp / "conf"))
+    env.setdefault("JDK_JAVA_OPTIONS", TEST_JVM_OPTIONS)  # as every test JVM (conftest)
     (tmp / "conf").mkdir(exist_ok=True)
     return env
 
