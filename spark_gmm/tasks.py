@@ -16,6 +16,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from threadpoolctl import ThreadpoolController
+
 _modules_at_freeze = 0  # len(sys.modules) when this worker last froze its objects
 _controller = None  # threadpoolctl's view of the BLAS libraries loaded in this worker
 
@@ -38,8 +40,6 @@ def task_scope() -> Iterator[None]:
     global _controller
     _settle()
     if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
         _controller = ThreadpoolController()
     with _controller.limit(limits=1, user_api="blas"):
         yield

@@ -11,10 +11,10 @@ from tests.conftest import REPO_ROOT, script_env
 
 WORKER = """
 import gc, json
-from threadpoolctl import threadpool_info
 from spark_gmm import kernel, tasks  # what a pass imports (NumPy, SciPy)
 
 def blas_threads():
+    from threadpoolctl import threadpool_info  # imported by spark_gmm.tasks
     return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
 
 facts = {"frozen_before": gc.get_freeze_count(), "blas_outside": blas_threads()}
