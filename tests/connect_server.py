@@ -71,9 +71,10 @@ def _prepend_path(value: str, existing: str | None) -> str:
 
 
 # The JVMs our test subprocesses start (jobs, scripts, servers, clusters) live for seconds to a
-# minute: with the C2 compiler they spent about a third of their CPU compiling (a demo fit job:
-# ~50 CPU-seconds, ~33 with C1 alone, on this 2-core machine). The long-lived in-process
-# session keeps the default (C1 alone made those tests slower). Java prints one "NOTE: Picked up
+# minute: with the C2 compiler they spent about a third of their CPU compiling (`python
+# jobs/fit.py --demo`, CPU-seconds busy from /proc/stat on the 2-core machine: 50.7 and 51.0,
+# with C1 alone 31.2 and 36.0). The long-lived in-process session keeps the default (C1 alone
+# made test_resident, test_estimator and test_hostile_input take 320 s instead of 282 s). Java prints one "NOTE: Picked up
 # JDK_JAVA_OPTIONS" line per JVM on stderr.
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
