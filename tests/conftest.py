@@ -34,6 +34,7 @@ SCRIPTS_DIR = TESTS_DIR / "scripts"
 if str(TESTS_DIR) not in sys.path:  # make ``import connect_server`` work
     sys.path.insert(0, str(TESTS_DIR))
 
+import class_archive  # noqa: E402
 from connect_server import (  # noqa: E402
     TEST_JVM_OPTIONS,
     ConnectServer,
@@ -69,6 +70,11 @@ def pytest_collection_modifyitems(config, items):
         if "local_cluster_master" in names:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+    # a run with subprocess JVMs makes the class archive they map, if missing
+    # (tests/class_archive.py; in the background: the first ones start without it)
+    if os.environ.get("SPARK_GMM_TEST_CLASS_ARCHIVE", "1") != "0" and any(
+            item.get_closest_marker("slow") for item in items):
+        class_archive.start_making(python_env())
 
 
 # --------------------------------------------------------------------------
@@ -90,7 +96,8 @@ def spark(tmp_path_factory):
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.warehouse.dir", str(base / "spark-warehouse"))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={base}")
+        .config("spark.driver.extraJavaOptions",
+                f"-Dderby.system.home={base} {class_archive.jvm_options()}")
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])

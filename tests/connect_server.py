@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import class_archive
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -79,6 +81,13 @@ def _prepend_path(value: str, existing: str | None) -> str:
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
+def subprocess_jvm_options() -> str:
+    """TEST_JVM_OPTIONS, and the class archive once it is made (tests/class_archive.py)."""
+    if os.environ.get("SPARK_GMM_TEST_CLASS_ARCHIVE", "1") == "0":
+        return TEST_JVM_OPTIONS
+    return f"{TEST_JVM_OPTIONS} {class_archive.jvm_options()}".strip()
+
+
 def python_env(base: dict | None = None) -> dict:
     """Environment for any process that runs (or spawns) our Python code.
 
@@ -86,7 +95,7 @@ def python_env(base: dict | None = None) -> dict:
       so Python workers can import pyarrow, numpy and our package;
     * PYTHONPATH starts with the repo root;
     * single-threaded BLAS (2-core machine, several worker processes);
-    * JVMs with the C1 compiler only (TEST_JVM_OPTIONS);
+    * JVMs with the C1 compiler only (TEST_JVM_OPTIONS) and the class archive;
     * no inherited Spark Connect switches (they flip pyspark into remote mode).
     """
     env = dict(os.environ if base is None else base)
@@ -97,7 +106,7 @@ def python_env(base: dict | None = None) -> dict:
         env[var] = "1"
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("JDK_JAVA_OPTIONS", TEST_JVM_OPTIONS)
+    env.setdefault("JDK_JAVA_OPTIONS", subprocess_jvm_options())
     for var in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(var, None)
     return env
