@@ -6,6 +6,7 @@ persistence).
     python tests/scripts/class_archive_app.py ARCHIVE
 """
 import os
+import shutil
 import sys
 import tempfile
 
@@ -34,6 +35,7 @@ def main(archive: str) -> int:
     GaussianMixture(k=2, inputCols=["x", "y"], maxIter=1, seed=1, engine="jobPerPass").fit(df)
     model.transform(df).write.parquet(os.path.join(work, "t"))
     model.save(os.path.join(work, "m"))
+    shutil.rmtree(work, ignore_errors=True)
     jvm = spark.sparkContext._gateway.proc  # the driver JVM (spark-submit execs java)
     spark.stop()
     # the JVM exits when its standard input closes, and writes the archive as it exits: wait
