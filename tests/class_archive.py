@@ -10,10 +10,11 @@ can write the classes a JVM loaded into an archive when it exits
 started before it is ready start without it) and kept in the temporary folder under a name
 that depends on the Java runtime and the PySpark installation. A JVM whose class path differs (the
 spark-submit launcher, a private SPARK_HOME, another PySpark) ignores it, silently
-(``-Xlog:cds=off``). Measured on the 2-core machine: ``jobs/fit.py --demo`` 21-22 s and
-27-39 CPU-seconds (from /proc/stat) without, 16 s and 22 CPU-seconds with; the four one-line
-error runs of ``tests/test_jobs.py`` 67-73 s and 77-82 CPU-seconds without, 50-55 s and
-55-58 CPU-seconds with.
+(``-Xlog:cds=off``). Measured on the 2-core machine (CPU-seconds busy from /proc/stat,
+runs alternating without and with): ``jobs/fit.py --demo`` 21-22 s and 27-39 CPU-seconds
+without, 16-18 s and 22-24 CPU-seconds with; ``pytest tests/test_jobs.py -k bad_input -n 0``
+(``SPARK_GMM_TEST_CLASS_ARCHIVE=0`` / unset) 67-73 s and 77-82 CPU-seconds without, 50-55 s
+and 55-58 CPU-seconds with.
 
 Without Java 13+, or when the archive cannot be made, the suite runs without it.
 """
@@ -61,9 +62,11 @@ def _feature_release(version_line: str) -> int:
 @functools.lru_cache(maxsize=None)
 def archive_path() -> Optional[Path]:
     """Where this Java runtime and PySpark installation's archive lives (made or not), or None
-    where Java cannot write one (no java, Java < 13)."""
+    where Java cannot write one (no java, Java < 13) or SPARK_GMM_TEST_CLASS_ARCHIVE=0."""
     import pyspark
 
+    if os.environ.get("SPARK_GMM_TEST_CLASS_ARCHIVE", "1") == "0":
+        return None
     java = _java()
     version = _java_version(java) if java else None
     if not version or _feature_release(version) < 13:

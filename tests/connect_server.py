@@ -83,8 +83,6 @@ TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 def subprocess_jvm_options() -> str:
     """TEST_JVM_OPTIONS, and the class archive once it is made (tests/class_archive.py)."""
-    if os.environ.get("SPARK_GMM_TEST_CLASS_ARCHIVE", "1") == "0":
-        return TEST_JVM_OPTIONS
     return f"{TEST_JVM_OPTIONS} {class_archive.jvm_options()}".strip()
 
 
