@@ -73,9 +73,12 @@ def archive_path() -> Optional[Path]:
         return None
     spark_home = Path(pyspark.__file__).resolve().parent
     jars = sorted((spark_home / "jars").glob("*.jar"))
+    # a dynamic archive only maps on top of the JDK's own (base) archive it was made with: a
+    # JDK update or `java -Xshare:dump` rewrites that one, and the JVMs would ignore ours
+    base = sorted(Path(java).resolve().parent.parent.glob("lib/server/*.jsa"))
     key = hashlib.sha256("\n".join(
         [java, version, str(spark_home), pyspark.__version__, sys.executable,
-         *[f"{j.name} {j.stat().st_size} {j.stat().st_mtime_ns}" for j in jars]]
+         *[f"{j.name} {j.stat().st_size} {j.stat().st_mtime_ns}" for j in jars + base]]
     ).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "spark_gmm-test-cds" / f"spark-{key}.jsa"
 

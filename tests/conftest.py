@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     # a run with subprocess JVMs makes the class archive they map, if missing
     # (tests/class_archive.py; in the background: the first ones start without it)
-    if any(item.get_closest_marker("slow") for item in items):
+    if not config.option.collectonly and any(item.get_closest_marker("slow") for item in items):
         class_archive.start_making(python_env())
 
 
