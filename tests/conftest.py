@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,15 +62,43 @@ if str(REPO_ROOT) not in _pp.split(os.pathsep):
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + _pp if _pp else "")
 
 
+# Test processes (pytest-xdist, `-n 2 --dist loadscope` in pyproject): a module stays in one
+# process, so its module fixtures run once; the modules that use the Connect server share one
+# process, so the run starts one server (about 30 CPU-seconds each), not one per process.
+# (xdist's own `--dist loadgroup` cannot do this under pytest 9: it renames `item._nodeid`,
+# which pytest 9 no longer reports.)
+CONNECT_SERVER_MODULES = frozenset({"tests/test_dropin.py", "tests/test_benchmarks.py"})
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "connect-server" if module in CONNECT_SERVER_MODULES else module
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    connect_modules = set()
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "connect_url" in names:
             item.add_marker(pytest.mark.connect)
             item.add_marker(pytest.mark.slow)
+            connect_modules.add(item.nodeid.split("::")[0])
         if "local_cluster_master" in names:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+    if connect_modules - CONNECT_SERVER_MODULES:
+        warnings.warn(pytest.PytestWarning(
+            f"{sorted(connect_modules - CONNECT_SERVER_MODULES)} use the Connect server: add "
+            "them to CONNECT_SERVER_MODULES (tests/conftest.py), or their test process starts "
+            "a second server"))
     # a run with subprocess JVMs makes the class archive they map, if missing
     # (tests/class_archive.py; in the background: the first ones start without it)
     if not config.option.collectonly and any(item.get_closest_marker("slow") for item in items):
@@ -96,7 +125,7 @@ def spark(tmp_path_factory):
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.warehouse.dir", str(base / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions",
-                f"-Dderby.system.home={base} {class_archive.jvm_options()}")
+                f"-Dderby.system.home={base} {TEST_JVM_OPTIONS} {class_archive.jvm_options()}")
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])

@@ -72,13 +72,17 @@ def _prepend_path(value: str, existing: str | None) -> str:
     return value if not existing else value + os.pathsep + existing
 
 
-# The JVMs our test subprocesses start (jobs, scripts, servers, clusters) live for seconds to a
-# minute: with the C2 compiler they spent about a third of their CPU compiling (`python
-# jobs/fit.py --demo`, CPU-seconds busy from /proc/stat on the 2-core machine: 50.7 and 51.0,
-# with C1 alone 31.2 and 36.0). The long-lived in-process session keeps the default (C1 alone
-# made test_resident, test_estimator and test_hostile_input take 320 s instead of 282 s). Java prints one "NOTE: Picked up
-# JDK_JAVA_OPTIONS" line per JVM on stderr.
-TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# Every JVM of the test run (the in-process session, and the jobs, scripts, servers and clusters
+# our subprocesses start) runs with the C1 compiler alone and the serial collector. The run is
+# CPU-bound (two test processes and the compat suite on two cores), and most of these JVMs live
+# for seconds to a few minutes: C2's compiling costs more CPU than its faster code saves.
+# Measured (CPU-seconds busy from /proc/stat; `pytest -n 0 -p no:cacheprovider` with
+# JDK_JAVA_OPTIONS set for the in-process session, one after the other):
+# tests/test_hostile_input.py 221 default, 181 with these options, wall 143 s vs 149 s;
+# test_hostile_input + test_estimator + test_selection 373 default, 331 with C1 alone, 302 with
+# both. `python jobs/fit.py --demo`: 50.7 and 51.0 with C2, 31.2 and 36.0 with C1 alone.
+# Java prints one "NOTE: Picked up JDK_JAVA_OPTIONS" line per subprocess JVM on stderr.
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def subprocess_jvm_options() -> str:
@@ -93,7 +97,8 @@ def python_env(base: dict | None = None) -> dict:
       so Python workers can import pyarrow, numpy and our package;
     * PYTHONPATH starts with the repo root;
     * single-threaded BLAS (2-core machine, several worker processes);
-    * JVMs with the C1 compiler only (TEST_JVM_OPTIONS) and the class archive;
+    * JVMs with the C1 compiler only and the serial collector (TEST_JVM_OPTIONS), and
+      the class archive;
     * no inherited Spark Connect switches (they flip pyspark into remote mode).
     """
     env = dict(os.environ if base is None else base)

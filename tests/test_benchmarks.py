@@ -41,11 +41,11 @@ def test_bench_pass_read_times_every_form(run_script):
     assert all(value > 0 for value in seconds.values())
 
 
-def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path):
-    """The same fit on a classic session and through a local Connect server (both on the
+def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path, connect_url):
+    """The same fit on a classic session and through the session's Connect server (both on the
     resident engine) ends at the same log-likelihood."""
     proc = run_script(BENCHMARKS / "bench_connect.py", "--rows", 5000, "--max-iter", 2,
-                      "--repeats", 1, "--workdir", tmp_path)
+                      "--repeats", 1, "--workdir", tmp_path, "--remote", connect_url)
     result = json.loads(proc.stdout)
     classic, connect = result["classic"]["spark_gmm"], result["connect"]["spark_gmm"]
     assert classic["num_iter"] == connect["num_iter"] == 2

@@ -13,7 +13,7 @@ from spark_gmm import GaussianMixture, kernel
 from spark_gmm.selection import GaussianMixtureSelector
 from spark_gmm.resident import CONNECT_TIMEOUT_CONF, PASS_TIMEOUT_CONF, ResidentFailure, \
     _Coordinator, task_keys
-from tests.datasets import blobs, vector_df
+from tests.datasets import blobs
 
 
 @pytest.fixture(scope="module")

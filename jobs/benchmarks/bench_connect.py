@@ -3,6 +3,7 @@ built-in GaussianMixture. A hand-run benchmark, never a test.
 
     .venv/bin/python jobs/benchmarks/bench_connect.py [--rows 1000000 --features 10 --k 8]
         [--max-iter 5] [--partitions 4] [--repeats 3] [--workdir /tmp/spark_gmm_bench]
+        [--remote sc://host:port]
 
 The same Parquet file of seeded blobs as jobs/benchmarks/bench_gmm.py (written once under
 --workdir), read, assembled into a "features" vector column, repartitioned and cached, then
@@ -13,7 +14,8 @@ would share the two cores):
 
 1. classic: a ``local[2]`` SparkSession in this process;
 2. connect: a Spark Connect server on ``local[2]`` started from the installed PySpark
-   (tests/connect_server.py), and this process as its client.
+   (tests/connect_server.py), and this process as its client; or, with ``--remote sc://...``,
+   a running Connect server (then the figures are that server's, not local[2]'s).
 
 Prints one JSON object (seconds per iteration and the ratio to the built-in in each session,
 and each implementation's Connect/classic ratio).
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
                         help="timed fits per maxIter; the fastest counts (default 3)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
                                                           "spark_gmm_bench"))
+    parser.add_argument("--remote", metavar="URL",
+                        help="a running Spark Connect server (sc://host:port) instead of "
+                             "starting one; --workdir must be readable by it")
     args = parser.parse_args(argv)
     # what bench_gmm's runners read from their arguments
     args.short_iter, args.no_warmup, args.init_mode = 1, False, "k-means++"
@@ -89,16 +94,22 @@ def main(argv=None) -> int:
     finally:
         spark.stop()
 
-    with tempfile.TemporaryDirectory(prefix="bench-connect-") as logs:
-        server = ConnectServer(Path(logs), driver_memory="4g").start()
+    def on_connect(url: str) -> dict:
+        spark = SparkSession.builder.remote(url).getOrCreate()
         try:
-            spark = SparkSession.builder.remote(server.url).getOrCreate()
-            try:
-                result["connect"] = measure(spark, args)
-            finally:
-                spark.stop()
+            return measure(spark, args)
         finally:
-            server.stop()
+            spark.stop()
+
+    if args.remote:
+        result["connect"] = on_connect(args.remote)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-connect-") as logs:
+            server = ConnectServer(Path(logs), driver_memory="4g").start()
+            try:
+                result["connect"] = on_connect(server.url)
+            finally:
+                server.stop()
 
     for name in ("spark_gmm", "builtin"):
         classic = result["classic"][name]["seconds_per_iteration"]
