@@ -64,7 +64,7 @@ if str(REPO_ROOT) not in _pp.split(os.pathsep):
 
 # Test processes (pytest-xdist, `-n 2 --dist loadscope` in pyproject): a module stays in one
 # process, so its module fixtures run once; the modules that use the Connect server share one
-# process, so the run starts one server (about 30 CPU-seconds each), not one per process.
+# process, so the run starts one server, not one per process.
 # (xdist's own `--dist loadgroup` cannot do this under pytest 9: it renames `item._nodeid`,
 # which pytest 9 no longer reports.)
 CONNECT_SERVER_MODULES = frozenset({"tests/test_dropin.py", "tests/test_benchmarks.py"})
@@ -77,10 +77,14 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
+            module = nodeid.split("::", 1)[0]  # as _module
             return "connect-server" if module in CONNECT_SERVER_MODULES else module
 
     return ModuleScheduling(config, log)
+
+
+def _module(item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -90,10 +94,14 @@ def pytest_collection_modifyitems(config, items):
         if "connect_url" in names:
             item.add_marker(pytest.mark.connect)
             item.add_marker(pytest.mark.slow)
-            connect_modules.add(item.nodeid.split("::")[0])
+            connect_modules.add(_module(item))
         if "local_cluster_master" in names:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+    # modules with slow tests first (each module's tests keep their order): the test processes
+    # take modules in this order, and the short in-process ones at the end fill the gaps
+    slow_modules = {_module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: _module(item) not in slow_modules)
     if connect_modules - CONNECT_SERVER_MODULES:
         warnings.warn(pytest.PytestWarning(
             f"{sorted(connect_modules - CONNECT_SERVER_MODULES)} use the Connect server: add "
