@@ -77,14 +77,10 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]  # as _module
+            module = nodeid.split("::", 1)[0]
             return "connect-server" if module in CONNECT_SERVER_MODULES else module
 
     return ModuleScheduling(config, log)
-
-
-def _module(item) -> str:
-    return item.nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -94,14 +90,10 @@ def pytest_collection_modifyitems(config, items):
         if "connect_url" in names:
             item.add_marker(pytest.mark.connect)
             item.add_marker(pytest.mark.slow)
-            connect_modules.add(_module(item))
+            connect_modules.add(item.nodeid.split("::")[0])
         if "local_cluster_master" in names:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
-    # modules with slow tests first (each module's tests keep their order): the test processes
-    # take modules in this order, and the short in-process ones at the end fill the gaps
-    slow_modules = {_module(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: _module(item) not in slow_modules)
     if connect_modules - CONNECT_SERVER_MODULES:
         warnings.warn(pytest.PytestWarning(
             f"{sorted(connect_modules - CONNECT_SERVER_MODULES)} use the Connect server: add "
