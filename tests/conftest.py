@@ -37,9 +37,10 @@ if str(TESTS_DIR) not in sys.path:  # make ``import connect_server`` work
 
 import class_archive  # noqa: E402
 from connect_server import (  # noqa: E402
-    TEST_JVM_OPTIONS,
+    TEST_JVM_OPTIONS,  # test_artifact imports it from here
     ConnectServer,
     ConnectServerUnavailable,
+    jvm_options_for_tests,
     python_env,
 )
 
@@ -125,7 +126,7 @@ def spark(tmp_path_factory):
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.warehouse.dir", str(base / "spark-warehouse"))
         .config("spark.driver.extraJavaOptions",
-                f"-Dderby.system.home={base} {TEST_JVM_OPTIONS} {class_archive.jvm_options()}")
+                f"-Dderby.system.home={base} {jvm_options_for_tests()}")
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])

@@ -85,7 +85,7 @@ def _prepend_path(value: str, existing: str | None) -> str:
 TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
-def subprocess_jvm_options() -> str:
+def jvm_options_for_tests() -> str:
     """TEST_JVM_OPTIONS, and the class archive once it is made (tests/class_archive.py)."""
     return f"{TEST_JVM_OPTIONS} {class_archive.jvm_options()}".strip()
 
@@ -109,7 +109,7 @@ def python_env(base: dict | None = None) -> dict:
         env[var] = "1"
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("JDK_JAVA_OPTIONS", subprocess_jvm_options())
+    env.setdefault("JDK_JAVA_OPTIONS", jvm_options_for_tests())
     for var in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(var, None)
     return env
