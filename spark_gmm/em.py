@@ -242,16 +242,16 @@ class PassEngine:
         return self.stats(passes, shifts, types, label)
 
     def sample(self, fraction: float, seed: int, limit: int):
-        """(X, w) of at most ``limit`` rows, each kept with probability ``fraction`` by
-        :func:`kernel.sample_rows` (the same rows on every engine), then ``limit`` of them
-        drawn uniformly when more were kept; in partition order."""
+        """(X, w) of at most ``limit`` distinct rows: those :func:`kernel.sample_rows` keeps
+        (each with probability ``fraction``, by its content), rows with equal features merged
+        (weights summed), the ``limit`` with the smallest hash kept, sorted by features
+        (:func:`kernel.canonical_sample`). Neither the rows nor their order depend on how the
+        data is partitioned or ordered, nor on the engine."""
         rows = self.gather(partial(kernel.sample_rows, fraction=fraction, seed=seed),
                            "sample rows")
         if rows is None:
             rows = np.empty((0, self.n_features + 1))
-        if len(rows) > limit:  # a uniform subset, not the first partitions' rows
-            keep = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
-            rows = rows[np.sort(keep)]
+        rows = kernel.canonical_sample(rows, seed, limit)
         return rows[:, :-1], rows[:, -1]
 
     def first_row(self) -> np.ndarray:

@@ -72,7 +72,9 @@ def data_moments(passes: PassEngine, origin: np.ndarray, full: bool):
 
 
 def _sample_rows(passes: PassEngine, n_rows: int, seed: int, limit: int):
-    """Up to ``limit`` rows (and their weights) drawn without replacement."""
+    """Up to ``limit`` distinct rows and their weights (equal rows merged), chosen by content
+    and ``seed`` and sorted by features (:meth:`PassEngine.sample`): the same whatever the
+    partitioning and order of the data."""
     return passes.sample(min(1.0, 2.0 * limit / max(n_rows, 1)), seed, limit)
 
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from scipy import linalg
+
+from spark_gmm.hashing import hash_stream, hash_uniforms, row_hash
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -643,16 +644,17 @@ def random_resp_stats(
     block_rows: Optional[int] = None,
 ) -> SufficientStats:
     """Statistics of uniformly random (normalised) responsibilities, scikit-learn's 'random'
-    init. The generator is seeded by ``seed`` and the bytes of each block, so a block always
-    draws the same responsibilities wherever and however often it is processed."""
+    init. A row's k uniforms are drawn from its content: the splitmix64 sequence started at
+    its hash (:func:`spark_gmm.hashing.row_hash` of features and weight, seeded by ``seed``),
+    so a row draws the same responsibilities whichever block or partition holds it (equal
+    rows draw equal ones)."""
     d = X.shape[1]
     shift = moment_shift(np.repeat(np.asarray(origin, dtype=np.float64)[None], k, 0),
                          covariance_type)
     stats = SufficientStats.zeros(shift, covariance_type)
     block = block_rows or default_block_rows(k, d, covariance_type)
     for Xb, wb in _blocks(X, sample_weight, block):
-        rng = np.random.default_rng([seed, zlib.crc32(Xb.tobytes()), Xb.shape[0]])
-        resp = rng.uniform(size=(Xb.shape[0], k))
+        resp = hash_uniforms(hash_stream(row_hash(Xb, wb, seed), k))
         resp /= resp.sum(axis=1, keepdims=True)
         _add_moments(stats, Xb, resp * wb[:, None])
         stats.counts += np.bincount(resp.argmax(axis=1), minlength=k)
@@ -663,14 +665,53 @@ def random_resp_stats(
 
 def sample_rows(X: np.ndarray, sample_weight: Optional[np.ndarray], fraction: float,
                 seed: int) -> np.ndarray:
-    """Rows of one block each kept with probability ``fraction``, with their weights as a last
-    column: (m, d + 1). Seeded by ``seed`` and the block's bytes, as :func:`random_resp_stats`,
-    so a block keeps the same rows wherever and however often it is processed."""
+    """The rows of one block kept for a sample, with their weights as a last column:
+    (m, d + 1). A row is kept when the uniform of its hash (:func:`spark_gmm.hashing.row_hash`
+    of features and weight, seeded by ``seed``) is below ``fraction``, so the same rows are
+    kept whichever block or partition holds them, and equal rows are kept or dropped together.
+    Kept rows with equal features are collapsed into one row carrying their summed weight
+    (:func:`merge_equal_rows`): the sample stays small however often a row repeats, and the
+    weights still count every kept row."""
     X = np.asarray(X, dtype=np.float64)
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    rng = np.random.default_rng([seed, zlib.crc32(X.tobytes()), X.shape[0]])
-    keep = rng.random(X.shape[0]) < fraction
-    return np.column_stack([X[keep], w[keep]])
+    keep = hash_uniforms(row_hash(X, w, seed)) < fraction
+    return merge_equal_rows(np.column_stack([X[keep], w[keep]]))
+
+
+def merge_equal_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows (m, d + 1) of features and a last weight column, those with equal features merged
+    into one row carrying the sum of their weights, sorted by features (-0.0 as 0.0). A
+    group's weights are summed in ascending order, so the sum depends only on which weights
+    there are, not on the order of the rows (exact for integer weights)."""
+    rows = np.asarray(rows, dtype=np.float64) + 0.0
+    if rows.shape[0] < 2:
+        return rows
+    rows = rows[np.lexsort(rows.T[::-1])]  # by features, then weight
+    features = rows[:, :-1]
+    starts = np.flatnonzero(np.r_[True, np.any(features[1:] != features[:-1], axis=1)])
+    if len(starts) == rows.shape[0]:
+        return rows
+    merged = rows[starts]
+    merged[:, -1] = np.add.reduceat(rows[:, -1], starts)
+    return merged
+
+
+def canonical_sample(rows: np.ndarray, seed: int, limit: int) -> np.ndarray:
+    """The sample made of the :func:`sample_rows` rows of every block, whatever the blocks:
+    rows with equal features merged (:func:`merge_equal_rows`); when more than ``limit``
+    remain, the ``limit`` with the smallest hash of their features seeded by ``seed`` (ties
+    by the features: a bottom-k sample, a uniform choice among the distinct rows, each with
+    its weight); sorted by features. Which rows it holds and their order depend only on the
+    data and ``seed``; and the order by value, unlike one by hash, does not change when a
+    feature is rescaled (a positive factor), so neither does the k-means start from a
+    sample of all the rows. A merged weight is exact for integer weights, while sums of
+    fractional weights, already rounded per block, can differ in the last bit between
+    partitionings."""
+    rows = merge_equal_rows(rows)
+    if rows.shape[0] > limit:
+        by_hash = np.argsort(row_hash(rows[:, :-1], None, seed), kind="stable")
+        rows = rows[np.sort(by_hash[:limit])]  # rows are sorted by features: ties so too
+    return rows
 
 
 def lloyd_update(stats: SufficientStats, centers: np.ndarray,

@@ -77,7 +77,8 @@ def test_passes_read_at_most_two_partitions_per_core(spark):
 
 def test_packing_joins_batches_into_full_blocks(monkeypatch):
     """Arrow batches (maxRecordsPerBatch rows, some empty) are joined into blocks of
-    BLOCK_ELEMENTS // d rows, only the last one shorter, rows and weights in order."""
+    BLOCK_ELEMENTS // d rows, only the last one shorter, rows and weights together in the
+    partition's canonical order."""
     import pyarrow as pa
 
     from spark_gmm import blocks as blocks_module
@@ -94,8 +95,10 @@ def test_packing_joins_batches_into_full_blocks(monkeypatch):
     blocks = [block for packed in blocks_module.pack(3)(batches)
               for block in blocks_module.read_packed(packed, 3)]
     assert [len(Xb) for Xb, _ in blocks] == [10, 10, 10, 10, 10, 7]
-    np.testing.assert_array_equal(np.concatenate([Xb for Xb, _ in blocks]), X)
-    np.testing.assert_array_equal(np.concatenate([wb for _, wb in blocks]), w)
+    X_canonical, w_canonical = blocks_module.canonical(X, w)
+    assert not np.array_equal(X_canonical, X)
+    np.testing.assert_array_equal(np.concatenate([Xb for Xb, _ in blocks]), X_canonical)
+    np.testing.assert_array_equal(np.concatenate([wb for _, wb in blocks]), w_canonical)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
