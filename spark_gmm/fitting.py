@@ -86,6 +86,7 @@ def fit_candidates(
     # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
     # wake-ups there (with several, a tiny triangular solve took milliseconds).
     limits = threadpool_limits(limits=1, user_api="blas")
+    failed = True
     try:
         checkpoint = Checkpoint.for_fit(settings, candidates, report)
         resume = checkpoint.load() if checkpoint else None
@@ -124,10 +125,11 @@ def fit_candidates(
         )
         if checkpoint:
             checkpoint.remove()  # the fit is complete: nothing to resume
+        failed = False
     finally:
         limits.restore_original_limits()
         if isinstance(passes, ResidentPasses):
-            passes.close()
+            passes.close(cancel=failed)  # an error or an interrupt cancels the stage at once
         else:
             blocks.unpersist()
     return FitOutcome(list(candidates), results, report, passes.jobs,
@@ -143,12 +145,12 @@ def _resident(settings: FitSettings, rows: DataFrame, report: InputReport,
     and where 'auto' finds that a barrier stage cannot run (said once per reason)."""
     if settings.engine == "jobPerPass":
         return None
-    resident, why = plan(rows, n_partitions)
+    resident, why = plan(rows, n_partitions, report.n_rows * (report.n_features + 1))
     if resident is not None:
         try:
-            return ResidentPasses(rows, report.n_rows, report.n_features, n_partitions,
-                                  settings.aggregation_depth, settings.description,
-                                  resident).start()
+            return ResidentPasses(rows, report.n_rows, report.total_weight, report.n_features,
+                                  n_partitions, settings.aggregation_depth,
+                                  settings.description, resident).start()
         except ResidentUnavailable as exc:
             why = str(exc)
     if settings.engine == "resident":

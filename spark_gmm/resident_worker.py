@@ -4,48 +4,72 @@ It imports only light modules (no pyspark.ml): a fit's first tasks start cold wo
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import socket
 import struct
 import time
-from multiprocessing.connection import Client, Connection
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
+import pyarrow as pa
 
-from spark_gmm.blocks import accumulate, batch_to_numpy, block_rows, gather, read_packed
+from spark_gmm.blocks import accumulate, batch_to_numpy, block_rows, canonical, gather, \
+    read_packed
+from spark_gmm.channel import Channel, ChannelError, connect
+from spark_gmm.faults import inject
 from spark_gmm.tasks import task_scope
 
 MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
 MAX_HELLO_BYTES = 1 << 16
+# The barrier job's rows: one per task, the empty string when it served the fit, else why the
+# task could not (e.g. no coordinator reachable), which the driver reports.
+RESULT_SCHEMA = "error string"
 
 _HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), number of pids
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a barrier task needs to find and serve the coordinator (the key travels only in
+    the task closure)."""
+
+    address: Tuple[str, int]
+    key: bytes
+    encrypt: bool
+    n_features: int
+    connect_timeout: float  # from the task's start to its hello
+    idle_timeout: float  # without a command, the worker ends its task
+    fault: Optional[Tuple[str, str]] = None  # test-only (spark_gmm.faults)
+
+    def __repr__(self):  # never print the key
+        return f"WorkerSettings(address={self.address}, encrypt={self.encrypt})"
+
+
 def _blocks_of(batches, n_features: int):
     """A task's shuffled rows or packed blocks -> [(pid, [(X, w) blocks])], each partition's
-    blocks in order, cut as :func:`spark_gmm.em.pack_blocks` cuts them (``blocks.block_rows``
-    rows), so that sums per partition equal the job-per-pass engine's bit for bit."""
+    blocks in order, as :func:`spark_gmm.blocks.pack` makes them: the partition's rows in
+    :func:`spark_gmm.blocks.canonical` order cut into ``blocks.block_rows`` rows (packed
+    blocks arrive so, ordered by ``seq``), so that sums per partition equal the job-per-pass
+    engine's bit for bit whatever order the rows arrive in."""
     pids, seqs, Xs, ws = [], [], [], []
     packed = False
     for batch in batches:
         if batch.num_rows:
             packed = "x" in batch.schema.names
-            pid = batch.column("pid").to_numpy(zero_copy_only=False)
-            seq = batch.column("seq").to_numpy(zero_copy_only=False)
+            pids.append(batch.column("pid").to_numpy(zero_copy_only=False))
+            if packed:
+                seqs.append(batch.column("seq").to_numpy(zero_copy_only=False))
             pieces = read_packed(batch, n_features) if packed else \
                 [batch_to_numpy(batch, n_features)]
             for X, w in pieces:  # owned copies: the Arrow batch can go
                 Xs.append(np.array(X))
                 ws.append(np.array(w))
-            pids.append(pid)
-            seqs.append(seq)
     if not Xs:
         return []
-    pid, seq = np.concatenate(pids), np.concatenate(seqs)
+    pid = np.concatenate(pids)
     if packed:  # one (pid, seq) per block
-        order = np.argsort(seq, kind="stable")  # seq orders blocks by partition, then block
+        order = np.argsort(np.concatenate(seqs), kind="stable")  # seq orders blocks by partition, then block
         held: List[Tuple[int, list]] = []
         for i in order.tolist():
             if not held or held[-1][0] != int(pid[i]):
@@ -54,15 +78,20 @@ def _blocks_of(batches, n_features: int):
         return held
     X, w = np.concatenate(Xs), np.concatenate(ws)
     del Xs, ws
-    if np.any(seq[1:] < seq[:-1]):  # seq orders rows by partition, then row
-        order = np.argsort(seq, kind="stable")  # a few sorted runs: timsort is near-linear
-        pid, X, w = pid[order], X[order], w[order]
+    # rows: grouped by partition, each partition's rows in canonical order (as pack puts
+    # them), whatever order the shuffle delivered them in
+    if np.any(pid[1:] < pid[:-1]):
+        by_pid = np.argsort(pid, kind="stable")
+        pid, X, w = pid[by_pid], X[by_pid], w[by_pid]
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     ends = np.r_[starts[1:], len(pid)]
     block = block_rows(n_features)
-    return [(int(pid[a]), [(X[i:min(i + block, b)], w[i:min(i + block, b)])
-                           for i in range(a, b, block)])
-            for a, b in zip(starts, ends)]
+    held = []
+    for a, b in zip(starts, ends):
+        Xp, wp = canonical(X[a:b], w[a:b])
+        held.append((int(pid[a]), [(Xp[i:i + block], wp[i:i + block])
+                                   for i in range(0, b - a, block)]))
+    return held
 
 
 def _warm(batches):
@@ -78,16 +107,21 @@ def _warm(batches):
     yield
 
 
-def _connect(address: Tuple[str, int], key: bytes, seconds: float) -> Connection:
-    deadline = time.monotonic() + seconds
+def _connect(settings: WorkerSettings, started: float) -> Channel:
+    """The authenticated channel to the coordinator, retried until ``connect_timeout``
+    seconds after the task started; ConnectionError past it."""
+    deadline = started + settings.connect_timeout
+    host, port = settings.address
     while True:
+        remaining = deadline - time.monotonic()
         try:
-            return Client(address, family="AF_INET", authkey=key)
-        except (ConnectionRefusedError, ConnectionResetError, socket.timeout) as exc:
-            if time.monotonic() > deadline:
+            return connect(settings.address, settings.key, settings.encrypt,
+                           max(min(remaining, 10.0), 0.5))
+        except (OSError, EOFError) as exc:  # refused, unreachable, cut off, a failed handshake
+            if time.monotonic() + 0.2 > deadline:
                 raise ConnectionError(
-                    f"spark_gmm resident worker: no coordinator at {address[0]}:{address[1]} "
-                    f"within {seconds:.0f} s ({exc})"
+                    f"no coordinator reachable at {host}:{port} within "
+                    f"{settings.connect_timeout:g} s of the task's start ({exc or type(exc).__name__})"
                 ) from None
             time.sleep(0.2)
 
@@ -101,31 +135,22 @@ def _reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
                        for _, piece in pieces])
 
 
-def _inject_fault(fault: Optional[Tuple[str, str]]):
-    """Test-only (SPARK_GMM_FAULT_INJECTION): the first time in a fit, crash or hang."""
-    if not fault:
-        return
-    mode, marker = fault
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # only the first time gets past
-    except FileExistsError:
-        return
-    if mode == "exit-first-attempt":
-        os._exit(3)  # a crashing Python worker mid-fit, for the retry tests
-    if mode == "hang-first-attempt":
-        time.sleep(3600)  # a hung worker, for the timeout tests
-
-
-def _serve(conn: Connection, held, fault: Optional[Tuple[str, str]], partition: int):
-    """Answers the driver's commands until it says stop (EOFError if it goes away)."""
+def _serve(channel: Channel, held, settings: WorkerSettings, partition: int):
+    """Answers the driver's commands until it says stop or sends nothing for
+    ``idle_timeout`` seconds; EOFError when it closes the connection."""
     commands = 0
     while True:
-        command = pickle.loads(conn.recv_bytes(MAX_COMMAND_BYTES))
+        try:
+            message = channel.recv(MAX_COMMAND_BYTES, timeout=settings.idle_timeout)
+        except socket.timeout:
+            return  # the driver is hung or gone without closing: the task ends, the blocks go
+        command = pickle.loads(message)  # authenticated: only the driver holds the key
         if command[0] == "stop":
             return
         commands += 1
-        if partition == 0 and commands == 3:
-            _inject_fault(fault)
+        injecting = settings.fault is not None and partition == 0 and commands == 3
+        if injecting:
+            inject(settings.fault, "command")
         try:
             if command[0] == "sum":
                 pieces = [(pid, accumulate(blocks, command[1])) for pid, blocks in held]
@@ -136,39 +161,65 @@ def _serve(conn: Connection, held, fault: Optional[Tuple[str, str]], partition: 
             reply = _reply(kind, [(pid, p) for pid, p in pieces if p is not None])
         except Exception as exc:  # reported to the driver, which raises it
             reply = _HEADER.pack(b"E", 0) + repr(exc).encode()[:4096]
-        conn.send_bytes(reply)
+        channel.send(reply)
+        if injecting:
+            inject(settings.fault, "replied")
 
 
-def _worker(address: Tuple[str, int], key: bytes, n_features: int, connect_seconds: float,
-            fault: Optional[Tuple[str, str]]):
+def _load_report(held) -> bytes:
+    """What the task holds, per partition: the driver checks it against the validated input."""
+    return json.dumps({
+        "pids": [pid for pid, _ in held],
+        "rows": [sum(X.shape[0] for X, _ in blocks) for _, blocks in held],
+        "weights": [float(sum(float(w.sum()) for _, w in blocks)) for _, blocks in held],
+        "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
+    }).encode()
+
+
+def _result(error: str):
+    return pa.RecordBatch.from_pydict({"error": pa.array([error], pa.string())})
+
+
+def _worker(settings: WorkerSettings):
     """The barrier task (a mapInArrow function): connect, say hello, read and hold the
-    blocks, serve the driver; it yields nothing."""
+    blocks, serve the driver. It yields one row: "" when it served the fit, else why not
+    (no coordinator reachable), so that the driver learns it when the job ends rather than
+    after Spark's retries of a failing stage."""
 
     def run(batches):
         from pyspark import TaskContext
 
+        started = time.monotonic()
         context = TaskContext.get()
         partition = context.partitionId()
-        conn = _connect(address, key, connect_seconds)
+        try:
+            channel = _connect(settings, started)
+        except ConnectionError as exc:
+            yield _result(str(exc))
+            return
         held = None
         try:
-            conn.send_bytes(json.dumps({"partition": partition,
-                                        "task": context.taskAttemptId()}).encode())
-            held = _blocks_of(batches, n_features)
-            conn.send_bytes(json.dumps({
-                "pids": [pid for pid, _ in held],
-                "rows": sum(X.shape[0] for _, blocks in held for X, _ in blocks),
-                "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
-            }).encode())
-            with task_scope():
-                _serve(conn, held, fault, partition)
-        except EOFError:
+            channel.send(json.dumps({"partition": partition,
+                                     "task": context.taskAttemptId()}).encode())
+            try:
+                held = _blocks_of(batches, settings.n_features)
+                report = _load_report(held)
+            except MemoryError:
+                report = json.dumps({"error": "MemoryError while holding its rows"}).encode()
+                held = None
+            channel.send(report)
+            if held is not None:
+                with task_scope():
+                    _serve(channel, held, settings, partition)
+        except (EOFError, ChannelError, OSError) as exc:
+            # the driver dropped this worker (another task of this stage attempt was lost, or
+            # the fit was cancelled): the task fails, so that Spark runs the whole stage again
+            # rather than only the tasks that failed
             raise RuntimeError("spark_gmm resident worker: the driver closed the connection "
-                               "before the fit ended") from None
+                               f"before the fit ended ({exc or type(exc).__name__})") from None
         finally:
-            conn.close()
+            channel.close()
             held = None  # the blocks are freed with the task, not kept in the worker
-        return
-        yield  # a generator: mapInArrow wants an iterator of batches
+        yield _result("")
 
     return run
