@@ -111,41 +111,66 @@ def test_fit_with_checkpoints_equals_fit_without(spark, parquet_data, tmp_path):
 
 @pytest.mark.slow
 def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path, run_script):
+    import re
+    import textwrap
+
     max_iter = 60
     checkpoints = tmp_path / "checkpoints"
     args = ["--parquet", parquet_data, "--max-iter", max_iter, "--checkpoint-dir", checkpoints,
             "--checkpoint-interval", 2]
+    # the first run is the script whose driver, once it saved a checkpoint at iteration >= 6,
+    # says so in a file and waits there (in the fit) to be killed: no race with the fit's end
+    held = tmp_path / "held"
+    hold = textwrap.dedent("""\
+        import os, runpy, sys, time
+        from spark_gmm.checkpoint import Checkpoint
+        save, held, script = Checkpoint.save, sys.argv[1], sys.argv[2]
+        def save_and_hold(self, state):
+            save(self, state)
+            if state.iteration >= 6:
+                with open(held + ".tmp", "w") as fh:
+                    fh.write(str(state.iteration))
+                os.replace(held + ".tmp", held)
+                time.sleep(3600)  # killed here, mid-fit
+        Checkpoint.save = save_and_hold
+        sys.argv = sys.argv[2:]
+        sys.path.insert(0, os.path.dirname(script))
+        runpy.run_path(script, run_name="__main__")
+    """)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *map(str, args), "--out", str(tmp_path / "first.json")],
+        [sys.executable, "-c", hold, str(held), str(SCRIPT), *map(str, args),
+         "--out", str(tmp_path / "first.json")],
         env=script_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # its JVM too is killed with the group
     )
-    killed_at = None
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            for path in glob.glob(str(checkpoints / "spark_gmm-*.json")):
-                with open(path) as fh:  # atomic writes: always a whole JSON document
-                    iteration = json.load(fh)["state"]["iteration"]
-                if iteration >= 6:
-                    killed_at = iteration
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    break
-            if killed_at:
-                break
-            time.sleep(0.05)
+        deadline = time.monotonic() + 600
+        while not held.exists():
+            assert proc.poll() is None, ("the fit ended without holding",
+                                         (tmp_path / "first.log").read_text()[-3000:])
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.1)
+        saved = glob.glob(str(checkpoints / "spark_gmm-*.json"))
+        assert len(saved) == 1, saved
+        with open(saved[0]) as fh:  # atomic writes: always a whole JSON document
+            killed_at = json.load(fh)["state"]["iteration"]
+        assert killed_at == int(held.read_text()) >= 6
+        os.killpg(proc.pid, signal.SIGKILL)
     finally:
-        if proc.poll() is None and killed_at is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # killed above, the group gone
+                pass
         proc.wait(timeout=60)
         log.close()
-    assert killed_at is not None, (tmp_path / "first.log").read_text()[-3000:]
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "first.json").exists()  # it really died mid-fit
 
     second = run_script(SCRIPT, *args, "--out", tmp_path / "second.json")
-    assert "resuming from checkpoint" in second.stderr
+    # from the checkpoint it was killed at
+    assert re.search(rf"resuming from checkpoint \S+ at iteration {killed_at}\b", second.stderr)
     resumed = json.loads((tmp_path / "second.json").read_text())
     _assert_same_fit(resumed, _reference(spark, parquet_data, max_iter))
     assert glob.glob(str(checkpoints / "*")) == []  # removed once the fit finished
