@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import select
 import socket
 import struct
 import time
@@ -90,8 +91,8 @@ def _derive(key: bytes, label: bytes, server_nonce: bytes, client_nonce: bytes) 
 
 
 class Channel:
-    """One authenticated connection. ``send`` and ``recv`` are for one thread at a time each;
-    ``poll`` reads without blocking (the driver's multiplexed loop)."""
+    """One authenticated connection over a blocking socket. ``send`` and ``recv`` are for one
+    thread at a time each; ``poll`` reads without blocking (the driver's multiplexed loop)."""
 
     def __init__(self, sock: socket.socket, send_key: bytes, recv_key: bytes, encrypt: bool):
         self.sock = sock
@@ -99,6 +100,8 @@ class Channel:
         self._send_number = 0
         self._recv_number = 0
         self._buffer = bytearray()
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         if encrypt:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -131,10 +134,19 @@ class Channel:
     def send(self, payload: bytes, timeout: Optional[float] = None) -> None:
         """Sends one message (``timeout`` seconds at most when given)."""
         data = self._seal(payload)
+        if timeout is None:
+            self.sock.sendall(data)
+            return
         self.sock.settimeout(timeout)
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.settimeout(None)
 
     # ------------------------------------------------------------------ receiving
+    # The socket stays blocking; reads take what has arrived (MSG_DONTWAIT) into a buffer,
+    # and a message is opened once all of it is there: one read per message in the common
+    # case, and a message cut halfway never blocks a reader.
 
     def _open(self, header: bytes, body: bytes) -> bytes:
         number = _NUMBER.pack(self._recv_number)
@@ -157,55 +169,59 @@ class Channel:
     def _overhead(self) -> int:
         return GCM_TAG_BYTES if self.encrypt else MAC_BYTES
 
-    def _check_size(self, size: int, limit: int) -> None:
-        if size < self._overhead() or size - self._overhead() > limit:
-            raise ChannelError(f"a message of {size} bytes, beyond the {limit} expected")
-
-    def recv(self, limit: int, timeout: Optional[float] = None) -> bytes:
-        """The next message's payload (at most ``limit`` bytes), blocking: socket.timeout
-        when none began within ``timeout`` seconds or the rest took longer again."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        header = _recv_exact(self.sock, _LENGTH.size, deadline)
-        (size,) = _LENGTH.unpack(header)
-        self._check_size(size, limit)
-        if timeout is not None:
-            deadline = time.monotonic() + timeout
-        return self._open(header, _recv_exact(self.sock, size, deadline))
-
-    def poll(self, limit: int) -> Optional[bytes]:
-        """Reads what has arrived without blocking: a complete message's payload, or None
-        when it is not complete yet; EOFError when the peer closed."""
-        self.sock.setblocking(False)
-        try:
-            while True:
-                try:
-                    chunk = self.sock.recv(1 << 20)
-                except (BlockingIOError, InterruptedError):
-                    break
-                if not chunk:
-                    if self._complete(limit) is None:
-                        raise EOFError("the peer closed the connection")
-                    break
-                self._buffer += chunk
-                if self._complete(limit) is not None:
-                    break
-        finally:
-            self.sock.setblocking(True)
-        size = self._complete(limit)
-        if size is None:
-            return None
-        header = bytes(self._buffer[:_LENGTH.size])
-        body = bytes(self._buffer[_LENGTH.size:_LENGTH.size + size])
-        del self._buffer[:_LENGTH.size + size]
-        return self._open(header, body)
-
-    def _complete(self, limit: int) -> Optional[int]:
-        """The body size of the buffered message when all of it is here, else None."""
+    def _take(self, limit: int) -> Optional[bytes]:
+        """The buffered message's payload when all of it is here (at most ``limit`` bytes,
+        else ChannelError), else None."""
         if len(self._buffer) < _LENGTH.size:
             return None
         (size,) = _LENGTH.unpack_from(self._buffer)
-        self._check_size(size, limit)
-        return size if len(self._buffer) >= _LENGTH.size + size else None
+        if size < self._overhead() or size - self._overhead() > limit:
+            raise ChannelError(f"a message of {size} bytes, beyond the {limit} expected")
+        end = _LENGTH.size + size
+        if len(self._buffer) < end:
+            return None
+        header, body = bytes(self._buffer[:_LENGTH.size]), bytes(self._buffer[_LENGTH.size:end])
+        del self._buffer[:end]
+        return self._open(header, body)
+
+    def has_message(self) -> bool:
+        """Whether a whole message is buffered already (read with an earlier one): a poll of
+        the socket would not show it."""
+        if len(self._buffer) < _LENGTH.size:
+            return False
+        return len(self._buffer) >= _LENGTH.size + _LENGTH.unpack_from(self._buffer)[0]
+
+    def _fill(self) -> None:
+        """Buffers what has arrived, without blocking; EOFError when the peer closed."""
+        try:
+            chunk = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not chunk:
+            raise EOFError("the peer closed the connection")
+        self._buffer += chunk
+
+    def poll(self, limit: int) -> Optional[bytes]:
+        """A complete message's payload if one has arrived, else None, without blocking;
+        EOFError when the peer closed before a whole message."""
+        message = self._take(limit)
+        if message is None:
+            self._fill()
+            message = self._take(limit)
+        return message
+
+    def recv(self, limit: int, timeout: Optional[float] = None) -> bytes:
+        """The next message's payload (at most ``limit`` bytes), waiting for it to arrive
+        whole at most ``timeout`` seconds (socket.timeout past it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self.poll(limit)
+            if message is not None:
+                return message
+            wait_ms = None if deadline is None else \
+                max(0, int((deadline - time.monotonic()) * 1000))
+            if wait_ms == 0 or not self._poller.poll(wait_ms):
+                raise socket.timeout("timed out")
 
 
 # ---------------------------------------------------------------------- handshakes

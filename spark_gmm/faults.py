@@ -1,16 +1,20 @@
 """Test-only fault injection for the resident engine's workers (``SPARK_GMM_FAULT_INJECTION``
 on the driver; see :func:`spark_gmm.resident._fault_marker`).
 
-The resident worker of barrier task 0 calls :func:`inject` on its third command twice: at
-moment "command" (the command was received, nothing computed yet) and at moment "replied"
-(right after its reply was sent). Each mode fires at its own moment only, and only once per
-fit: the first worker to create the marker file (``O_CREAT | O_EXCL``) at that moment. The
-marker file then holds the wall time it fired at.
+The resident worker of barrier task 0 calls :func:`inject` before it reads its rows (moment
+"load") and on its third command twice: at moment "command" (the command was received,
+nothing computed yet) and at moment "replied" (right after its reply was sent). Each mode
+fires at its own moment only, and, but for the "load" modes, only once per fit: the first
+worker to create the marker file (``O_CREAT | O_EXCL``) at that moment. The marker file then
+holds the wall time it fired at.
 
 Modes:
 
 * ``exit-first-attempt`` ("command"): the Python worker exits (a crashing worker);
 * ``hang-first-attempt`` ("command"): the Python worker sleeps for an hour (a hung worker);
+* ``exit-while-loading`` and ``memory-error-while-loading`` ("load", barrier task 0 about to
+  read its rows, at every stage attempt): the worker exits as the OOM killer would end it, or
+  raises MemoryError;
 * ``stop-host-mid-pass`` ("command") and ``stop-host-after-reply`` ("replied"): the whole
   executor stops as when its host vanishes (a spot instance taken back): SIGSTOP to the
   executor JVM that runs this worker, then to all of that JVM's descendants (the pyspark
@@ -40,7 +44,12 @@ MODES = {  # mode -> the moment it fires at
     "hang-first-attempt": "command",
     "stop-host-mid-pass": "command",
     "stop-host-after-reply": "replied",
+    "exit-while-loading": "load",
+    "memory-error-while-loading": "load",
 }
+# Modes that fire at every stage attempt, not once per fit: a worker that cannot hold its rows
+# (killed for memory, or out of it) fails the same way however often Spark retries.
+EVERY_ATTEMPT = {"exit-while-loading", "memory-error-while-loading"}
 EXECUTOR_MAIN = "CoarseGrainedExecutorBackend"  # in the cmdline of an executor JVM
 GHOST_SECONDS = 900.0  # the ghost's life at most, should the test not kill it
 
@@ -53,6 +62,10 @@ def inject(fault: Optional[Tuple[str, str]], moment: str) -> None:
     mode, marker = fault
     if MODES.get(mode) != moment:
         return  # not this mode's moment: the marker stays for it
+    if mode == "exit-while-loading":
+        os._exit(137)  # as the kernel's OOM killer ends a worker (SIGKILL)
+    if mode == "memory-error-while-loading":
+        raise MemoryError("injected: the rows do not fit")
     try:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

@@ -38,11 +38,11 @@ import os
 import pickle
 import re
 import secrets
+import select
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -166,13 +166,14 @@ class _Coordinator:
                 return
             with self._lock:
                 full = len(self._pending) >= MAX_PENDING_HANDSHAKES or self._closed.is_set()
-                if not full:
+                if full:
+                    self.refused += 1
+                else:
                     self._accepted += 1
                     self._pending[self._accepted] = sock
                     threading.Thread(target=self._handshake, args=(self._accepted, sock),
                                      name="spark_gmm-resident-handshake", daemon=True).start()
             if full:
-                self.refused += 1
                 sock.close()
 
     def _handshake(self, number: int, sock: socket.socket):
@@ -528,6 +529,9 @@ class ResidentPasses(PassEngine):
         timeout = self.settings.pass_timeout
         deadline = time.monotonic() + timeout
         by_fd = {channel.fileno(): partition for partition, channel in self._workers.items()}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
         pending = set(self._workers)
         replies: Dict[int, bytes] = {}
         while pending:
@@ -543,8 +547,12 @@ class ResidentPasses(PassEngine):
                 raise _Lost("a newer attempt of the barrier stage started")
             if self._job_done.is_set():
                 raise _Lost("the barrier stage ended")
-            for channel in wait(list(self._workers.values()), timeout=min(remaining, 0.25)):
-                partition = by_fd[channel.fileno()]
+            # messages already buffered (read along with an earlier one), then the sockets
+            buffered = [p for p, channel in self._workers.items() if channel.has_message()]
+            ready = set(buffered) | {by_fd[fd] for fd, _ in poller.poll(
+                0 if buffered else int(min(remaining, 0.25) * 1000) + 1)}
+            for partition in sorted(ready):
+                channel = self._workers[partition]
                 try:
                     message = channel.poll(limit_of(partition))
                 except ChannelError as exc:

@@ -119,10 +119,10 @@ def _connect(settings: WorkerSettings, started: float) -> Channel:
                            max(min(remaining, 10.0), 0.5))
         except (OSError, EOFError) as exc:  # refused, unreachable, cut off, a failed handshake
             if time.monotonic() + 0.2 > deadline:
+                why = exc or type(exc).__name__
                 raise ConnectionError(
                     f"no coordinator reachable at {host}:{port} within "
-                    f"{settings.connect_timeout:g} s of the task's start ({exc or type(exc).__name__})"
-                ) from None
+                    f"{settings.connect_timeout:g} s of the task's start ({why})") from None
             time.sleep(0.2)
 
 
@@ -182,9 +182,10 @@ def _result(error: str):
 
 def _worker(settings: WorkerSettings):
     """The barrier task (a mapInArrow function): connect, say hello, read and hold the
-    blocks, serve the driver. It yields one row: "" when it served the fit, else why not
-    (no coordinator reachable), so that the driver learns it when the job ends rather than
-    after Spark's retries of a failing stage."""
+    blocks, serve the driver. It yields one row: "" when it served the fit until told to
+    stop (or until idle), else why it could not (no coordinator reachable), so that the driver
+    learns it when the job ends rather than after Spark's retries of a failing stage. A
+    worker the driver drops fails its task (see below)."""
 
     def run(batches):
         from pyspark import TaskContext
@@ -202,13 +203,17 @@ def _worker(settings: WorkerSettings):
             channel.send(json.dumps({"partition": partition,
                                      "task": context.taskAttemptId()}).encode())
             try:
+                if settings.fault is not None and partition == 0:
+                    inject(settings.fault, "load")
                 held = _blocks_of(batches, settings.n_features)
                 report = _load_report(held)
             except MemoryError:
                 report = json.dumps({"error": "MemoryError while holding its rows"}).encode()
                 held = None
             channel.send(report)
-            if held is not None:
+            if held is None:  # the driver ends the fit; a closed connection would look lost
+                channel.recv(MAX_COMMAND_BYTES, timeout=settings.idle_timeout)
+            else:
                 with task_scope():
                     _serve(channel, held, settings, partition)
         except (EOFError, ChannelError, OSError) as exc:

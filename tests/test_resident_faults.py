@@ -40,8 +40,12 @@ def reference(data):
 
 @pytest.fixture(autouse=True)
 def fresh_session_memory(monkeypatch):
-    """No test inherits another's 'unreachable' verdict for the session."""
+    """No test inherits another's 'unreachable' verdict for the session, nor finds its
+    fallback reason already said by the process."""
+    from spark_gmm import fitting
+
     monkeypatch.setattr(resident, "_UNREACHABLE", {})
+    monkeypatch.setattr(fitting, "_SAID", set())
 
 
 def _facts(model):
@@ -670,3 +674,46 @@ def test_an_idle_or_unreachable_worker_ends_its_task_saying_why(monkeypatch):
     thread.join(30)
     assert outcome["rows"][0][0]["error"].startswith(
         f"no coordinator reachable at 127.0.0.1:{coordinator.port} within 10 s")
+
+
+# ---------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize("mode, said", [
+    ("memory-error-while-loading", "MemoryError while holding its rows"),
+    ("exit-while-loading", "workers were lost twice while reading their rows"),
+])
+def test_a_worker_that_cannot_hold_its_rows_names_the_setting(spark, data, monkeypatch,
+                                                             caplog, mode, said):
+    """Task 0's worker runs out of memory (MemoryError) or is killed (as by the OOM killer)
+    while reading its rows, at every attempt: after at most one retry of the stage, an error
+    naming the setting to raise (under auto: the fit falls back, saying so)."""
+    monkeypatch.setenv("SPARK_GMM_FAULT_INJECTION", mode)
+    attempts = []
+    original = resident._Coordinator.take
+
+    def take(self, timeout):
+        item = original(self, timeout)
+        if item is not None:
+            attempts.append(item[0]["task"])
+        return item
+
+    monkeypatch.setattr(resident._Coordinator, "take", take)
+    with pytest.raises(RuntimeError, match=f"engine='resident' cannot run here: .*{said}.*"
+                                           "spark.executor.pyspark.memory"):
+        GaussianMixture(engine="resident", **FIT).fit(data)
+    assert len(attempts) <= 4, attempts  # two tasks, at most two attempts of the stage
+    with caplog.at_level(logging.WARNING, logger="spark_gmm"):
+        model = GaussianMixture(**FIT).fit(data)
+    assert model.summary.engine == "jobPerPass"
+    assert any(said in r.getMessage() for r in caplog.records)
+
+
+def test_poll_returns_messages_buffered_with_an_earlier_one():
+    """Two messages read in one go: the second is served from the buffer, and has_message
+    says so (a poll of the socket would not show it)."""
+    sender, receiver, raw_sender, _ = _channel_pair(False)
+    raw_sender.sendall(sender._seal(b"first") + sender._seal(b"second"))
+    assert receiver.recv(100, timeout=5) == b"first"
+    assert receiver.has_message()
+    assert receiver.poll(100) == b"second" and not receiver.has_message()
