@@ -215,13 +215,14 @@ class Channel:
         whole at most ``timeout`` seconds (socket.timeout past it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            message = self.poll(limit)
+            message = self._take(limit)
             if message is not None:
                 return message
             wait_ms = None if deadline is None else \
                 max(0, int((deadline - time.monotonic()) * 1000))
             if wait_ms == 0 or not self._poller.poll(wait_ms):
                 raise socket.timeout("timed out")
+            self._fill()
 
 
 # ---------------------------------------------------------------------- handshakes
