@@ -257,7 +257,9 @@ class ResidentPasses(PassEngine):
     ``rows`` is the fit's prepared DataFrame in its ``n_partitions`` partitions (those the
     job-per-pass engine would pack), with ``n_rows`` rows of ``total_weight`` in all (what
     validation counted: the workers must hold exactly that). :meth:`start` launches the stage
-    and waits for its workers; :meth:`close` ends it, and the workers free their blocks.
+    and waits for its workers; :meth:`close` ends it, and the workers free their blocks. An
+    error raised on the way reaches :meth:`start` or the fit driver, which close with
+    ``cancel=True``: the job is cancelled there, once.
     """
 
     def __init__(self, rows: DataFrame, n_rows: int, total_weight: float, n_features: int,
@@ -426,7 +428,6 @@ class ResidentPasses(PassEngine):
                     raise self._job_failed(first)
                 if first_hello is not None and \
                         time.monotonic() - first_hello > s.connect_timeout + HANDSHAKE_SECONDS:
-                    self._cancel()
                     raise self._error(first, (
                         f"only {len(found)} of {s.n_tasks} barrier tasks reached the "
                         f"coordinator within {s.connect_timeout:g} s of the first "
@@ -456,7 +457,6 @@ class ResidentPasses(PassEngine):
             self._drop_workers()
             self._load_losses += 1
             if self._load_losses > 1:
-                self._cancel()
                 raise self._error(first, (
                     f"workers were lost twice while reading their rows ({lost}): each of "
                     f"{s.n_tasks} tasks holds ~{self.n_values * 8 / s.n_tasks / 1e6:.0f} MB "
@@ -476,14 +476,12 @@ class ResidentPasses(PassEngine):
         for partition, text in sorted(loaded.items()):
             info = json.loads(text)
             if "error" in info:
-                self._cancel()
                 raise self._error(first, (
                     f"worker {partition}: {info['error']}; raise spark.executor.pyspark.memory "
                     f"(or spark.executor.memoryOverhead), or set {MAX_TASKS_CONF} higher"))
             pids = [int(pid) for pid in info["pids"]]
             for pid in pids:
                 if pid in holder:
-                    self._cancel()
                     raise ResidentFailure(
                         f"resident engine: input partition {pid} is held by workers "
                         f"{holder[pid]} and {partition}")
@@ -495,7 +493,6 @@ class ResidentPasses(PassEngine):
             held_bytes += int(info["bytes"])
         if rows != self.n_rows or not math.isclose(weight, self.total_weight, rel_tol=1e-9,
                                                    abs_tol=1e-12):
-            self._cancel()
             raise ResidentFailure(
                 f"resident engine: the workers hold {rows} rows of total weight {weight!r}, "
                 f"but validation counted {self.n_rows} rows of total weight "
@@ -537,7 +534,6 @@ class ResidentPasses(PassEngine):
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._cancel()
                 raise ResidentFailure(
                     f"resident engine: worker(s) {sorted(pending)} did not answer "
                     f"'{label}' within {timeout:.0f} s ({PASS_TIMEOUT_CONF}); the fit's "
@@ -556,7 +552,6 @@ class ResidentPasses(PassEngine):
                 try:
                     message = channel.poll(limit_of(partition))
                 except ChannelError as exc:
-                    self._cancel()
                     raise ResidentFailure(f"resident engine: worker {partition}: {exc}; the "
                                           "fit's Spark job was cancelled") from None
                 except (EOFError, OSError) as exc:
@@ -564,7 +559,6 @@ class ResidentPasses(PassEngine):
                 if message is None:
                     continue
                 if partition not in pending:
-                    self._cancel()
                     raise ResidentFailure(f"resident engine: worker {partition} answered "
                                           f"'{label}' twice")
                 pending.discard(partition)
