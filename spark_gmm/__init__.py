@@ -2,7 +2,7 @@
 from importlib import import_module
 
 # Imported on first use (PEP 562), so that the Python workers of a fit, which import
-# spark_gmm.kernel and spark_gmm.blocks, do not also import pyspark.ml and the estimator.
+# spark_gmm.kernel and spark_gmm.engine.blocks, do not also import pyspark.ml and the estimator.
 _EXPORTS = {
     "CovarianceError": "spark_gmm.kernel",
     "GaussianMixture": "spark_gmm.estimator",

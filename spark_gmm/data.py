@@ -3,20 +3,23 @@
 Everything the fit and transform read goes through :func:`resolve_features`, which turns the
 user's vector column, array column or list of numeric columns into one ``array<double>``
 expression; :func:`prepare` validates it and names the prepared columns
-(:mod:`spark_gmm.blocks` turns their Arrow batches into NumPy blocks).
+(:mod:`spark_gmm.engine.blocks` turns their Arrow batches into NumPy blocks).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional
 
+import numpy as np
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, NumericType
+# types as objects, not strings: a cast by name parses it with Spark's SQL parser, whose
+# first use in a session costs ~0.15 s
+from pyspark.sql.types import ArrayType, DoubleType, NumericType
 
-from spark_gmm.blocks import FEATURES, WEIGHT
+from spark_gmm.engine.blocks import FEATURES, WEIGHT
 
 
 
@@ -48,7 +51,7 @@ def resolve_features(
                  if not isinstance(fields[c], NumericType)]
         if wrong:
             raise InvalidInputError(f"inputCols must be numeric, got {', '.join(wrong)}")
-        cols = [F.col(quote_name(c)).cast("double") for c in input_cols]
+        cols = [F.col(quote_name(c)).cast(DoubleType()) for c in input_cols]
         # A null in any column makes the row invalid, as a null vector would be.
         any_null = F.greatest(*[F.col(quote_name(c)).isNull() for c in input_cols]) \
             if len(input_cols) > 1 else F.col(quote_name(input_cols[0])).isNull()
@@ -65,7 +68,7 @@ def resolve_features(
         # vector_to_array throws on null vectors: a null row stays null and is reported.
         array = F.when(col.isNull(), F.lit(None)).otherwise(vector_to_array(col, "float64"))
     elif isinstance(dtype, ArrayType) and isinstance(dtype.elementType, NumericType):
-        array = col.cast("array<double>")
+        array = col.cast(ArrayType(DoubleType()))
     else:
         raise InvalidInputError(
             f"features column '{features_col}' must be a vector or an array of numbers, "
@@ -112,8 +115,7 @@ def prepare(
     The prepared DataFrame has columns ``FEATURES`` (array<double>, all rows valid and of one
     size) and ``WEIGHT`` (double >= 0); it keeps the input's partitioning.
     """
-    weight = _weight_column(df, weight_col)
-    with_cols = df.select(source.array.alias(FEATURES), weight.alias(WEIGHT))
+    with_cols = unvalidated_rows(df, source, weight_col)
     x, w = F.col(FEATURES), F.col(WEIGHT)
     is_valid = _row_is_valid(x)
     stats = with_cols.agg(
@@ -125,7 +127,41 @@ def prepare(
         F.sum(F.when(is_valid & (w.isNull() | F.isnan(w) | (w < 0) | (w == float("inf"))), 1)
               .otherwise(0)).alias("bad_weights"),
         F.sum(F.when(is_valid, w)).alias("total_weight"),
-    ).collect()[0]
+    ).collect()[0].asDict()
+    report = check_input(stats, source, weight_col, handle_invalid, expected_features)
+    prepared = with_cols.where(is_valid) if report.n_skipped else with_cols
+    return prepared, report
+
+
+def unvalidated_rows(df: DataFrame, source: FeatureSource,
+                     weight_col: Optional[str]) -> DataFrame:
+    """The input as columns ``FEATURES`` and ``WEIGHT``, before validation."""
+    return df.select(source.array.alias(FEATURES), _weight_column(df, weight_col).alias(WEIGHT))
+
+
+def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray,
+                w: np.ndarray) -> dict:
+    """The statistics :func:`prepare` aggregates in Spark, from rows held in NumPy: ``n``
+    rows, ``nulls`` of them null, ``X_valid`` (n,) whether each row is valid (non-null, every
+    element finite), ``sizes`` (n,) each row's number of features, ``w`` (n,) weights (NaN
+    where null)."""
+    invalid = int(n - np.count_nonzero(X_valid))
+    valid_sizes = sizes[X_valid]
+    valid_w = w[X_valid]
+    bad_weights = int(np.count_nonzero(~(np.isfinite(valid_w) & (valid_w >= 0))))
+    return {
+        "n": n, "invalid": invalid, "nulls": nulls,
+        "min_size": int(valid_sizes.min()) if valid_sizes.size else None,
+        "max_size": int(valid_sizes.max()) if valid_sizes.size else None,
+        "bad_weights": bad_weights,
+        "total_weight": float(valid_w.sum()) if valid_sizes.size and not bad_weights else None,
+    }
+
+
+def check_input(stats: dict, source: FeatureSource, weight_col: Optional[str],
+                handle_invalid: str, expected_features: Optional[int] = None) -> "InputReport":
+    """The report of validation statistics (:func:`prepare`, :func:`input_stats`), or the
+    error that names the column and the problem."""
     n, invalid = int(stats["n"]), int(stats["invalid"] or 0)
     if n == 0:
         raise InvalidInputError(f"the input DataFrame is empty: no rows in {source.description}")
@@ -167,8 +203,7 @@ def prepare(
         raise InvalidInputError(
             f"weight column '{weight_col}' sums to zero over the valid rows: nothing to fit"
         )
-    prepared = with_cols.where(is_valid) if invalid else with_cols
-    return prepared, InputReport(n, invalid, lo, total_weight)
+    return InputReport(n, invalid, lo, total_weight)
 
 
 def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:
@@ -183,7 +218,7 @@ def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:
         raise InvalidInputError(
             f"weight column '{weight_col}' must be numeric, got {fields[weight_col].simpleString()}"
         )
-    return F.col(quote_name(weight_col)).cast("double")
+    return F.col(quote_name(weight_col)).cast(DoubleType())
 
 
 def valid_rows(source: FeatureSource) -> Column:

@@ -29,7 +29,7 @@ from spark_gmm.data import (
     resolve_features,
     valid_rows,
 )
-from spark_gmm.em import SparkPasses
+from spark_gmm.engine.job_per_pass import JobPerPassEngine
 from spark_gmm.fitting import FitSettings, fit_candidates
 from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
@@ -452,8 +452,8 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         prepared, report = prepare(
             dataset, source, weight_col, self.getHandleInvalid(), self._mixture.d
         )
-        passes = SparkPasses(prepared, report.n_features, self.getAggregationDepth())
-        stats = passes.em_stats([self._mixture], "score")[0]
+        engine = JobPerPassEngine(prepared, report.n_features, self.getAggregationDepth())
+        stats = engine.em_stats([self._mixture], "score")[0]
         return stats.log_likelihood, stats.weight_sum
 
     def score(self, dataset: DataFrame) -> float:

@@ -1,8 +1,9 @@
 """The fit driver shared by GaussianMixture and GaussianMixtureSelector.
 
-Validates and prepares the input once, chooses the pass engine (resident: the whole fit in
-one barrier stage; or one Spark job per pass), initialises every candidate (restarts, grid
-points), and advances all of them together: one pass per EM iteration whatever their number.
+Validates and prepares the input once, chooses the pass engine (:mod:`spark_gmm.engine.choose`:
+the driver for small fits, else one barrier stage, else one Spark job per pass), initialises
+every candidate (restarts, grid points), and advances all of them together: one pass per EM
+iteration whatever their number.
 """
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from pyspark.sql import DataFrame
-from pyspark.storagelevel import StorageLevel
 from threadpoolctl import threadpool_limits
 
 from spark_gmm import kernel
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
-from spark_gmm.em import PassEngine, SparkPasses, limit_partitions, num_partitions, \
-    pack_blocks
+from spark_gmm.engine.choose import FitRows, open_engine, say_once
+from spark_gmm.engine.driver import collect_small
+from spark_gmm.engine.resident import start_python_workers
+from spark_gmm.engine.partitions import limited
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
-from spark_gmm.resident import ResidentPasses, ResidentUnavailable, plan, start_python_workers
 
 log = logging.getLogger("spark_gmm")
 
@@ -43,7 +44,7 @@ class FitSettings:
     description: str = "spark_gmm"
     checkpoint_dir: Optional[str] = None  # EM state saved here every checkpoint_interval
     checkpoint_interval: int = 10  # iterations; < 1 disables
-    engine: str = "auto"  # auto | resident | jobPerPass
+    engine: str = "auto"  # one of spark_gmm.engine.choose.ENGINES
 
 
 @dataclass
@@ -52,7 +53,8 @@ class FitOutcome:
     results: List[kernel.EMResult]
     report: InputReport
     data_passes: int
-    engine: str  # resident | jobPerPass
+    engine: str  # driver | resident | jobPerPass
+    engine_reason: str = ""  # why the fit ran on that engine
 
     def best(self, indices: Optional[Sequence[int]] = None) -> int:
         """Index of the candidate with the highest final log-likelihood (first on ties)."""
@@ -64,25 +66,32 @@ def fit_candidates(
     dataset: DataFrame, candidates: Sequence[Candidate], settings: FitSettings
 ) -> FitOutcome:
     source = resolve_features(dataset, settings.features_col, settings.input_cols)
-    start_python_workers(dataset.sparkSession)  # in the background, while prepare validates
-    prepared, report = prepare(dataset, source, settings.weight_col, settings.handle_invalid)
+    small = collect_small(dataset, source, settings.weight_col, settings.handle_invalid,
+                          settings.aggregation_depth, settings.description) \
+        if settings.engine in ("auto", "driver") else None
+    if small is not None:  # validated on the driver from the one collect
+        engine, report, reason = small
+        engine.reason = reason if settings.engine == "auto" else "engine='driver'"
+        say_once(logging.INFO, f"the fit runs on the driver: {engine.reason}")
+    else:
+        if settings.engine != "driver":  # likely a fit for the executors: their Python
+            start_python_workers(dataset.sparkSession)  # workers start while Spark validates
+        prepared, report = prepare(dataset, source, settings.weight_col,
+                                   settings.handle_invalid)
     if report.n_skipped:
         log.warning(
             "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
             report.n_skipped, report.n_input_rows,
         )
-    # Every pass reads the rows packed in dense float64 blocks (about the size of the raw
-    # doubles), in at most two partitions per core, coalesced before packing so that packing
-    # too runs one Python task per new partition.
-    rows = limit_partitions(prepared)
-    n_partitions = num_partitions(rows)
-    passes = _resident(settings, rows, report, n_partitions)
-    if passes is None:  # job-per-pass: the blocks cached for the fit
-        blocks = pack_blocks(rows, report.n_features).persist(StorageLevel.MEMORY_AND_DISK)
-        passes = SparkPasses(
-            blocks, report.n_features, settings.aggregation_depth, settings.description,
-            packed=True, n_partitions=n_partitions,
-        )
+    if small is None:
+        # Every pass reads the rows packed in dense float64 blocks (about the size of the
+        # raw doubles), in at most two partitions per core, coalesced before packing so that
+        # packing too runs one Python task per new partition.
+        rows, n_partitions = limited(prepared)
+        data = FitRows(rows, report.n_rows, report.n_features, report.total_weight,
+                       n_partitions)
+        engine = open_engine(data, settings.engine, settings.aggregation_depth,
+                             settings.description)
     # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
     # wake-ups there (with several, a tiny triangular solve took milliseconds).
     limits = threadpool_limits(limits=1, user_api="blas")
@@ -93,7 +102,7 @@ def fit_candidates(
         init = None
         if resume is None:
             init = initial_params(
-                passes, report.n_rows, report.n_features, candidates,
+                engine, report.n_rows, report.n_features, candidates,
                 settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
                 fixed=settings.fixed, explicit=settings.explicit,
             )
@@ -117,7 +126,7 @@ def fit_candidates(
                 checkpoint.save(state)
 
         results = kernel.run_em(
-            lambda params: passes.em_stats(params, f"EM pass {next(pass_number)}"),
+            lambda params: engine.em_stats(params, f"EM pass {next(pass_number)}"),
             init, settings.max_iter, settings.tol, settings.reg_covar,
             on_iteration=on_iteration, recover_collapsed=settings.recover_collapsed,
             on_recovery=on_recovery, resume=resume,
@@ -128,35 +137,6 @@ def fit_candidates(
         failed = False
     finally:
         limits.restore_original_limits()
-        if isinstance(passes, ResidentPasses):
-            passes.close(cancel=failed)  # an error or an interrupt cancels the stage at once
-        else:
-            blocks.unpersist()
-    return FitOutcome(list(candidates), results, report, passes.jobs,
-                      "resident" if isinstance(passes, ResidentPasses) else "jobPerPass")
-
-
-_SAID = set()  # fallback reasons already logged by this process
-
-
-def _resident(settings: FitSettings, rows: DataFrame, report: InputReport,
-              n_partitions: int) -> Optional[PassEngine]:
-    """The started resident engine, or None for the job-per-pass one: by ``settings.engine``,
-    and where 'auto' finds that a barrier stage cannot run (said once per reason)."""
-    if settings.engine == "jobPerPass":
-        return None
-    resident, why = plan(rows, n_partitions, report.n_rows * (report.n_features + 1))
-    if resident is not None:
-        try:
-            return ResidentPasses(rows, report.n_rows, report.total_weight, report.n_features,
-                                  n_partitions, settings.aggregation_depth,
-                                  settings.description, resident).start()
-        except ResidentUnavailable as exc:
-            why = str(exc)
-    if settings.engine == "resident":
-        raise RuntimeError(f"engine='resident' cannot run here: {why}")
-    if why not in _SAID:
-        _SAID.add(why)
-        log.warning("the fit runs one Spark job per pass (engine='auto' fell back from the "
-                    "resident engine): %s", why)
-    return None
+        engine.close(failed=failed)  # an error or an interrupt cancels what still runs
+    return FitOutcome(list(candidates), results, report, engine.data_passes, engine.name,
+                      engine.reason)

@@ -1,4 +1,4 @@
-"""Initial parameters for a list of candidates (restarts, grid points) in shared data passes.
+"""Initial parameters for a list of candidates (restarts, grid points) in shared data engine.
 
 Modes: 'kmeans' (greedy k-means++ seeds on a bounded sample, Lloyd iterations over all the
 rows, then one M-step from the hard assignments, as scikit-learn's default), 'k-means++' (the
@@ -7,7 +7,7 @@ an M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as mea
 covariance for every component); or fixed initial parameters (a model or explicit arrays) for
 every candidate. The two k-means modes measure distances in standard deviations of each
 feature (of the sample), so that the start does not depend on the features' units
-(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass engine (:mod:`spark_gmm.em`), shared by
+(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass engine (:mod:`spark_gmm.engine.job_per_pass`), shared by
 all candidates: on the resident engine no step starts a Spark job.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from spark_gmm import kernel
 from spark_gmm.data import InvalidInputError
-from spark_gmm.em import PassEngine
+from spark_gmm.engine.base import PassEngine
 
 log = logging.getLogger("spark_gmm")
 
@@ -48,10 +48,10 @@ class ExplicitInit:
     covariances: Optional[np.ndarray] = None
 
 
-def data_moments(passes: PassEngine, origin: np.ndarray, full: bool):
+def data_moments(engine: PassEngine, origin: np.ndarray, full: bool):
     """Weighted mean (d,) and covariance ((d, d) if ``full`` else variances (d,)) of the
     prepared rows, accumulated around ``origin`` (a data row) so offsets do not cancel."""
-    stats = passes.hard_assignment_stats(
+    stats = engine.hard_assignment_stats(
         [origin[None, :]], ["full" if full else "diag"], "data moments"
     )[0]
     delta = stats.first[0] / stats.resp[0]
@@ -71,11 +71,11 @@ def data_moments(passes: PassEngine, origin: np.ndarray, full: bool):
     return mean, cov
 
 
-def _sample_rows(passes: PassEngine, n_rows: int, seed: int, limit: int):
+def _sample_rows(engine: PassEngine, n_rows: int, seed: int, limit: int):
     """Up to ``limit`` distinct rows and their weights (equal rows merged), chosen by content
     and ``seed`` and sorted by features (:meth:`PassEngine.sample`): the same whatever the
     partitioning and order of the data."""
-    return passes.sample(min(1.0, 2.0 * limit / max(n_rows, 1)), seed, limit)
+    return engine.sample(min(1.0, 2.0 * limit / max(n_rows, 1)), seed, limit)
 
 
 def _distinct_of_block(X: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
@@ -84,11 +84,11 @@ def _distinct_of_block(X: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     return np.column_stack([rows, np.ones(len(rows))])
 
 
-def _distinct_rows(passes: PassEngine, k: int) -> np.ndarray:
+def _distinct_rows(engine: PassEngine, k: int) -> np.ndarray:
     """Up to k distinct rows among those of positive weight (zero weight = no row): each
     block's first k distinct rows hold at least k distinct ones when the data has them."""
-    rows = passes.gather(partial(_distinct_of_block, k=k), "distinct rows")
-    return np.empty((0, passes.n_features)) if rows is None else \
+    rows = engine.gather(partial(_distinct_of_block, k=k), "distinct rows")
+    return np.empty((0, engine.n_features)) if rows is None else \
         np.unique(rows[:, :-1], axis=0)[:k]
 
 
@@ -98,13 +98,13 @@ def _too_few_distinct(found: int, k: int) -> InvalidInputError:
     )
 
 
-def _check_distinct(passes: PassEngine, rows: np.ndarray, k: int,
+def _check_distinct(engine: PassEngine, rows: np.ndarray, k: int,
                     weights: Optional[np.ndarray] = None) -> np.ndarray:
     """Distinct rows (of positive weight) of a sample, topped up from all the rows when the
     sample has fewer than k."""
     distinct = np.unique(rows if weights is None else rows[weights > 0], axis=0)
     if len(distinct) < k:
-        distinct = _distinct_rows(passes, k)
+        distinct = _distinct_rows(engine, k)
         if len(distinct) < k:
             raise _too_few_distinct(len(distinct), k)
     return distinct
@@ -130,7 +130,7 @@ def _covariances_from_data(cov: np.ndarray, k: int, covariance_type: str, reg_co
     return np.repeat(variances[None], k, 0) if covariance_type == "diag" else np.full(k, variances.mean())
 
 
-def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: np.ndarray):
+def _lloyd(engine: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: np.ndarray):
     """Lloyd iterations over all the rows for every (k, seed) at once, one pass each, until
     no center moves more than ``KMEANS_TOL`` or ``KMEANS_MAX_ITER``, with distances in units
     of ``scale`` per feature. The moments of each pass are taken around the centre of the
@@ -139,7 +139,7 @@ def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale
     for iteration in range(1, KMEANS_MAX_ITER + 1):
         if not active:
             break
-        stats = passes.hard_assignment_stats([centers[pair] for pair in active],
+        stats = engine.hard_assignment_stats([centers[pair] for pair in active],
                                              ["spherical"] * len(active),
                                              f"k-means iteration {iteration}", scale)
         still = []
@@ -152,7 +152,7 @@ def _lloyd(passes: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale
 
 
 def initial_params(
-    passes: PassEngine,
+    engine: PassEngine,
     n_rows: int,
     n_features: int,
     candidates: Sequence[Candidate],
@@ -169,29 +169,29 @@ def initial_params(
     if fixed is not None:
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
     if explicit is not None:
-        return [_explicit_params(passes, explicit, c, n_features, reg_covar)
+        return [_explicit_params(engine, explicit, c, n_features, reg_covar)
                 for c in candidates]
 
     if init_mode == "random":
-        X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(passes, X, k_max, w)
+        X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        _check_distinct(engine, X, k_max, w)
         origin = X[0]
-        passes_ = [
+        functions = [
             partial(kernel.random_resp_stats, origin=origin, k=c.k,
                     covariance_type=c.covariance_type, seed=c.seed)
             for c in candidates
         ]
         shifts = [kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type)
                   for c in candidates]
-        stats = passes.stats(passes_, shifts, [c.covariance_type for c in candidates],
+        stats = engine.stats(functions, shifts, [c.covariance_type for c in candidates],
                              "random responsibilities")
         return [kernel.m_step(s, reg_covar) for s in stats]
 
     if init_mode == "randomFromData":
-        X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        distinct = _check_distinct(passes, X, k_max, w)
+        X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
+        distinct = _check_distinct(engine, X, k_max, w)
         full = any(c.covariance_type in ("full", "tied") for c in candidates)
-        _, cov = data_moments(passes, X[0], full)
+        _, cov = data_moments(engine, X[0], full)
         out = []
         for c in candidates:
             rng = np.random.default_rng(c.seed)
@@ -205,8 +205,8 @@ def initial_params(
 
     # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
     pairs = sorted({(c.k, c.seed) for c in candidates})
-    X, w = _sample_rows(passes, n_rows, candidates[0].seed, SAMPLE_ROWS)
-    distinct = _check_distinct(passes, X, k_max, w)
+    X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
+    distinct = _check_distinct(engine, X, k_max, w)
     if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
         X, w = distinct, np.ones(len(distinct))
     scale = kernel.feature_scale(X, w)  # distances in standard deviations of each feature
@@ -215,15 +215,15 @@ def initial_params(
         for k, seed in pairs
     }
     if init_mode == "kmeans":
-        centers = _lloyd(passes, centers, scale)
-    stats = passes.hard_assignment_stats(
+        centers = _lloyd(engine, centers, scale)
+    stats = engine.hard_assignment_stats(
         [centers[(c.k, c.seed)] for c in candidates], [c.covariance_type for c in candidates],
         f"{init_mode} assignment", scale,
     )
     return [kernel.m_step(s, reg_covar) for s in stats]
 
 
-def _explicit_params(passes, explicit: ExplicitInit, c: Candidate, n_features: int,
+def _explicit_params(engine, explicit: ExplicitInit, c: Candidate, n_features: int,
                      reg_covar: float) -> kernel.MixtureParams:
     means = np.atleast_2d(explicit.means)
     if means.shape != (c.k, n_features):
@@ -235,7 +235,7 @@ def _explicit_params(passes, explicit: ExplicitInit, c: Candidate, n_features: i
     covariances = explicit.covariances
     if covariances is None:
         full = c.covariance_type in ("full", "tied")
-        _, cov = data_moments(passes, passes.first_row(), full)
+        _, cov = data_moments(engine, engine.first_row(), full)
         covariances = _covariances_from_data(cov, c.k, c.covariance_type, reg_covar)
     try:
         params = kernel.MixtureParams(weights, means, covariances, c.covariance_type)

@@ -24,10 +24,11 @@ per-component path: ``X - mu_j`` for each j, and moments around each mean.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import linalg
@@ -92,6 +93,9 @@ def default_block_rows(k: int, d: int, covariance_type: str = "full") -> int:
 # --------------------------------------------------------------------------- parameters
 
 
+_POTRF, _TRTRI = linalg.lapack.get_lapack_funcs(("potrf", "trtri"), dtype=np.float64)
+
+
 def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """Cholesky factor of each precision matrix (same layout as the covariances).
 
@@ -104,15 +108,21 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
         covs = covariances[None] if covariance_type == "tied" else covariances
         d = covs.shape[-1]
         out = np.empty_like(covs)
+        finite = np.isfinite(covs).reshape(len(covs), -1).all(axis=1)
         for j, cov in enumerate(covs):
-            try:
-                cov_chol = linalg.cholesky(cov, lower=True)
-            except (linalg.LinAlgError, ValueError) as exc:
+            # LAPACK directly (potrf, then trtri for the triangular inverse): scipy's checked
+            # wrappers cost more than the factorisation of a small matrix
+            cov_chol, info = _POTRF(cov, lower=1, clean=1) if finite[j] else (None, -1)
+            if info == 0:
+                inverse, info = _TRTRI(cov_chol, lower=1)
+            if info != 0:
                 which = "the tied covariance" if covariance_type == "tied" else f"component {j}"
+                why = "it holds NaN or infinite values" if not finite[j] else \
+                    f"leading minor {info} of {d} is not positive"
                 raise CovarianceError(
-                    f"covariance of {which} is not positive definite ({exc}); {advice}"
+                    f"covariance of {which} is not positive definite ({why}); {advice}"
                 ) from None
-            out[j] = linalg.solve_triangular(cov_chol, np.eye(d), lower=True).T
+            out[j] = inverse.T
         return out[0] if covariance_type == "tied" else out
     if not np.all(np.isfinite(covariances)) or np.any(covariances <= 0.0):
         ok = np.isfinite(covariances) & (covariances > 0.0)
@@ -154,7 +164,11 @@ class MixtureParams:
             raise ValueError("weights must be finite, non-negative and not all zero")
         if not np.all(np.isfinite(means)):
             raise ValueError("means must be finite")
-        object.__setattr__(self, "weights", weights / weights.sum())
+        # normalised unless they sum to 1 already up to rounding: weights that come back
+        # from a checkpoint (or an M-step) are then kept bit for bit
+        total = weights.sum()
+        object.__setattr__(self, "weights",
+                           weights.copy() if abs(total - 1.0) <= 1e-12 else weights / total)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "covariances", covariances)
         object.__setattr__(
@@ -182,6 +196,22 @@ class MixtureParams:
 
     def n_parameters(self) -> int:
         return n_parameters(self.k, self.d, self.covariance_type)
+
+    def derived(self, name: str, compute: Callable[["MixtureParams"], Any]) -> Any:
+        """``compute(self)``, computed once per parameters object (what every block and
+        partition of a pass derives from the same parameters). Not pickled."""
+        cache = self.__dict__.get("_derived")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_derived", cache)
+        if name not in cache:
+            cache[name] = compute(self)
+        return cache[name]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_derived", None)
+        return state
 
 
 # --------------------------------------------------------------------------- E-step
@@ -261,7 +291,19 @@ def _expanded(params: MixtureParams) -> bool:
 
 def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
     """The quadratic form of full/tied parameters, or None for diag/spherical or where it
-    would lose precision (not :func:`_expanded`)."""
+    would lose precision (not :func:`_expanded`); built once per parameters object."""
+    return params.derived("quadratic", _build_quadratic)
+
+
+@functools.lru_cache(maxsize=None)
+def _triu_indices(d: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(d)`` (row-major: the pairs (a, a..d-1) in turn), read-only."""
+    rows, cols = np.triu_indices(d)
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
+def _build_quadratic(params: MixtureParams) -> Optional[_Quadratic]:
     if params.covariance_type not in ("full", "tied"):
         return None
     offset = _centre_offsets(params)
@@ -272,7 +314,7 @@ def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
     centre = _center(params.means)
     mu = params.means - centre
     precisions = chol @ np.swapaxes(chol, 1, 2)  # (k, d, d)
-    rows, cols = np.triu_indices(d)  # row-major: the pairs (a, a..d-1) in turn
+    rows, cols = _triu_indices(d)
     pair = precisions[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
     return _Quadratic(
         centre, np.ascontiguousarray(pair), -2.0 * np.einsum("kde,ke->kd", precisions, mu),
@@ -283,8 +325,9 @@ def _quadratic(params: MixtureParams) -> Optional[_Quadratic]:
 
 def _diagonal_far_apart(params: MixtureParams) -> bool:
     """Diag/spherical parameters not :func:`_expanded`: densities and moments are then taken
-    around each mean instead of the centre of the means."""
-    return params.covariance_type in ("diag", "spherical") and not _expanded(params)
+    around each mean instead of the centre of the means (decided once per parameters)."""
+    return params.covariance_type in ("diag", "spherical") and \
+        not params.derived("expanded", _expanded)
 
 
 def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
@@ -359,7 +402,12 @@ def _weighted_log_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
 
 
 def _block_weighted_log_prob(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
-    """:func:`_weighted_log_prob` as a function of row blocks (see :func:`_log_density`)."""
+    """:func:`_weighted_log_prob` as a function of row blocks (see :func:`_log_density`),
+    made once per parameters."""
+    return params.derived("weighted_log_prob", _make_block_weighted_log_prob)
+
+
+def _make_block_weighted_log_prob(params: MixtureParams) -> Callable[[np.ndarray], np.ndarray]:
     density = _log_density(params)
     with np.errstate(divide="ignore"):
         log_weights = np.log(params.weights)
@@ -477,6 +525,12 @@ class SufficientStats:
             self.weight_sum + other.weight_sum, self.n_rows + other.n_rows,
         )
 
+    @staticmethod
+    def vector_size(k: int, d: int, covariance_type: str) -> int:
+        """The length of :meth:`to_vector` for k components of d features."""
+        second = k * d * d if covariance_type in ("full", "tied") else k * d
+        return 3 + 2 * k + k * d + second
+
     def to_vector(self) -> np.ndarray:
         """Flat float64 vector (the shift is not included: the receiver knows it)."""
         head = np.array([self.log_likelihood, self.weight_sum, float(self.n_rows)])
@@ -527,7 +581,7 @@ def _add_moments(stats: SufficientStats, X: np.ndarray, rw: np.ndarray) -> None:
 
 def _symmetric_from_pairs(pairs: np.ndarray, d: int) -> np.ndarray:
     """(k, d(d+1)/2) sums over the pairs a <= b of :meth:`_Quadratic.products` -> (k, d, d)."""
-    rows, cols = np.triu_indices(d)
+    rows, cols = _triu_indices(d)
     out = np.empty((pairs.shape[0], d, d))
     out[:, rows, cols] = pairs
     out[:, cols, rows] = pairs
@@ -560,16 +614,16 @@ def accumulate_stats(
     sample_weight: Optional[np.ndarray],
     params: MixtureParams,
     block_rows: Optional[int] = None,
+    moved: bool = True,
 ) -> SufficientStats:
-    """E-step plus moments of rows X (n, d) with weights (n,) or None, in row blocks."""
-    shift = stats_shift(params)
+    """E-step plus moments of rows X (n, d) with weights (n,) or None, in row blocks,
+    around :func:`stats_shift`. Full/tied moments are summed around the centre of the means
+    (:func:`pass_shift`) and moved at the end; with ``moved=False`` they are not, for a
+    caller that sums many partitions first and moves the sum once (:func:`moved_stats`)."""
     quadratic = _quadratic(params)
-    if quadratic is not None:  # moments around the centre, moved to the means at the end
-        shift = np.repeat(quadratic.centre[None], params.k, axis=0)
-    stats = SufficientStats.zeros(shift, params.covariance_type)
+    stats = SufficientStats.zeros(pass_shift(params), params.covariance_type)
     block = block_rows or default_block_rows(params.k, params.d, params.covariance_type)
-    with np.errstate(divide="ignore"):
-        log_weights = np.log(params.weights)
+    log_weights = params.derived("log_weights", _log_weights)
     weighted = _block_weighted_log_prob(params) if quadratic is None else None
     pair_sums = None if quadratic is None else np.zeros((params.k, quadratic.starts[-1]))
     for Xb, wb in _blocks(X, sample_weight, block):
@@ -592,7 +646,29 @@ def accumulate_stats(
     if quadratic is None:
         return stats
     stats.second += _symmetric_from_pairs(pair_sums, params.d)
+    return moved_stats(stats, params) if moved else stats
+
+
+def pass_shift(params: MixtureParams) -> np.ndarray:
+    """(k, d) shift of ``accumulate_stats(..., moved=False)``: the centre of the means where
+    full/tied densities use the quadratic form, else :func:`stats_shift`."""
+    quadratic = _quadratic(params)
+    if quadratic is None:
+        return stats_shift(params)
+    return np.repeat(quadratic.centre[None], params.k, axis=0)
+
+
+def moved_stats(stats: SufficientStats, params: MixtureParams) -> SufficientStats:
+    """Statistics around :func:`pass_shift` (summed over partitions) moved to
+    :func:`stats_shift`, as ``accumulate_stats`` returns them."""
+    if _quadratic(params) is None:
+        return stats
     return _reshifted(stats, stats_shift(params))
+
+
+def _log_weights(params: MixtureParams) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(params.weights)
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray,

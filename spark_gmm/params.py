@@ -22,11 +22,11 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
+from spark_gmm.engine import ENGINES
 from spark_gmm.kernel import COVARIANCE_TYPES
 
 INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 HANDLE_INVALID = ("error", "skip")
-ENGINES = ("auto", "resident", "jobPerPass")
 
 
 def _one_of(name, allowed):
@@ -153,10 +153,12 @@ class _GaussianMixtureParams(
     )
     engine = Param(
         Params._dummy(), "engine",
-        "How the passes of a fit run: 'resident' holds the rows in the Python workers of one "
-        "barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job per "
-        "pass over cached blocks; 'auto' (the default) is resident wherever a barrier stage "
-        "can run and says once why not where it cannot.",
+        "How the passes of a fit run: 'driver' collects the rows to the driver once and runs "
+        "every pass there (small tables); 'resident' holds the rows in the Python workers of "
+        "one barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job "
+        "per pass over cached blocks; 'auto' (the default) is the driver up to "
+        "spark.gmm.driver.maxBytes of rows (12 MiB by default), else resident wherever a "
+        "barrier stage can run, else job-per-pass, and says once why.",
         typeConverter=_one_of("engine", ENGINES),
     )
     initialModel = Param(

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spark_gmm import kernel
-from spark_gmm.blocks import list_array_to_numpy
-from spark_gmm.tasks import task_scope
+from spark_gmm.engine.blocks import list_array_to_numpy
+from spark_gmm.engine.tasks import task_scope
 
 
 def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],

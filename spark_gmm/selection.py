@@ -17,6 +17,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasWeightCol
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType
 
 from spark_gmm import kernel
 from spark_gmm.data import InvalidInputError, quote_name
@@ -164,7 +165,7 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
 
         restarts = FitOutcome(
             [outcome.candidates[i] for i in indices], [outcome.results[i] for i in indices],
-            outcome.report, outcome.data_passes, outcome.engine,
+            outcome.report, outcome.data_passes, outcome.engine, outcome.engine_reason,
         )
         model = estimator._model_from(dataset, restarts, indices.index(best))
         selection = GaussianMixtureSelectionModel._create(model, table, uid=self.uid)
@@ -281,7 +282,7 @@ class GaussianMixtureEvaluator(Evaluator, HasWeightCol, PersistentStage):
             )
         ll = F.col(quote_name(name))
         weight_col = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) else None
-        w = F.col(quote_name(weight_col)).cast("double") if weight_col else F.lit(1.0)
+        w = F.col(quote_name(weight_col)).cast(DoubleType()) if weight_col else F.lit(1.0)
         row = dataset.agg(F.sum(ll * w).alias("total"), F.sum(w).alias("weight")).collect()[0]
         if row["weight"] is None or not row["weight"] > 0:
             raise InvalidInputError(f"no rows (or zero total weight) to evaluate in '{name}'")

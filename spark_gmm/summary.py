@@ -125,5 +125,11 @@ class GaussianMixtureSummary:
 
     @property
     def engine(self) -> str:
-        """The pass engine that ran the fit: 'resident' or 'jobPerPass'."""
+        """The pass engine that ran the fit: 'driver', 'resident' or 'jobPerPass'."""
         return self._outcome.engine
+
+    @property
+    def engineReason(self) -> str:
+        """Why the fit ran on :attr:`engine` (the size of its rows against the driver
+        engine's limit, a forced engine, or why the resident engine could not run)."""
+        return self._outcome.engine_reason

@@ -6,7 +6,7 @@ import socket
 import threading
 from typing import Callable, List, Optional
 
-from spark_gmm import resident
+from spark_gmm.engine import resident
 
 # (index of the chunk on its connection, chunk) -> the chunks to forward instead
 Tamper = Callable[[int, bytes], List[bytes]]

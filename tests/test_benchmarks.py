@@ -24,7 +24,8 @@ def test_bench_gmm_reports_every_implementation(run_script, tmp_path):
         assert math.isfinite(figures["log_likelihood_evaluated"]), name
     ours = run["implementations"]["spark_gmm"]
     per_pass = run["implementations"]["spark_gmm_jobPerPass"]
-    assert (ours["engine"], per_pass["engine"]) == ("resident", "jobPerPass")
+    # 5,000 x 10 rows are within the driver engine's default limit
+    assert (ours["engine"], per_pass["engine"]) == ("driver", "jobPerPass")
     assert ours["log_likelihood_reported"] == per_pass["log_likelihood_reported"]
     assert ours["memory"]["python_worker_peak_mb"] > 0
     assert (out / "results.csv").read_text().count("\n") >= 4  # header + one row each

@@ -307,8 +307,8 @@ def test_output_column_order_matches_builtin(dropin_local):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_ours_fits_in_one_resident_stage(request, mode):
+def test_ours_fits_small_tables_on_the_driver_everywhere(request, mode):
     """On local[2], through a local Connect server and on local-cluster (separate executor
-    JVMs and Python workers), the default fit runs on the resident engine."""
+    JVMs), the default fit of the drop-in script's small table runs on the driver engine."""
     ours = _require_run(request.getfixturevalue(f"dropin_{mode}"), OURS)
-    assert ours["info"]["engine"] == "resident"
+    assert ours["info"]["engine"] == "driver"

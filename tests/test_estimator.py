@@ -11,8 +11,10 @@ from spark_gmm import GaussianMixture, GaussianMixtureModel, kernel
 from pyspark.rdd import RDD
 
 from spark_gmm.data import prepare, resolve_features
-from spark_gmm.blocks import BLOCKS_SCHEMA, pack
-from spark_gmm.em import SparkPasses, _tree_scale, limit_partitions, pack_blocks
+from spark_gmm.engine.blocks import BLOCKS_SCHEMA, pack
+from spark_gmm.engine.base import tree_scale
+from spark_gmm.engine.job_per_pass import JobPerPassEngine, pack_blocks
+from spark_gmm.engine.partitions import limit_partitions
 from tests.datasets import adjusted_rand_index, array_df, blobs, one_d_mixture, vector_df
 
 TYPES = kernel.COVARIANCE_TYPES
@@ -81,8 +83,8 @@ def test_packing_joins_batches_into_full_blocks(monkeypatch):
     partition's canonical order."""
     import pyarrow as pa
 
-    from spark_gmm import blocks as blocks_module
-    from spark_gmm.blocks import FEATURES, WEIGHT
+    from spark_gmm.engine import blocks as blocks_module
+    from spark_gmm.engine.blocks import FEATURES, WEIGHT
 
     monkeypatch.setattr(blocks_module, "BLOCK_ELEMENTS", 30)  # 10 rows of 3 features
     rng = np.random.default_rng(0)
@@ -111,12 +113,12 @@ def test_packed_block_forms_agree_with_each_other_and_the_kernel(spark, blob_dat
     df = vector_df(spark, X, 40)
     prepared, _ = prepare(df, resolve_features(df, "features", None), None, "error")
     params = _start(X, 3, "full")
-    assert (_tree_scale(40, depth) is None) == (depth == 1)
+    assert (tree_scale(40, depth) is None) == (depth == 1)
     rdd = pack_blocks(prepared, d)
     assert isinstance(rdd, RDD) and rdd.getNumPartitions() == 40
     frame = prepared.mapInArrow(pack(d), BLOCKS_SCHEMA)
-    from_rdd = SparkPasses(rdd, d, depth).em_stats([params])[0].to_vector()
-    from_frame = SparkPasses(frame, d, depth, packed=True).em_stats([params])[0].to_vector()
+    from_rdd = JobPerPassEngine(rdd, d, depth).em_stats([params])[0].to_vector()
+    from_frame = JobPerPassEngine(frame, d, depth, packed=True).em_stats([params])[0].to_vector()
     np.testing.assert_array_equal(from_rdd, from_frame)
     reference = kernel.accumulate_stats(X, None, params).to_vector()
     np.testing.assert_allclose(from_rdd, reference, rtol=1e-9, atol=1e-9)

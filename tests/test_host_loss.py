@@ -3,7 +3,7 @@ detection plus a stage restart, and its fit is bit-identical to an undisturbed o
 
 One local-cluster application (tests/scripts/host_loss_fit.py): an input that comes out of a
 shuffle is cached on both executors; an undisturbed reference fit; then, per mode of
-:mod:`spark_gmm.faults`, the executor of barrier task 0 is SIGSTOPped (JVM, pyspark daemon and
+:mod:`spark_gmm.engine.faults`, the executor of barrier task 0 is SIGSTOPped (JVM, pyspark daemon and
 workers; a "ghost" keeps the worker's connection to the driver open, as a vanished host's
 would stay) on that task's third command -- before computing it ("stop-host-mid-pass") or
 right after replying to it ("stop-host-after-reply"). Spark declares the executor lost after
@@ -24,7 +24,7 @@ import os
 
 import pytest
 
-from spark_gmm.faults import kill_stopped
+from spark_gmm.engine.faults import kill_stopped
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

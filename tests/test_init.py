@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from spark_gmm import kernel
-from spark_gmm.blocks import accumulate, gather
-from spark_gmm.em import PassEngine, in_order
+from spark_gmm.engine.blocks import accumulate, gather
+from spark_gmm.engine.base import PassEngine, in_order
 from spark_gmm.init import Candidate, initial_params
 
 

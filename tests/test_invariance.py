@@ -1,9 +1,9 @@
 """A fit does not depend on how its rows are partitioned or ordered: every random choice of
 the initialisation is a function of row content and seed (spark_gmm.hashing), and each
-partition's rows are packed in a canonical order (spark_gmm.blocks.canonical).
+partition's rows are packed in a canonical order (spark_gmm.engine.blocks.canonical).
 
 * The same rows in 1, 3 or 7 partitions, or shuffled, give the same mixture, components in
-  the same order, for every init mode and covariance type, on both engines (the partition
+  the same order, for every init mode and covariance type, on every engine (the partition
   sums differ only in rounding).
 * The same partitions with their rows in another order give a bit-identical fit.
 * The hash, the canonical order, the sample and the random responsibilities, in NumPy.
@@ -15,16 +15,17 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from spark_gmm import GaussianMixture, blocks, kernel
-from spark_gmm.blocks import FEATURES, WEIGHT, canonical, pack, read_packed
-from spark_gmm.em import num_partitions
+from spark_gmm import GaussianMixture, kernel
+from spark_gmm.engine import blocks
+from spark_gmm.engine.blocks import FEATURES, WEIGHT, canonical, pack, read_packed
+from spark_gmm.engine.partitions import num_partitions
 from spark_gmm.fitting import fit_candidates
 from spark_gmm.hashing import hash_stream, hash_uniforms, row_hash
 from spark_gmm.init import Candidate
 from tests.datasets import blobs
 
 INIT_MODES = ["kmeans", "k-means++", "random", "randomFromData"]
-ENGINES = ["jobPerPass", "resident"]
+ENGINES = ["driver", "jobPerPass", "resident"]
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +74,13 @@ def _assert_close(actual, expected, what):
                                atol=1e-8 * float(np.max(np.abs(expected))), err_msg=what)
 
 
-# Every init mode on the resident engine; on the slower job-per-pass engine (a Spark job per
-# pass) the two modes whose random choices differ in kind: a sample, random responsibilities.
-# The init modes run the same code on both engines; what differs is how the rows are packed.
+# Every init mode on the driver and resident engines; on the slower job-per-pass engine (a
+# Spark job per pass) the two modes whose random choices differ in kind: a sample, random
+# responsibilities. The init modes run the same code on every engine; what differs is how
+# the rows are packed.
 @pytest.mark.parametrize("init_mode, engine",
-                         [(mode, "resident") for mode in INIT_MODES]
+                         [(mode, engine) for engine in ("driver", "resident")
+                          for mode in INIT_MODES]
                          + [("kmeans", "jobPerPass"), ("random", "jobPerPass")])
 def test_same_mixture_whatever_the_partitioning(layouts, init_mode, engine):
     assert [n for _, n in layouts.values()] == [1, 3, 7, 2, 5]
@@ -139,7 +142,7 @@ def test_bit_identical_whatever_the_order_with_several_blocks_per_partition(
         spark, rows, monkeypatch):
     """Blocks of 10 rows (packed on the driver's block size, before the resident engine's
     shuffle too): the blocks of a partition, not only their sums, are the same."""
-    from spark_gmm import resident
+    from spark_gmm.engine import resident
 
     monkeypatch.setattr(resident, "PACK_VALUES", 0)
     monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 30)

@@ -788,7 +788,10 @@ def test_expanded_and_per_component_paths_agree(monkeypatch, name, covariance_ty
     quadratic_ll = K.log_gaussian_prob(X, init)
     quadratic = K.accumulate_stats(X, w, init, block_rows=50)
     monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
-    assert not K._expanded(init)
+    # a new parameters object: what is derived from parameters is derived once per object
+    init = K.MixtureParams(init.weights, init.means, init.covariances, init.covariance_type)
+    assert not K._expanded(init) and K._quadratic(init) is None
+    assert K._diagonal_far_apart(init) == (covariance_type in ("diag", "spherical"))
     assert_close(quadratic_ll, K.log_gaussian_prob(X, init), 1e-12)
     exact = K.accumulate_stats(X, w, init, block_rows=50)
     assert_close(quadratic.resp, exact.resp, 1e-12)
@@ -824,6 +827,9 @@ def test_expansion_error_at_the_limit_stays_below_1e_9(monkeypatch, covariance_t
     expanded_ll = K.log_gaussian_prob(X, params)
     expanded = K.m_step(K.accumulate_stats(X, None, params), 0.0)
     monkeypatch.setattr(K, "EXPANSION_LIMIT", 0.0)
+    # a new parameters object: what is derived from parameters is derived once per object
+    params = MixtureParams([0.5, 0.5], means, cov, covariance_type)
+    assert K._quadratic(params) is None and not K._expanded(params)
     exact_ll = K.log_gaussian_prob(X, params)
     exact = K.m_step(K.accumulate_stats(X, None, params), 0.0)
     own = exact_ll[np.arange(len(X)), np.repeat([0, 1], 2000)]  # each row's own component

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from spark_gmm import GaussianMixture, kernel
 from spark_gmm.selection import GaussianMixtureSelector
-from spark_gmm.resident import PASS_TIMEOUT_CONF, ResidentFailure, task_keys
+from spark_gmm.engine.resident import PASS_TIMEOUT_CONF, ResidentFailure, task_keys
 from tests.datasets import blobs
 
 
@@ -58,7 +58,7 @@ def test_bit_identical_to_job_per_pass_with_restarts(spark, data, covariance_typ
 def test_bit_identical_when_blocks_are_packed_before_the_shuffle(spark, data, monkeypatch):
     """Large fits shuffle packed blocks to the barrier tasks, not rows (PACK_VALUES): with
     several blocks per partition, still the job-per-pass engine's result bit for bit."""
-    from spark_gmm import blocks, resident
+    from spark_gmm.engine import blocks, resident
 
     monkeypatch.setattr(resident, "PACK_VALUES", 0)
     monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 30)  # blocks of 10 rows of 3 features
@@ -176,20 +176,21 @@ def test_a_hung_worker_ends_in_a_clear_error(spark, data, monkeypatch):
     assert healthy.summary.engine == "resident"
     assert 3 <= waited < 30, waited
     # the cancelled stage left the session usable
-    assert GaussianMixture(k=2, maxIter=2, seed=1).fit(data).summary.engine == "resident"
+    assert GaussianMixture(k=2, maxIter=2, seed=1, engine="resident").fit(data) \
+        .summary.engine == "resident"
 
 
 def test_bad_timeout_setting_is_named(spark, data):
     spark.conf.set(PASS_TIMEOUT_CONF, "soon")
     try:
         with pytest.raises(ValueError, match="spark.gmm.resident.passTimeout must be a number"):
-            GaussianMixture(k=2, maxIter=1).fit(data)
+            GaussianMixture(k=2, maxIter=1, engine="resident").fit(data)
     finally:
         spark.conf.unset(PASS_TIMEOUT_CONF)
 
 
 def test_engine_param_is_checked_and_persisted(tmp_path):
-    with pytest.raises(ValueError, match="engine must be one of auto, resident, jobPerPass"):
+    with pytest.raises(ValueError, match="engine must be one of auto, driver, resident, jobPerPass"):
         GaussianMixture(engine="fast")
     gm = GaussianMixture(engine="jobPerPass")
     gm.save(str(tmp_path / "gm"))
@@ -203,7 +204,7 @@ def test_first_fit_of_a_session_starts_python_workers_once(spark, monkeypatch):
     import threading
     import types
 
-    from spark_gmm import resident
+    from spark_gmm.engine import resident
 
     sc = spark.sparkContext
     token = secrets.token_hex(4)

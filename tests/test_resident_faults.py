@@ -11,10 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from spark_gmm import GaussianMixture, resident
-from spark_gmm.channel import Channel, ChannelError, HANDSHAKE_SECONDS, connect
-from spark_gmm.resident import CONNECT_TIMEOUT_CONF, MAX_PENDING_HANDSHAKES, MAX_TASKS_CONF, \
-    PASS_TIMEOUT_CONF, PORT_CONF, ResidentFailure, ResidentPasses, _Coordinator
+from spark_gmm import GaussianMixture
+from spark_gmm.engine import resident
+from spark_gmm.engine.driver import DRIVER_MAX_BYTES_CONF
+from spark_gmm.engine.channel import Channel, ChannelError, HANDSHAKE_SECONDS, connect
+from spark_gmm.engine.resident import CONNECT_TIMEOUT_CONF, MAX_PENDING_HANDSHAKES, MAX_TASKS_CONF, \
+    PASS_TIMEOUT_CONF, PORT_CONF, ResidentFailure, ResidentEngine, _Coordinator
 from tests.datasets import blobs
 from tests.tcp_proxy import free_port, intercept
 
@@ -38,14 +40,23 @@ def reference(data):
     return _facts(GaussianMixture(engine="resident", **FIT).fit(data))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_driver_engine(spark):
+    """engine='auto' here chooses between the resident engine and its fallback, as it does
+    for tables beyond the driver engine's limit: the limit is 0 in this module."""
+    spark.conf.set(DRIVER_MAX_BYTES_CONF, "0")
+    yield
+    spark.conf.unset(DRIVER_MAX_BYTES_CONF)
+
+
 @pytest.fixture(autouse=True)
 def fresh_session_memory(monkeypatch):
     """No test inherits another's 'unreachable' verdict for the session, nor finds its
     fallback reason already said by the process."""
-    from spark_gmm import fitting
+    from spark_gmm.engine import choose
 
     monkeypatch.setattr(resident, "_UNREACHABLE", {})
-    monkeypatch.setattr(fitting, "_SAID", set())
+    monkeypatch.setattr(choose, "_SAID", set())
 
 
 def _facts(model):
@@ -61,15 +72,21 @@ def _assert_identical(a, b):
 
 def _with_conf(monkeypatch, values: dict):
     """Spark settings that cannot be changed at run time (static or core), as the engine
-    reads them (resident._conf)."""
-    original = resident._conf
-    monkeypatch.setattr(resident, "_conf",
-                        lambda spark, key: values[key] if key in values else original(spark, key))
+    reads them (spark_conf.conf_value, which the engines import)."""
+    from spark_gmm.engine import spark_conf
+
+    original = spark_conf.conf_value
+
+    def conf_value(spark, key):
+        return values[key] if key in values else original(spark, key)
+
+    for module in (spark_conf, resident):
+        monkeypatch.setattr(module, "conf_value", conf_value)
 
 
 def _on_pass(monkeypatch, number: int, action):
     """Runs ``action(engine)`` before the resident engine's ``number``-th statistics pass."""
-    original = ResidentPasses.run
+    original = ResidentEngine.run
     count = {"n": 0}
 
     def run(self, *args, **kwargs):
@@ -78,7 +95,7 @@ def _on_pass(monkeypatch, number: int, action):
             action(self)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ResidentPasses, "run", run)
+    monkeypatch.setattr(ResidentEngine, "run", run)
 
 
 def _fit_threads():
@@ -514,19 +531,19 @@ def test_idle_workers_end_their_tasks(spark, data, monkeypatch):
 
 
 def test_held_rows_that_differ_from_the_input_are_an_error(spark, data, monkeypatch):
-    original = ResidentPasses.__init__
+    original = ResidentEngine.__init__
 
     def miscounted(self, rows, n_rows, *args, **kwargs):
         original(self, rows, n_rows + 1, *args, **kwargs)  # as if validation saw another row
 
-    monkeypatch.setattr(ResidentPasses, "__init__", miscounted)
+    monkeypatch.setattr(ResidentEngine, "__init__", miscounted)
     with pytest.raises(ResidentFailure, match=r"the workers hold 900 rows .* but validation "
                                               r"counted 901 rows"):
         GaussianMixture(**FIT).fit(data)  # not a fallback: the input itself is in question
 
 
 def test_a_partition_held_twice_or_missing_is_an_error():
-    engine = ResidentPasses.__new__(ResidentPasses)
+    engine = ResidentEngine.__new__(ResidentEngine)
     engine._pids, engine._rows = {}, {}
     engine.n_rows, engine.total_weight = 20, 20.0
     engine._cancel = lambda: None
@@ -537,13 +554,13 @@ def test_a_partition_held_twice_or_missing_is_an_error():
                            first=True)
     engine._pids = {0: [0, 3]}
     engine.scale = None
-    engine.jobs = 0
-    from spark_gmm.resident_worker import _reply
+    engine.data_passes = 0
+    from spark_gmm.engine.resident_worker import encode_reply
 
-    engine._exchange = lambda *args: {0: _reply(b"S", [(0, np.ones(4))])}
+    engine._exchange = lambda *args: {0: encode_reply(b"S", [(0, np.ones(4))])}
     with pytest.raises(ResidentFailure, match=r"no statistics for input partition\(s\) \[3\]"):
         engine.run([], "a pass", size=4)
-    engine._exchange = lambda *args: {0: _reply(b"S", [(0, np.ones(4)), (0, np.ones(4))])}
+    engine._exchange = lambda *args: {0: encode_reply(b"S", [(0, np.ones(4)), (0, np.ones(4))])}
     with pytest.raises(ResidentFailure, match="malformed reply"):
         engine.run([], "a pass", size=4)
 
@@ -617,11 +634,11 @@ def _task(monkeypatch, coordinator, idle_timeout=60.0):
     import pyarrow as pa
     import pyspark
 
-    from spark_gmm.blocks import FEATURES, WEIGHT
-    from spark_gmm.resident_worker import WorkerSettings, _worker
+    from spark_gmm.engine.blocks import FEATURES, WEIGHT
+    from spark_gmm.engine.resident_worker import WorkerSettings, worker_function
 
     monkeypatch.setattr(pyspark.TaskContext, "get", classmethod(lambda cls: _FakeContext()))
-    run = _worker(WorkerSettings(("127.0.0.1", coordinator.port), KEY, False, 2,
+    run = worker_function(WorkerSettings(("127.0.0.1", coordinator.port), KEY, False, 2,
                                  connect_timeout=10, idle_timeout=idle_timeout))
     batch = pa.RecordBatch.from_pydict({
         "pid": pa.array([0, 0], pa.int32()),

@@ -174,6 +174,9 @@ def test_fit_job_on_a_standalone_cluster(standalone_cluster, tmp_path):
         "--conf", "spark.driver.memory=1g",
         "--conf", "spark.sql.shuffle.partitions=4",
         "--conf", "spark.default.parallelism=4",
+        # 6,000 rows would run on the driver engine: the limit 0 sends the fit to the
+        # executors, whose resident stage this test proves
+        "--conf", "spark.gmm.driver.maxBytes=0",
         "--conf", "spark.driver.host=127.0.0.1",
         "--conf", "spark.driver.bindAddress=127.0.0.1",
         "--conf", "spark.ui.enabled=false",

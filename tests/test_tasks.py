@@ -1,4 +1,4 @@
-"""spark_gmm.tasks, in a fresh interpreter standing in for a Python worker (no Spark): the
+"""spark_gmm.engine.tasks, in a fresh interpreter standing in for a Python worker (no Spark): the
 first task freezes what the worker imported, later tasks freeze again only after new
 imports, and the work runs with one BLAS thread."""
 from __future__ import annotations
@@ -11,10 +11,11 @@ from tests.conftest import REPO_ROOT, script_env
 
 WORKER = """
 import gc, json
-from spark_gmm import kernel, tasks  # what a pass imports (NumPy, SciPy)
+from spark_gmm import kernel
+from spark_gmm.engine import tasks  # what a pass imports (NumPy, SciPy)
 
 def blas_threads():
-    from threadpoolctl import threadpool_info  # imported by spark_gmm.tasks
+    from threadpoolctl import threadpool_info  # imported by spark_gmm.engine.tasks
     return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
 
 facts = {"frozen_before": gc.get_freeze_count(), "blas_outside": blas_threads()}

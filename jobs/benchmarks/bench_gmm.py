@@ -13,8 +13,9 @@ seeded Gaussian blobs written under --workdir, read back, assembled into a "feat
 column, repartitioned, cached and counted before any timing. On that cached DataFrame, with
 tol=0 and the same maxIter for all:
 
-* spark_gmm (``from spark_gmm import GaussianMixture``) on its default resident engine (the
-  whole fit in one barrier stage), and as ``spark_gmm_jobPerPass`` with ``engine="jobPerPass"``
+* spark_gmm (``from spark_gmm import GaussianMixture``) on the engine its defaults choose (the
+  driver engine up to 12 MiB of rows, else the resident engine: the whole fit in one barrier
+  stage), and as ``spark_gmm_jobPerPass`` with ``engine="jobPerPass"``
   (one Spark job per pass; ``--skip-job-per-pass`` leaves it out);
 * Spark's built-in ``pyspark.ml.clustering.GaussianMixture`` (full covariance only: it
   supports nothing else, so other types skip it);
@@ -141,7 +142,7 @@ def collect_features(df, d: int) -> np.ndarray:
     """The cached "features" column collected to the driver as an (n, d) float64 array."""
     from pyspark.ml.functions import vector_to_array
 
-    from spark_gmm.blocks import list_array_to_numpy
+    from spark_gmm.engine.blocks import list_array_to_numpy
 
     table = df.select(vector_to_array("features").alias("x")).toArrow()
     return np.ascontiguousarray(list_array_to_numpy(table.column("x"), d))

@@ -8,9 +8,9 @@
    job), the prepared rows cached as array<double> (how passes read before packing), the
    rows packed in dense blocks and cached as a DataFrame of binary columns read by
    ``mapInArrow`` (how passes read on Spark Connect) and as the RDD of NumPy blocks that
-   ``spark_gmm.em.pack_blocks`` gives on classic sessions; then one EM pass (full
+   ``spark_gmm.engine.job_per_pass.pack_blocks`` gives on classic sessions; then one EM pass (full
    covariance, k components) over each packed form, and over the RDD packed from rows
-   coalesced by ``spark_gmm.em.limit_partitions`` (what a fit does on a classic session).
+   coalesced by ``spark_gmm.engine.job_per_pass.limit_partitions`` (what a fit does on a classic session).
 2. The NumPy kernel alone, one BLAS thread: ``kernel.accumulate_stats`` (the E-step and
    moments of one pass, full covariance) over the same number of rows for several block sizes.
 
@@ -44,9 +44,10 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     from pyspark.sql import functions as F
 
     from spark_gmm import kernel
-    from spark_gmm.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, batch_to_numpy, pack, \
+    from spark_gmm.engine.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, batch_to_numpy, pack, \
         read_packed
-    from spark_gmm.em import SparkPasses, limit_partitions, pack_blocks
+    from spark_gmm.engine.job_per_pass import JobPerPassEngine, pack_blocks
+    from spark_gmm.engine.partitions import limit_partitions
 
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
              .config("spark.driver.memory", "4g").getOrCreate())
@@ -81,7 +82,7 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
                                   .reshape(k, d) % 3, np.repeat(np.eye(d)[None], k, 0), "full")
 
     def em_pass(data):
-        passes = SparkPasses(data, d, packed=True)
+        passes = JobPerPassEngine(data, d, packed=True)
         return lambda: passes.em_stats([params])
 
     out = {

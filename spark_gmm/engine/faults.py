@@ -1,5 +1,5 @@
 """Test-only fault injection for the resident engine's workers (``SPARK_GMM_FAULT_INJECTION``
-on the driver; see :func:`spark_gmm.resident._fault_marker`).
+on the driver; see :func:`spark_gmm.engine.resident._fault_marker`).
 
 The resident worker of barrier task 0 calls :func:`inject` before it reads its rows (moment
 "load") and on its third command twice: at moment "command" (the command was received,
@@ -38,6 +38,11 @@ import os
 import signal
 import time
 from typing import Dict, List, Optional, Tuple
+
+# The driver's environment variable naming the mode (tests only). The job-per-pass engine
+# knows "exit-first-attempt" too: it kills the Python worker on each statistics task's first
+# attempt (tests/test_reliability.py shows a retried fit equals a clean one).
+FAULT_INJECTION = "SPARK_GMM_FAULT_INJECTION"
 
 MODES = {  # mode -> the moment it fires at
     "exit-first-attempt": "command",

@@ -5,20 +5,20 @@ How it runs:
 
 * The fit's prepared rows are tagged with their partition and shuffled to ``n_tasks`` barrier
   tasks, each task holding each of its partitions in the blocks the job-per-pass engine
-  reads, in the same canonical order (:func:`spark_gmm.blocks.canonical`), so the rows Spark
+  reads, in the same canonical order (:func:`spark_gmm.engine.blocks.canonical`), so the rows Spark
   delivers in another order after a recomputation give the same bits. From ``PACK_VALUES``
   values on, each partition is packed into those blocks in its own task first
-  (:func:`spark_gmm.blocks.pack`) and the blocks are shuffled instead of the rows. The tasks,
+  (:func:`spark_gmm.engine.blocks.pack`) and the blocks are shuffled instead of the rows. The tasks,
   never more than the cluster can run at once (nor than ``spark.gmm.resident.maxTasks``), are
   a ``mapInArrow`` with ``barrier=True``, so classic sessions and Spark Connect share one path.
   The barrier stage reads a shuffle and ends in one, so Spark retries it whole when a task
   fails, re-reading the shuffled data rather than the source.
-* Each task connects to a coordinator on the driver (:mod:`spark_gmm.channel`: mutually
+* Each task connects to a coordinator on the driver (:mod:`spark_gmm.engine.channel`: mutually
   authenticated with a fresh key per fit, every message authenticated, encrypted where Spark
   encrypts its own traffic) and answers commands: pass functions and parameters (pickled) come
   down, statistics (float64 bytes) go up. The driver checks that the tasks hold exactly the
   validated rows and that each partition answers each pass exactly once, and sums per
-  partition in partition order with :func:`spark_gmm.em.ordered_sum`, so the result is
+  partition in partition order with :func:`spark_gmm.engine.base.ordered_sum`, so the result is
   bit-identical to the job-per-pass engine on the same partitions.
 * Faults: every connection of the current stage attempt is watched during every pass. A lost
   worker (its connection closes, TCP keepalive gives up on its host, or Spark starts a newer
@@ -49,13 +49,16 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_gmm.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, pack
-from spark_gmm.channel import HANDSHAKE_SECONDS, Channel, ChannelError, accept, \
+from spark_gmm.engine.base import PassEngine, in_order, ordered_sum, tree_scale
+from spark_gmm.engine.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, GatherFunction, \
+    PassFunction, pack
+from spark_gmm.engine.channel import HANDSHAKE_SECONDS, Channel, ChannelError, accept, \
     encryption_available
-from spark_gmm.em import FAULT_INJECTION, GatherFunction, PassEngine, PassFunction, \
-    _set_job_description, _tree_scale, in_order, ordered_sum
-from spark_gmm.resident_worker import _HEADER, MAX_COMMAND_BYTES, MAX_HELLO_BYTES, \
-    RESULT_SCHEMA, WorkerSettings, _warm, _worker
+from spark_gmm.engine.faults import FAULT_INJECTION
+from spark_gmm.engine.partitions import set_job_description
+from spark_gmm.engine.spark_conf import conf_seconds, conf_true, conf_value, size_bytes
+from spark_gmm.engine.resident_worker import MAX_COMMAND_BYTES, MAX_HELLO_BYTES, \
+    REPLY_HEADER, RESULT_SCHEMA, WorkerSettings, warm_up, worker_function
 
 log = logging.getLogger("spark_gmm")
 
@@ -251,7 +254,7 @@ def _shutdown(sock: socket.socket):
         pass
 
 
-class ResidentPasses(PassEngine):
+class ResidentEngine(PassEngine):
     """Runs a fit's passes in the Python workers of one barrier stage that hold its rows.
 
     ``rows`` is the fit's prepared DataFrame in its ``n_partitions`` partitions (those the
@@ -259,8 +262,10 @@ class ResidentPasses(PassEngine):
     validation counted: the workers must hold exactly that). :meth:`start` launches the stage
     and waits for its workers; :meth:`close` ends it, and the workers free their blocks. An
     error raised on the way reaches :meth:`start` or the fit driver, which close with
-    ``cancel=True``: the job is cancelled there, once.
+    ``failed=True``: the job is cancelled there, once.
     """
+
+    name = "resident"
 
     def __init__(self, rows: DataFrame, n_rows: int, total_weight: float, n_features: int,
                  n_partitions: int, aggregation_depth: int, description: str,
@@ -271,10 +276,10 @@ class ResidentPasses(PassEngine):
         self.n_values = n_rows * (n_features + 1)
         self.n_features = n_features
         self.n_partitions = n_partitions
-        self.scale = _tree_scale(n_partitions, aggregation_depth)
+        self.scale = tree_scale(n_partitions, aggregation_depth)
         self.description = description
         self.settings = settings
-        self.jobs = 0  # data passes run so far
+        self.data_passes = 0
         self.rows_held = 0
         self.bytes_held = 0
         self._workers: Dict[int, Channel] = {}
@@ -292,7 +297,7 @@ class ResidentPasses(PassEngine):
 
     # ------------------------------------------------------------------ life cycle
 
-    def start(self) -> "ResidentPasses":
+    def start(self) -> "ResidentEngine":
         """Starts the stage and waits until every task holds its rows. Any failure to start
         is ResidentUnavailable (nothing ran; the caller may fall back), but held rows that
         differ from the input (ResidentFailure) and interrupts."""
@@ -300,14 +305,14 @@ class ResidentPasses(PassEngine):
             self._launch()
             self._acquire(first=True)
         except (ResidentUnavailable, ResidentFailure):
-            self.close(cancel=True)
+            self.close(failed=True)
             raise
         except Exception as exc:  # bind errors, unresolvable hosts, a job that fails early
-            self.close(cancel=True)
+            self.close(failed=True)
             raise ResidentUnavailable(
                 f"the resident engine could not start: {type(exc).__name__}: {exc}") from exc
         except BaseException:  # KeyboardInterrupt
-            self.close(cancel=True)
+            self.close(failed=True)
             raise
         log.info("resident engine: %d rows (%.1f MB) held in %d barrier tasks", self.rows_held,
                  self.bytes_held / 1e6, self.settings.n_tasks)
@@ -317,7 +322,7 @@ class ResidentPasses(PassEngine):
         s = self.settings
         key = secrets.token_bytes(32)
         self._coordinator = _Coordinator(s.bind_host, s.ports, key, s.encrypt)
-        worker = _worker(WorkerSettings(
+        worker = worker_function(WorkerSettings(
             address=(s.advertise_host, self._coordinator.port), key=key, encrypt=s.encrypt,
             n_features=self.n_features, connect_timeout=s.connect_timeout,
             # a worker waits for commands while the driver waits for the slowest peer
@@ -352,7 +357,7 @@ class ResidentPasses(PassEngine):
                 _add_tag(spark, self._tag)
                 if self._abandoned:  # start() gave up before the job was submitted
                     return
-                _set_job_description(self.rows, f"{self.description}: resident fit "
+                set_job_description(self.rows, f"{self.description}: resident fit "
                                                  f"({s.n_tasks} barrier tasks)")
                 self._job_results = [row[0] for row in held.collect()]
             except BaseException as exc:  # reported by the waiting driver
@@ -371,13 +376,13 @@ class ResidentPasses(PassEngine):
         self._job_thread = thread
         thread.start()
 
-    def close(self, cancel: bool = False):
+    def close(self, failed: bool = False):
         """Tells the workers to stop (they free their blocks), waits a little for the job to
-        end (so that nothing of the fit outlives it), and closes the coordinator; with
-        ``cancel`` (an error or an interrupt), cancels the job at once instead. The
+        end (so that nothing of the fit outlives it), and closes the coordinator; when the fit
+        ``failed`` (an error or an interrupt), cancels the job at once instead. The
         coordinator is closed whatever happens, a second interrupt included."""
         try:
-            if cancel:
+            if failed:
                 self._abandoned = True
                 self._cancel()
             else:
@@ -388,7 +393,7 @@ class ResidentPasses(PassEngine):
                     except OSError:
                         pass
             self._drop_workers()
-            if not cancel and self._job_thread is not None and \
+            if not failed and self._job_thread is not None and \
                     not self._job_done.wait(CLOSE_SECONDS):
                 self._cancel()
         except BaseException:
@@ -585,18 +590,18 @@ class ResidentPasses(PassEngine):
 
     def _reply_limit(self, partition: int, values_per_pid: int) -> int:
         n = len(self._pids[partition])
-        return _HEADER.size + 12 * n + 8 * values_per_pid * n + 4096
+        return REPLY_HEADER.size + 12 * n + 8 * values_per_pid * n + 4096
 
     def _parse(self, partition: int, data: bytes, kind: bytes, width: Optional[int]):
         """[(pid, float64 values)] of a worker's reply, checked against what it holds."""
-        tag, count = _HEADER.unpack_from(data)
+        tag, count = REPLY_HEADER.unpack_from(data)
         if tag == b"E":
             raise ResidentFailure(f"resident worker {partition} failed: "
-                                  f"{data[_HEADER.size:].decode(errors='replace')}")
+                                  f"{data[REPLY_HEADER.size:].decode(errors='replace')}")
         malformed = ResidentFailure(f"resident worker {partition}: malformed reply")
         if tag != kind or count > len(self._pids[partition]):
             raise malformed
-        pos = _HEADER.size
+        pos = REPLY_HEADER.size
         pids = np.frombuffer(data, np.int32, count, pos)
         pos += 4 * count
         sizes = np.frombuffer(data, np.int64, count, pos)
@@ -616,7 +621,7 @@ class ResidentPasses(PassEngine):
         replies = self._exchange(
             ("sum", list(passes)), label,
             lambda part: self._reply_limit(part, size) if size else MAX_COMMAND_BYTES)
-        self.jobs += 1
+        self.data_passes += 1
         pairs = []
         for partition, data in sorted(replies.items()):
             got = self._parse(partition, data, b"S", size)
@@ -634,7 +639,7 @@ class ResidentPasses(PassEngine):
         replies = self._exchange(
             ("gather", function), label,
             lambda part: self._reply_limit(part, self._rows[part] * width))
-        self.jobs += 1
+        self.data_passes += 1
         pieces = [(pid, rows.reshape(-1, width)) for partition, data in sorted(replies.items())
                   for pid, rows in self._parse(partition, data, b"G", None)]
         return in_order(pieces)
@@ -680,7 +685,7 @@ def _slots(spark) -> Optional[int]:
     try:
         jsc = spark.sparkContext._jsc.sc()
     except Exception:
-        return _master_slots(_conf(spark, "spark.master") or "")
+        return _master_slots(conf_value(spark, "spark.master") or "")
     return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
 
 
@@ -693,38 +698,9 @@ def _master_slots(master: str) -> Optional[int]:
     return int(match.group(1)) * int(match.group(2)) if match else None
 
 
-def _conf(spark, key: str) -> Optional[str]:
-    """A Spark setting of the session (runtime or static), None when unset or unreadable."""
-    try:
-        value = spark.conf.get(key, None)
-    except Exception:
-        value = None
-    if value is None:
-        try:
-            value = spark.sparkContext.getConf().get(key)
-        except Exception:  # Spark Connect
-            value = None
-    return value
-
-
-def _true(spark, key: str) -> bool:
-    return (_conf(spark, key) or "").strip().lower() == "true"
-
-
-def _seconds(spark, key: str, default: float) -> float:
-    value = _conf(spark, key)
-    try:
-        seconds = float(value) if value is not None else default
-    except ValueError:
-        raise ValueError(f"{key} must be a number of seconds, got {value!r}") from None
-    if not seconds > 0:
-        raise ValueError(f"{key} must be > 0 seconds, got {value!r}")
-    return seconds
-
-
 def _ports(spark) -> Tuple[int, int]:
     """``spark.gmm.resident.port``: "0" (any free port, the default), "N" or "LO-HI"."""
-    value = (_conf(spark, PORT_CONF) or "0").strip()
+    value = (conf_value(spark, PORT_CONF) or "0").strip()
     match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", value)
     lo, hi = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (-1, -1)
     if not (0 <= lo <= hi <= 65535) or (lo == 0 and hi != 0):
@@ -734,7 +710,7 @@ def _ports(spark) -> Tuple[int, int]:
 
 
 def _max_tasks(spark) -> Optional[int]:
-    value = _conf(spark, MAX_TASKS_CONF)
+    value = conf_value(spark, MAX_TASKS_CONF)
     if value is None or not value.strip():
         return None
     try:
@@ -746,32 +722,21 @@ def _max_tasks(spark) -> Optional[int]:
     return n
 
 
-_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def _size_bytes(value: str, default_unit: str = "m") -> int:
-    """A Spark memory setting ("512m", "2g", "1024": MiB) in bytes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([bkmgt])?(?:i?b)?\s*", value.lower())
-    if not match:
-        raise ValueError(f"not a memory size: {value!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2) or default_unit]
-
-
 def _python_memory(spark, master: str) -> Optional[Tuple[float, str]]:
     """(bytes, where from) that one barrier task's Python worker may use, when Spark's
     settings bound it: ``spark.executor.pyspark.memory`` (per executor), else on YARN and
     Kubernetes the executor's memory overhead (which Python workers count against), else for
     a local master this machine's memory; None where nothing bounds it (standalone)."""
-    cores = int(_conf(spark, "spark.executor.cores") or 1)
-    pyspark_memory = _conf(spark, "spark.executor.pyspark.memory")
+    cores = int(conf_value(spark, "spark.executor.cores") or 1)
+    pyspark_memory = conf_value(spark, "spark.executor.pyspark.memory")
     if pyspark_memory:
-        return _size_bytes(pyspark_memory) / max(cores, 1), "spark.executor.pyspark.memory"
+        return size_bytes(pyspark_memory) / max(cores, 1), "spark.executor.pyspark.memory"
     if master.startswith(("yarn", "k8s")):
-        overhead = _conf(spark, "spark.executor.memoryOverhead")
+        overhead = conf_value(spark, "spark.executor.memoryOverhead")
         if overhead:
-            total = _size_bytes(overhead)
+            total = size_bytes(overhead)
         else:
-            executor = _size_bytes(_conf(spark, "spark.executor.memory") or "1g")
+            executor = size_bytes(conf_value(spark, "spark.executor.memory") or "1g")
             total = max(384 << 20, int(0.1 * executor))
         return total / max(cores, 1), "spark.executor.memoryOverhead"
     if master.startswith("local") and not master.startswith("local-cluster"):
@@ -822,17 +787,17 @@ def plan(rows: DataFrame, n_partitions: int, n_values: int
                           "cannot be assumed to reach this client")
         host = bind = "::1" if remote == "::1" else "127.0.0.1"
     else:
-        if _true(spark, "spark.dynamicAllocation.enabled"):
+        if conf_true(spark, "spark.dynamicAllocation.enabled"):
             return None, "dynamic allocation is enabled, and Spark runs no barrier stage under it"
-        host = _conf(spark, "spark.driver.host") or "127.0.0.1"
-        bind = _conf(spark, "spark.driver.bindAddress") or host
+        host = conf_value(spark, "spark.driver.host") or "127.0.0.1"
+        bind = conf_value(spark, "spark.driver.bindAddress") or host
     slots = _slots(spark)
     if not slots:
         return None, ("this session has no SparkContext (Spark Connect, or a shared access "
                       "mode) and its master does not tell how many tasks the cluster runs at "
                       "once, which a barrier stage must know")
     n_tasks = max(1, min(n_partitions or slots, slots, _max_tasks(spark) or slots))
-    encrypt = _true(spark, "spark.network.crypto.enabled") or _true(spark, "spark.ssl.enabled")
+    encrypt = conf_true(spark, "spark.network.crypto.enabled") or conf_true(spark, "spark.ssl.enabled")
     if encrypt:
         missing = encryption_available()
         if missing:
@@ -840,15 +805,15 @@ def plan(rows: DataFrame, n_partitions: int, n_values: int
                           f"spark.ssl.enabled) and the coordinator's channel cannot: {missing}")
     settings = ResidentSettings(
         n_tasks=n_tasks,
-        connect_timeout=_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),
-        pass_timeout=_seconds(spark, PASS_TIMEOUT_CONF, PASS_TIMEOUT),
+        connect_timeout=conf_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),
+        pass_timeout=conf_seconds(spark, PASS_TIMEOUT_CONF, PASS_TIMEOUT),
         bind_host=bind,
         advertise_host=host,
         ports=_ports(spark),
         encrypt=encrypt,
         fault=_fault_marker(),
     )
-    memory = _python_memory(spark, _conf(spark, "spark.master") or "")
+    memory = _python_memory(spark, conf_value(spark, "spark.master") or "")
     if memory is not None:
         per_task = 8.0 * n_values * math.ceil(max(n_partitions, 1) / n_tasks) / \
             max(n_partitions, 1)
@@ -876,7 +841,7 @@ def start_python_workers(spark) -> None:
     slots = _slots(spark)
     if not slots:
         return
-    job = spark.range(0, slots, 1, numPartitions=slots).mapInArrow(_warm, "id long")
+    job = spark.range(0, slots, 1, numPartitions=slots).mapInArrow(warm_up, "id long")
 
     def run():
         try:

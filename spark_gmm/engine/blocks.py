@@ -3,13 +3,13 @@ NumPy, and pass functions run over a partition's blocks. This is what every task
 pass engine imports, so it stays light (NumPy and pyarrow, no pyspark)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from spark_gmm.hashing import row_hash
-from spark_gmm.tasks import task_scope
+from spark_gmm.engine.tasks import task_scope
 
 if TYPE_CHECKING:
     from spark_gmm.kernel import SufficientStats
@@ -130,6 +130,27 @@ def pack(n_features: int):
                 yield record(X[start:start + block], w[start:start + block])
 
     return run
+
+
+def partition_blocks(pid: np.ndarray, X: np.ndarray, w: np.ndarray, n_features: int
+                     ) -> List[Tuple[int, List[Tuple[np.ndarray, np.ndarray]]]]:
+    """Rows tagged with their partition (``pid``, any order) -> [(pid, [(X, w) blocks])] in
+    pid order: each partition's rows in :func:`canonical` order, cut into
+    :func:`block_rows` rows, the blocks :func:`pack` makes of that partition. What the
+    resident workers and the driver engine hold, so that sums per partition equal the
+    job-per-pass engine's bit for bit whatever order the rows arrive in."""
+    if np.any(pid[1:] < pid[:-1]):
+        by_pid = np.argsort(pid, kind="stable")
+        pid, X, w = pid[by_pid], X[by_pid], w[by_pid]
+    starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    ends = np.r_[starts[1:], len(pid)]
+    block = block_rows(n_features)
+    held = []
+    for a, b in zip(starts, ends):
+        Xp, wp = canonical(X[a:b], w[a:b])
+        held.append((int(pid[a]), [(Xp[i:i + block], wp[i:i + block])
+                                   for i in range(0, b - a, block)]))
+    return held
 
 
 def read_packed(batch: pa.RecordBatch, n_features: int):
