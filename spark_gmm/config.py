@@ -390,3 +390,17 @@ def reference_markdown(spec: JobSpec) -> str:
         text = opt.help.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
         rows.append(f"| `{opt.key}` | `{flag}` | {default} | {text} |")
     return "\n".join(rows)
+
+
+# The script and example configuration of each job (docs/jobs.md).
+_JOB_FILES = {"fit": ("fit.py", "fit.toml"), "score": ("score.py", "score.toml"),
+              "select": ("select_model.py", "select.toml"), "sample": ("sample.py", "sample.toml")}
+
+
+def reference_section() -> str:
+    """Every job's settings, one table each: the configuration reference of docs/jobs.md."""
+    parts = []
+    for name, spec in JOBS.items():
+        script, toml = _JOB_FILES[name]
+        parts.append(f"**{name}** (`jobs/{script}`, `conf/{toml}`)\n\n{reference_markdown(spec)}")
+    return "\n\n".join(parts)
