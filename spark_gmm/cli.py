@@ -6,26 +6,13 @@ import sys
 from typing import Optional, Sequence
 
 from spark_gmm import config as _config
-from spark_gmm.jobs.demo import demo_frame
-from spark_gmm.jobs.errors import EXIT_CONFIG, EXIT_FAILED, JobError, describe_error
-from spark_gmm.jobs.filesystem import FileSystem
+from spark_gmm.jobs.errors import EXIT_CONFIG
 from spark_gmm.jobs.fit import main_fit
-from spark_gmm.jobs.inputs import check_features, check_numeric, load_model
-from spark_gmm.jobs.job import Job
-from spark_gmm.jobs.report import html_report, make_plots, model_description
-from spark_gmm.jobs.runner import run_job
 from spark_gmm.jobs.sample import main_sample
 from spark_gmm.jobs.score import main_score
 from spark_gmm.jobs.select import main_select
-from spark_gmm.jobs.session import read_properties
-from spark_gmm.jobs.training_scores import quantile_threshold, score_statistics
 
-__all__ = [  # the entry points, and the helpers this module held before spark_gmm.jobs
-    "main", "main_fit", "main_score", "main_select", "main_sample",
-    "EXIT_CONFIG", "EXIT_FAILED", "FileSystem", "Job", "JobError", "check_features",
-    "check_numeric", "demo_frame", "describe_error", "html_report", "load_model", "make_plots",
-    "model_description", "quantile_threshold", "read_properties", "run_job", "score_statistics",
-]
+__all__ = ["main", "main_fit", "main_score", "main_select", "main_sample"]
 
 _MAINS = {"fit": main_fit, "score": main_score, "select": main_select, "sample": main_sample}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
 from spark_gmm.kernel import COVARIANCE_TYPES
 from spark_gmm.toml_flags import (ConfigError, JobSpec, Option, ResolvedConfig, build_parser,
                                   coerce, flatten, load_toml, parse_cli_value, toml_value)
@@ -47,7 +48,7 @@ def _input_options(features_help: str, cols_help: str) -> List[Option]:
         Option("input.features_col", "str", None, features_help, metavar="COL"),
         Option("input.handle_invalid", "str", "error",
                "Rows with null, NaN or infinite features: 'error' stops the job naming the "
-               "column, 'skip' drops them (the report counts them).", choices=("error", "skip")),
+               "column, 'skip' drops them (the report counts them).", choices=HANDLE_INVALID),
     ]
 
 
@@ -188,8 +189,9 @@ FIT = JobSpec(
         ]
         + _model_options()
         + [
-            Option("model.init_mode", "str", "kmeans", "Initialisation: kmeans or random.",
-                   choices=("kmeans", "random")),
+            Option("model.init_mode", "str", "kmeans",
+                   f"Initialisation: {', '.join(INIT_MODES)} (the estimator's initMode).",
+                   choices=INIT_MODES),
             Option("model.initial_model", "str", None,
                    "A saved model to start EM from (warm start).", metavar="PATH"),
         ]

@@ -9,7 +9,7 @@ summary in :mod:`spark_gmm.summary`.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from pyspark import keyword_only
@@ -33,7 +33,7 @@ from spark_gmm.engine.job_per_pass import JobPerPassEngine
 from spark_gmm.fitting import FitSettings, fit_candidates
 from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
-from spark_gmm.scoring import _sampling_function, _scoring_function
+from spark_gmm.scoring import sampling_function, scoring_function
 from spark_gmm.summary import GaussianMixtureSummary
 from spark_gmm.persistence import (
     ModelFileError,
@@ -199,7 +199,7 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
     # ------------------------------------------------------------------ fit
 
     def _settings(self) -> FitSettings:
-        """What every fit needs from the params (shared with the selector)."""
+        """What every fit needs from the params (:func:`fit_settings`)."""
         initial = self._opt(self.initialModel)
         return FitSettings(
             features_col=self.getFeaturesCol(),
@@ -233,28 +233,10 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
         )
 
     def _fit(self, dataset: DataFrame) -> "GaussianMixtureModel":
-        settings = self._settings()
-        n_init = self.getNInit()
-        if n_init > 1 and (settings.fixed is not None or settings.explicit is not None):
-            log.warning("nInit=%d ignored: fixed initial parameters make every run equal", n_init)
-            n_init = 1
-        seed = self._seed()
-        candidates = [
-            Candidate(self.getK(), self.getCovarianceType(), seed + r) for r in range(n_init)
-        ]
-        outcome = fit_candidates(dataset, candidates, settings)
-        return self._model_from(dataset, outcome, outcome.best())
-
-    def _model_from(self, dataset: DataFrame, outcome, best: int) -> "GaussianMixtureModel":
-        """The model of candidate ``best`` of a fit, with this estimator's uid and params
-        (the initial* ones aside) and a summary of the outcome's runs."""
-        model = GaussianMixtureModel._create(outcome.results[best].params, uid=self.uid)
-        self._copyValues(model)
-        for param in (model.initialModel, model.initialWeights, model.initialMeans,
-                      model.initialCovariances):
-            model.clear(param)
-        model._summary = GaussianMixtureSummary(model, dataset, outcome, best)
-        return model
+        outcome = fit_candidates(dataset, restart_candidates(self, [(self.getK(),
+                                                                     self.getCovarianceType())]),
+                                 fit_settings(self))
+        return model_of(self, dataset, outcome, outcome.best())
 
     # ------------------------------------------------------------------ persistence
 
@@ -273,6 +255,42 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
 
 def _array_or_none(value):
     return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- the fit's internal API
+# What GaussianMixtureSelector (and tests) ask of an estimator to run fits like its own.
+
+
+def fit_settings(estimator: GaussianMixture) -> FitSettings:
+    """What every fit needs from the estimator's params."""
+    return estimator._settings()
+
+
+def restart_candidates(estimator: GaussianMixture,
+                       grid: Sequence[Tuple[int, str]]) -> List[Candidate]:
+    """The candidates of the (k, covariance type) pairs of ``grid``: ``nInit`` restarts each,
+    seeded ``seed, seed + 1, ...`` (one run where fixed initial parameters make every run
+    equal)."""
+    n_init = estimator.getNInit()
+    settings = fit_settings(estimator)
+    if n_init > 1 and (settings.fixed is not None or settings.explicit is not None):
+        log.warning("nInit=%d ignored: fixed initial parameters make every run equal", n_init)
+        n_init = 1
+    seed = estimator._seed()
+    return [Candidate(k, t, seed + r) for k, t in grid for r in range(n_init)]
+
+
+def model_of(estimator: GaussianMixture, dataset: DataFrame, outcome,
+             best: int) -> "GaussianMixtureModel":
+    """The model of candidate ``best`` of a fit, with the estimator's uid and params (the
+    initial* ones aside) and a summary of the outcome's runs."""
+    model = GaussianMixtureModel._create(outcome.results[best].params, uid=estimator.uid)
+    estimator._copyValues(model)
+    for param in (model.initialModel, model.initialWeights, model.initialMeans,
+                  model.initialCovariances):
+        model.clear(param)
+    model._summary = GaussianMixtureSummary(model, dataset, outcome, best)
+    return model
 
 
 class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, PersistentStage):
@@ -302,30 +320,40 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
 
     @property
     def weights(self) -> List[float]:
+        """Mixing weights of the k components (a list of floats summing to 1)."""
         return self._mixture.weights.tolist()
 
     @property
     def means(self) -> np.ndarray:
+        """Component means, k rows of numFeatures values."""
         return self._mixture.means.copy()
 
     @property
     def covariances(self) -> np.ndarray:
+        """Component covariances in the layout of covarianceType: full (k, d, d), tied (d, d), diag
+        (k, d), spherical (k,)."""
         return self._mixture.covariances.copy()
 
     @property
     def precisionsCholesky(self) -> np.ndarray:
+        """Cholesky factors of the precision matrices, in the covariances' layout (scikit-learn's
+        precisions_cholesky_)."""
         return self._mixture.precisions_cholesky.copy()
 
     @property
     def numFeatures(self) -> int:
+        """Number of features d the model was fitted on."""
         return self._mixture.d
 
     @property
     def numParameters(self) -> int:
+        """Free parameters of the mixture (what BIC and AIC count)."""
         return self._mixture.n_parameters()
 
     @property
     def gaussians(self) -> List[MultivariateGaussian]:
+        """The components as Spark's MultivariateGaussian objects (mean, full covariance), as the
+        built-in model gives them."""
         d = self._mixture.d
         return [
             MultivariateGaussian(DenseVector(mean), DenseMatrix(d, d, cov.ravel(order="F")))
@@ -334,16 +362,20 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
 
     @property
     def gaussiansDF(self) -> DataFrame:
+        """The components as a DataFrame of (mean vector, cov matrix) rows, as the built-in model
+        gives them."""
         schema = StructType([StructField("mean", VectorUDT()), StructField("cov", MatrixUDT())])
         rows = [(g.mean, g.cov) for g in self.gaussians]
         return SparkSession.active().createDataFrame(rows, schema)
 
     @property
     def hasSummary(self) -> bool:
+        """Whether the model carries the summary of the fit that made it (not after load)."""
         return self._summary is not None
 
     @property
     def summary(self) -> "GaussianMixtureSummary":
+        """The GaussianMixtureSummary of the fit that made this model (an error after load)."""
         if self._summary is None:
             raise RuntimeError(
                 f"No training summary available for this {type(self).__name__}"
@@ -408,7 +440,7 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         kinds = [field for field in ("probability", "prediction", "logLikelihood")
                  if field in outputs]
         scored = dataset.withColumn(_FEATURES, source.array).mapInArrow(
-            _scoring_function(self._mixture, source.description, kinds,
+            scoring_function(self._mixture, source.description, kinds,
                               [outputs[kind] for kind in kinds]),
             StructType(dataset.schema.fields + fields),
         )
@@ -440,7 +472,7 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         ids = spark.range(0, n, numPartitions=numPartitions) if numPartitions \
             else spark.range(0, n)
         drawn = ids.mapInArrow(
-            _sampling_function(self._mixture, seed, n), "features array<double>, component int"
+            sampling_function(self._mixture, seed, n), "features array<double>, component int"
         )
         return drawn.select(array_to_vector(F.col("features")).alias(self.getFeaturesCol()),
                             F.col("component"))

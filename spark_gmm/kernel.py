@@ -37,12 +37,13 @@ from spark_gmm.hashing import hash_stream, hash_uniforms, row_hash
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
-# Row blocks: temporaries of about CACHE_ELEMENTS doubles (1 MiB) per block stay in a core's
-# L2 cache; never fewer than MIN_BLOCK_ROWS rows (BLAS calls amortised) unless a block would then
-# exceed BLOCK_ELEMENTS doubles (8 MiB), so a partition's memory is bounded whatever its row
-# count, d or k. jobs/bench_pass_read.py times block sizes.
+# The kernel's own row blocks (within the engines' blocks of spark_gmm.engine.blocks): the
+# temporaries of about CACHE_ELEMENTS doubles (1 MiB) per block stay in a core's L2 cache;
+# never fewer than MIN_BLOCK_ROWS rows (BLAS calls amortised) unless the temporaries would then
+# exceed TEMPORARY_ELEMENTS doubles (8 MiB), so a pass's memory is bounded whatever its row
+# count, d or k. jobs/benchmarks/bench_pass_read.py times block sizes.
 CACHE_ELEMENTS = 1 << 17
-BLOCK_ELEMENTS = 1 << 20
+TEMPORARY_ELEMENTS = 1 << 20
 MIN_BLOCK_ROWS = 256
 BLOCK_ROWS = 4096
 # Largest squared Mahalanobis distance (in a component's own metric) from the centre of the
@@ -86,7 +87,7 @@ def default_block_rows(k: int, d: int, covariance_type: str = "full") -> int:
     """Rows per block for temporaries of k log-densities plus, per row, the d(d+1)/2 pair
     products of full/tied (or the d squares of diag/spherical) and d centred features."""
     width = k + d + (d * (d + 1) // 2 if covariance_type in ("full", "tied") else d)
-    rows = max(CACHE_ELEMENTS // width, min(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // width))
+    rows = max(CACHE_ELEMENTS // width, min(MIN_BLOCK_ROWS, TEMPORARY_ELEMENTS // width))
     return max(1, min(BLOCK_ROWS, rows))
 
 
@@ -230,8 +231,8 @@ class _Quadratic:
 
     Feature-major: Xc is (d, n), Z (d(d+1)/2, n) and log-densities (k, n), so each pair
     product is one contiguous multiply and the per-row max and sum over components run along
-    contiguous rows: 1M x 10, k=8 takes 0.17 s per pass on one core against 0.34 s row-major
-    (``jobs/bench_pass_read.py``, before and after this layout)."""
+    contiguous rows: 1M x 10, k=8 takes 0.17 s per pass on one core against 0.34 s for the
+    row-major layout (``jobs/benchmarks/bench_pass_read.py``)."""
 
     centre: np.ndarray  # (d,)
     pair_precisions: np.ndarray  # (k, d(d+1)/2)

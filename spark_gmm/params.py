@@ -22,14 +22,13 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
+from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
 from spark_gmm.engine import ENGINES
 from spark_gmm.kernel import COVARIANCE_TYPES
 
-INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
-HANDLE_INVALID = ("error", "skip")
 
 
-def _one_of(name, allowed):
+def one_of(name, allowed):
     def convert(value):
         value = TypeConverters.toString(value)
         if value not in allowed:
@@ -85,7 +84,7 @@ class _GaussianMixtureParams(
         Params._dummy(), "covarianceType",
         "Covariance structure: full (one matrix per component), tied (one shared matrix), "
         "diag (one variance vector per component) or spherical (one variance per component).",
-        typeConverter=_one_of("covarianceType", COVARIANCE_TYPES),
+        typeConverter=one_of("covarianceType", COVARIANCE_TYPES),
     )
     regCovar = Param(
         Params._dummy(), "regCovar",
@@ -103,7 +102,7 @@ class _GaussianMixtureParams(
         Params._dummy(), "handleInvalid",
         "What to do with rows whose features are null, NaN or infinite: 'error' (the default) "
         "raises an error naming the column; 'skip' drops them (fit reports how many).",
-        typeConverter=_one_of("handleInvalid", HANDLE_INVALID),
+        typeConverter=one_of("handleInvalid", HANDLE_INVALID),
     )
     initMode = Param(
         Params._dummy(), "initMode",
@@ -111,7 +110,7 @@ class _GaussianMixtureParams(
         "iterations over all rows, then one M-step from the hard assignments), 'k-means++' "
         "(the same seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then an M-step) or "
         "'randomFromData' (k distinct rows as means, the data covariance for each).",
-        typeConverter=_one_of("initMode", INIT_MODES),
+        typeConverter=one_of("initMode", INIT_MODES),
     )
     nInit = Param(
         Params._dummy(), "nInit",
@@ -159,7 +158,7 @@ class _GaussianMixtureParams(
         "per pass over cached blocks; 'auto' (the default) is the driver up to "
         "spark.gmm.driver.maxBytes of rows (12 MiB by default), else resident wherever a "
         "barrier stage can run, else job-per-pass, and says once why.",
-        typeConverter=_one_of("engine", ENGINES),
+        typeConverter=one_of("engine", ENGINES),
     )
     initialModel = Param(
         Params._dummy(), "initialModel",

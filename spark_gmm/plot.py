@@ -58,7 +58,7 @@ def _colors(k: int):
 
 # --------------------------------------------------------------------------- model access
 
-def _params(model):
+def mixture_of(model):
     """The model's parameters as kernel.MixtureParams (from its public attributes)."""
     from spark_gmm import kernel
 
@@ -71,7 +71,7 @@ def _params(model):
 
 def _mixture(model):
     """(weights (k,), means (k, d), full covariances (k, d, d)) of a fitted model."""
-    params = _params(model)
+    params = mixture_of(model)
     return params.weights, params.means, params.full_covariances()
 
 
@@ -273,7 +273,7 @@ def plot_clusters_2d(
     if labels is None:
         from spark_gmm import kernel
 
-        labels = kernel.predict(X, _params(model))[0] if len(X) else np.empty(0, dtype=int)
+        labels = kernel.predict(X, mixture_of(model))[0] if len(X) else np.empty(0, dtype=int)
     labels = np.asarray(labels, dtype=int)
     if len(X) > n:  # arrays handed in directly are capped too (plots of 10^6 points are mud)
         keep = np.random.default_rng(seed).choice(len(X), n, replace=False)

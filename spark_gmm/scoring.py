@@ -13,7 +13,7 @@ from spark_gmm.engine.blocks import list_array_to_numpy
 from spark_gmm.engine.tasks import task_scope
 
 
-def _scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
+def scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
                       names: List[str]):
     """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
     the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
@@ -56,7 +56,7 @@ def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names)
 SAMPLE_CHUNK = 4096
 
 
-def _sampling_function(params: kernel.MixtureParams, seed: int, n: int):
+def sampling_function(params: kernel.MixtureParams, seed: int, n: int):
     """mapInArrow function: batches of ids -> (features array, component) drawn per chunk of
     SAMPLE_CHUNK consecutive ids with a generator seeded by (seed, chunk number)."""
     d = params.d

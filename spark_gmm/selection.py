@@ -25,10 +25,12 @@ from spark_gmm.estimator import (
     NUM_PARAMETERS_METADATA,
     GaussianMixture,
     GaussianMixtureModel,
+    fit_settings,
+    model_of,
+    restart_candidates,
 )
 from spark_gmm.fitting import FitOutcome, fit_candidates
-from spark_gmm.init import Candidate
-from spark_gmm.params import _one_of
+from spark_gmm.params import one_of
 from spark_gmm.persistence import PersistentStage, load_child, read_data
 
 CRITERIA = ("bic", "aic")
@@ -61,7 +63,7 @@ class _SelectorParams(Params):
                             typeConverter=_covariance_types)
     criterion = Param(Params._dummy(), "criterion",
                       "selection criterion, lower is better: bic or aic",
-                      typeConverter=_one_of("criterion", CRITERIA))
+                      typeConverter=one_of("criterion", CRITERIA))
 
     def __init__(self):
         super().__init__()
@@ -132,15 +134,15 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
 
     def _fit(self, dataset: DataFrame) -> "GaussianMixtureSelectionModel":
         estimator = self._estimator
-        settings = estimator._settings()
+        settings = fit_settings(estimator)
         if settings.fixed is not None or settings.explicit is not None:
             raise ValueError(
                 "the selector's estimator has initialModel or initialMeans set; a grid over k "
                 "and covarianceType needs data-driven initialisation"
             )
-        n_init, seed = estimator.getNInit(), estimator._seed()
+        n_init = estimator.getNInit()
         grid = [(k, t) for t in self.getCovarianceTypes() for k in self.getKValues()]
-        candidates = [Candidate(k, t, seed + r) for k, t in grid for r in range(n_init)]
+        candidates = restart_candidates(estimator, grid)
         outcome = fit_candidates(dataset, candidates, settings)
 
         rows, chosen = [], []
@@ -167,7 +169,7 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
             [outcome.candidates[i] for i in indices], [outcome.results[i] for i in indices],
             outcome.report, outcome.data_passes, outcome.engine, outcome.engine_reason,
         )
-        model = estimator._model_from(dataset, restarts, indices.index(best))
+        model = model_of(estimator, dataset, restarts, indices.index(best))
         selection = GaussianMixtureSelectionModel._create(model, table, uid=self.uid)
         self._copyValues(selection)
         return selection
@@ -235,7 +237,7 @@ class GaussianMixtureEvaluator(Evaluator, HasWeightCol, PersistentStage):
     """
 
     metricName = Param(Params._dummy(), "metricName", "logLikelihood, bic or aic",
-                       typeConverter=_one_of("metricName", ("logLikelihood", "bic", "aic")))
+                       typeConverter=one_of("metricName", ("logLikelihood", "bic", "aic")))
     logLikelihoodCol = Param(Params._dummy(), "logLikelihoodCol",
                              "column of per-row log densities",
                              typeConverter=TypeConverters.toString)

@@ -33,26 +33,32 @@ class GaussianMixtureSummary:
 
     @property
     def predictionCol(self) -> str:
+        """The name of the prediction column of ``predictions``."""
         return self._model.getPredictionCol()
 
     @property
     def probabilityCol(self) -> str:
+        """The name of the probability column of ``predictions``."""
         return self._model.getProbabilityCol()
 
     @property
     def featuresCol(self) -> str:
+        """The name of the features column the model read."""
         return self._model.getFeaturesCol()
 
     @property
     def k(self) -> int:
+        """Number of components."""
         return self._model.getK()
 
     @property
     def cluster(self) -> DataFrame:
+        """The ``predictions``' prediction column (each row's most probable component)."""
         return self.predictions.select(self.predictionCol)
 
     @property
     def probability(self) -> DataFrame:
+        """The ``predictions``' probability column (each row's component probabilities)."""
         return self.predictions.select(self.probabilityCol)
 
     @property
@@ -62,10 +68,12 @@ class GaussianMixtureSummary:
 
     @property
     def numIter(self) -> int:
+        """EM iterations the returned run took."""
         return self._result.n_iter
 
     @property
     def converged(self) -> bool:
+        """Whether the returned run stopped by ``tol`` rather than ``maxIter``."""
         return self._result.converged
 
     @property
@@ -80,23 +88,28 @@ class GaussianMixtureSummary:
 
     @property
     def numRows(self) -> int:
+        """Rows fitted (after any skipped by handleInvalid='skip')."""
         return self._report.n_rows
 
     @property
     def numSkippedRows(self) -> int:
+        """Rows skipped for null, NaN or infinite features (handleInvalid='skip')."""
         return self._report.n_skipped
 
     @property
     def totalWeight(self) -> float:
+        """Sum of the fitted rows' weights (their count without weightCol)."""
         return self._result.final_stats.weight_sum
 
     @property
     def bic(self) -> float:
+        """Bayesian information criterion of the fit on its training data (lower is better)."""
         return kernel.information_criteria(
             self.logLikelihood, self._model.numParameters, self.totalWeight)[0]
 
     @property
     def aic(self) -> float:
+        """Akaike information criterion of the fit on its training data (lower is better)."""
         return kernel.information_criteria(
             self.logLikelihood, self._model.numParameters, self.totalWeight)[1]
 
@@ -107,6 +120,7 @@ class GaussianMixtureSummary:
 
     @property
     def bestRestart(self) -> int:
+        """Index in ``restarts`` of the run whose parameters were returned."""
         return self._best
 
     @property

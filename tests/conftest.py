@@ -37,7 +37,7 @@ if str(TESTS_DIR) not in sys.path:  # make ``import connect_server`` work
 
 import class_archive  # noqa: E402
 from connect_server import (  # noqa: E402
-    TEST_JVM_OPTIONS,  # test_artifact imports it from here
+    TEST_JVM_OPTIONS,  # noqa: F401  (test_artifact imports it from here)
     ConnectServer,
     ConnectServerUnavailable,
     jvm_options_for_tests,

@@ -18,6 +18,7 @@ import pytest
 from spark_gmm import GaussianMixture, kernel
 from spark_gmm.engine import driver
 from spark_gmm.engine.driver import DRIVER_MAX_BYTES_CONF, driver_limit, packed_bytes
+from spark_gmm.estimator import fit_settings
 from spark_gmm.fitting import fit_candidates
 from spark_gmm.init import Candidate
 from spark_gmm.selection import GaussianMixtureSelector
@@ -44,7 +45,7 @@ def _outcome(df, init_mode: str, engine: str):
     gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=4, tol=0.0, seed=3,
                          engine=engine)
     candidates = [Candidate(3, t, seed) for t in kernel.COVARIANCE_TYPES for seed in (3, 4)]
-    return fit_candidates(df, candidates, gm._settings())
+    return fit_candidates(df, candidates, fit_settings(gm))
 
 
 def _assert_same_bits(outcome, reference):

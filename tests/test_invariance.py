@@ -19,6 +19,7 @@ from spark_gmm import GaussianMixture, kernel
 from spark_gmm.engine import blocks
 from spark_gmm.engine.blocks import FEATURES, WEIGHT, canonical, pack, read_packed
 from spark_gmm.engine.partitions import num_partitions
+from spark_gmm.estimator import fit_settings
 from spark_gmm.fitting import fit_candidates
 from spark_gmm.hashing import hash_stream, hash_uniforms, row_hash
 from spark_gmm.init import Candidate
@@ -65,7 +66,7 @@ def _fit_every_type(df, init_mode: str, engine: str):
     gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=3, tol=0.0, seed=5,
                          engine=engine)
     candidates = [Candidate(3, t, 5) for t in kernel.COVARIANCE_TYPES]
-    return fit_candidates(df, candidates, gm._settings())
+    return fit_candidates(df, candidates, fit_settings(gm))
 
 
 def _assert_close(actual, expected, what):

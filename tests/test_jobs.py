@@ -19,7 +19,9 @@ import pytest
 
 from spark_gmm import cli
 from spark_gmm.config import JOBS, ConfigError, resolve, tomllib  # tomli on Python 3.10
-from spark_gmm.jobs.errors import one_line
+from spark_gmm.jobs.errors import JobError, describe_error, one_line
+from spark_gmm.jobs.session import read_properties
+from spark_gmm.jobs.training_scores import quantile_threshold
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_SCRIPTS = {"fit": "fit.py", "score": "score.py", "select": "select_model.py",
@@ -368,11 +370,11 @@ def test_example_configs_resolve(job, conf, capsys):
 
 
 def test_spark_properties_files():
-    local = cli.read_properties(str(REPO_ROOT / "conf" / "spark-local.properties"))
+    local = read_properties(str(REPO_ROOT / "conf" / "spark-local.properties"))
     assert local["spark.master"] == "local[*]"
     assert local["spark.executorEnv.OMP_NUM_THREADS"] == "1"
     assert local["spark.executorEnv.OPENBLAS_NUM_THREADS"] == "1"
-    cluster = cli.read_properties(str(REPO_ROOT / "conf" / "spark-cluster.properties"))
+    cluster = read_properties(str(REPO_ROOT / "conf" / "spark-cluster.properties"))
     for key in ("spark.executor.memory", "spark.executor.cores", "spark.executor.memoryOverhead",
                 "spark.sql.files.maxPartitionBytes", "spark.executorEnv.OMP_NUM_THREADS"):
         assert key in cluster
@@ -593,8 +595,8 @@ def test_score_errors(fitted, table_dir, tmp_path, capsys, spark):
 
 def test_quantile_threshold_rules():
     scores = {"probabilities": [0.0, 0.01, 0.5, 1.0], "values": [-20.0, -10.0, -5.0, -1.0]}
-    assert cli.quantile_threshold(scores, 0.01) == (-10.0, False)
-    value, interpolated = cli.quantile_threshold(scores, 0.255)
+    assert quantile_threshold(scores, 0.01) == (-10.0, False)
+    value, interpolated = quantile_threshold(scores, 0.255)
     assert interpolated and value == pytest.approx(-7.5)
 
 
@@ -605,10 +607,10 @@ def test_error_lines_of_spark_exceptions():
     exc = Py4JJavaError(
         "An error occurred while calling o38.parquet.\n: org.apache.spark.SparkException: "
         "[FAILED_READ_FILE] Could not read footer.\nmore\n\tat org.apache.Foo(Foo.scala:1)\n")
-    assert cli.describe_error(exc) == (
+    assert describe_error(exc) == (
         "SparkException: [FAILED_READ_FILE] Could not read footer.", 1)
-    assert cli.describe_error(cli.JobError("bad\nthing")) == ("bad", 1)
-    assert cli.describe_error(ConfigError("x")) == ("x", 2)
-    assert cli.describe_error(KeyError("k")) == ("KeyError: 'k'", 1)
+    assert describe_error(JobError("bad\nthing")) == ("bad", 1)
+    assert describe_error(ConfigError("x")) == ("x", 2)
+    assert describe_error(KeyError("k")) == ("KeyError: 'k'", 1)
     assert math.isfinite(len(one_line("a" * 5000)))
     assert len(one_line("a" * 5000)) == 600

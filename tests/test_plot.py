@@ -151,7 +151,7 @@ def test_spark_dataframe_is_sampled_on_spark_with_a_bound(spark):
     assert all(tuple(np.round(x, 9)) in rows for x in Xs)
     from spark_gmm import kernel
 
-    np.testing.assert_array_equal(labels, kernel.predict(Xs, plot._params(model))[0])
+    np.testing.assert_array_equal(labels, kernel.predict(Xs, plot.mixture_of(model))[0])
     # an existing prediction column is used as it is
     from pyspark.sql import functions as F
 

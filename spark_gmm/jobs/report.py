@@ -19,9 +19,9 @@ log = logging.getLogger("spark_gmm")
 
 
 def model_description(model) -> Dict[str, Any]:
-    from spark_gmm.plot import _params, feature_names
+    from spark_gmm.plot import feature_names, mixture_of
 
-    mixture = _params(model)
+    mixture = mixture_of(model)
     full = mixture.full_covariances()
     return {
         "k": model.getK(),
