@@ -6,6 +6,7 @@ the demo's plots in docs/images/ (the fit job on the demo data, then the select 
 
 ``tests/test_jobs.py`` fails when docs/jobs.md's reference differs from the declarations.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
 # docs/images/<name>: the report plot it is a copy of (fit job, or select job for criteria)
-IMAGES = {"density_x.png": "fit", "clusters_x_y.png": "fit", "log_likelihood.png": "fit",
-          "criteria.png": "select"}
+IMAGES = {
+    "density_x.png": "fit",
+    "clusters_x_y.png": "fit",
+    "log_likelihood.png": "fit",
+    "criteria.png": "select",
+}
 
 
 def with_reference(text: str) -> str:
@@ -37,12 +42,35 @@ def make_images() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fit_out, select_out = Path(tmp) / "demo", Path(tmp) / "select"
         python = sys.executable
-        subprocess.run([python, REPO / "jobs" / "fit.py", "--demo", "--output", fit_out,
-                        "--sample-size", "3000"], check=True)
-        subprocess.run([python, REPO / "jobs" / "select_model.py", "--input", fit_out / "data",
-                        "--input-cols", "x,y,z", "--k-values", "2-7",
-                        "--covariance-types", "full,diag,spherical", "--output", select_out],
-                       check=True)
+        subprocess.run(
+            [
+                python,
+                REPO / "jobs" / "fit.py",
+                "--demo",
+                "--output",
+                fit_out,
+                "--sample-size",
+                "3000",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                python,
+                REPO / "jobs" / "select_model.py",
+                "--input",
+                fit_out / "data",
+                "--input-cols",
+                "x,y,z",
+                "--k-values",
+                "2-7",
+                "--covariance-types",
+                "full,diag,spherical",
+                "--output",
+                select_out,
+            ],
+            check=True,
+        )
         for name, job in IMAGES.items():
             source = (fit_out if job == "fit" else select_out) / "report" / name
             shutil.copyfile(source, DOCS / "images" / name)
@@ -51,8 +79,11 @@ def make_images() -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", action="store_true", help="also run the demo jobs and "
-                        "copy their plots to docs/images/")
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="also run the demo jobs and copy their plots to docs/images/",
+    )
     args = parser.parse_args(argv)
     jobs = DOCS / "jobs.md"
     jobs.write_text(with_reference(jobs.read_text()))

@@ -1,4 +1,5 @@
 """The fit job: `python jobs/fit.py --help`, or `spark-submit ... jobs/fit.py ...` (see README)."""
+
 import sys
 
 try:

@@ -1,4 +1,6 @@
-"""The sample job: `python jobs/sample.py --help`, or `spark-submit ... jobs/sample.py ...` (see README)."""
+"""The sample job: `python jobs/sample.py --help`, or `spark-submit ... jobs/sample.py ...`
+(docs/jobs.md)."""
+
 import sys
 
 try:

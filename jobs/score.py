@@ -1,4 +1,6 @@
-"""The score job: `python jobs/score.py --help`, or `spark-submit ... jobs/score.py ...` (see README)."""
+"""The score job: `python jobs/score.py --help`, or `spark-submit ... jobs/score.py ...`
+(docs/jobs.md)."""
+
 import sys
 
 try:

@@ -3,6 +3,7 @@
 (Not named select.py: the folder of a script comes first on sys.path, and a select.py there
 would hide the standard library's select module that Spark's Python code needs.)
 """
+
 import sys
 
 try:

@@ -1,4 +1,5 @@
 """Gaussian mixture models for Apache Spark: a drop-in for pyspark.ml.clustering.GaussianMixture."""
+
 from importlib import import_module
 
 # Imported on first use (PEP 562), so that the Python workers of a fit, which import

@@ -7,6 +7,7 @@ atomically (a temporary file, fsync, rename), so a half-written checkpoint is ne
 named by a fingerprint of everything that determines the fit, so a fit with other settings or
 other data never picks it up. JSON only: nothing is unpickled or evaluated.
 """
+
 from __future__ import annotations
 
 import glob
@@ -29,7 +30,7 @@ def local_dir(path: Optional[str]) -> Optional[str]:
     if not path:
         return None
     if path.startswith("file:"):
-        path = path[len("file:"):]
+        path = path[len("file:") :]
         while path.startswith("//"):
             path = path[1:]
     elif "://" in path:
@@ -59,21 +60,27 @@ class Checkpoint:
         key = {
             "format": FORMAT_VERSION,
             "candidates": [[c.k, c.covariance_type, c.seed] for c in candidates],
-            "init_mode": settings.init_mode, "tol": settings.tol,
-            "reg_covar": settings.reg_covar, "recover_collapsed": settings.recover_collapsed,
-            "features": [settings.features_col, settings.input_cols, settings.weight_col,
-                         settings.handle_invalid],
+            "init_mode": settings.init_mode,
+            "tol": settings.tol,
+            "reg_covar": settings.reg_covar,
+            "recover_collapsed": settings.recover_collapsed,
+            "features": [
+                settings.features_col,
+                settings.input_cols,
+                settings.weight_col,
+                settings.handle_invalid,
+            ],
             "fixed": params(settings.fixed),
-            "explicit": None if explicit is None else [
+            "explicit": None
+            if explicit is None
+            else [
                 None if a is None else a.tolist()
                 for a in (explicit.means, explicit.weights, explicit.covariances)
             ],
-            "data": [report.n_input_rows, report.n_skipped, report.n_features,
-                     report.total_weight],
+            "data": [report.n_input_rows, report.n_skipped, report.n_features, report.total_weight],
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return cls(os.path.join(settings.checkpoint_dir, f"spark_gmm-{digest[:24]}.json"),
-                   digest)
+        return cls(os.path.join(settings.checkpoint_dir, f"spark_gmm-{digest[:24]}.json"), digest)
 
     def load(self) -> Optional[kernel.EMState]:
         """The saved state, or None when there is none (an unreadable one is ignored, with a
@@ -101,8 +108,11 @@ class Checkpoint:
         """Writes the state atomically: readers see the previous checkpoint or this one."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         temporary = f"{self.path}.tmp-{os.getpid()}"
-        payload = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                   "state": state.to_dict()}
+        payload = {
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "state": state.to_dict(),
+        }
         with open(temporary, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
             fh.flush()

@@ -1,5 +1,6 @@
 """The command line of the batch jobs: ``spark-gmm JOB ...``, ``python -m spark_gmm.cli JOB ...``
 and the console scripts (the jobs themselves live in :mod:`spark_gmm.jobs`)."""
+
 from __future__ import annotations
 
 import sys

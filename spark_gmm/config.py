@@ -13,15 +13,26 @@ layer is :mod:`spark_gmm.toml_flags`). From that one list come
 
 No pyspark import here: resolving a configuration (``--print-config``) starts nothing.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
 from spark_gmm.kernel import COVARIANCE_TYPES
-from spark_gmm.toml_flags import (ConfigError, JobSpec, Option, ResolvedConfig, build_parser,
-                                  coerce, flatten, load_toml, parse_cli_value, toml_value)
-from spark_gmm.toml_flags import tomllib  # noqa: F401 - callers read TOML through config
+from spark_gmm.toml_flags import (
+    ConfigError,
+    JobSpec,
+    Option,
+    ResolvedConfig,
+    build_parser,
+    coerce,
+    flatten,
+    load_toml,
+    parse_cli_value,
+    toml_value,
+    tomllib,  # noqa: F401 - callers read TOML through config
+)
 
 INPUT_FORMATS = ("parquet", "csv", "json", "orc")
 OUTPUT_FORMATS = ("parquet", "csv", "json", "orc")
@@ -29,65 +40,130 @@ OUTPUT_FORMATS = ("parquet", "csv", "json", "orc")
 
 # --------------------------------------------------------------------------- options
 
+
 def _input_options(features_help: str, cols_help: str) -> List[Option]:
     return [
-        Option("input.path", "str", None,
-               "Input files or folder: a local path, hdfs://, s3a://, abfss://... Globs work.",
-               flag="--input", metavar="PATH"),
-        Option("input.table", "str", None,
-               "A catalog table to read instead of a path (e.g. lake.sensor_readings).",
-               metavar="NAME"),
-        Option("input.format", "str", None,
-               "Format of input.path: parquet, csv, json or orc. Default: from the file "
-               "extension, else parquet.", choices=INPUT_FORMATS),
-        Option("input.options", "str_map", {},
-               "Reader options, e.g. { header = \"true\", sep = \";\" } (CSV is read with "
-               "header=true and inferSchema=true unless set here).",
-               flag="--read-option", metavar="KEY=VALUE"),
+        Option(
+            "input.path",
+            "str",
+            None,
+            "Input files or folder: a local path, hdfs://, s3a://, abfss://... Globs work.",
+            flag="--input",
+            metavar="PATH",
+        ),
+        Option(
+            "input.table",
+            "str",
+            None,
+            "A catalog table to read instead of a path (e.g. lake.sensor_readings).",
+            metavar="NAME",
+        ),
+        Option(
+            "input.format",
+            "str",
+            None,
+            "Format of input.path: parquet, csv, json or orc. Default: from the file "
+            "extension, else parquet.",
+            choices=INPUT_FORMATS,
+        ),
+        Option(
+            "input.options",
+            "str_map",
+            {},
+            'Reader options, e.g. { header = "true", sep = ";" } (CSV is read with '
+            "header=true and inferSchema=true unless set here).",
+            flag="--read-option",
+            metavar="KEY=VALUE",
+        ),
         Option("input.input_cols", "str_list", None, cols_help, metavar="COL,COL,..."),
         Option("input.features_col", "str", None, features_help, metavar="COL"),
-        Option("input.handle_invalid", "str", "error",
-               "Rows with null, NaN or infinite features: 'error' stops the job naming the "
-               "column, 'skip' drops them (the report counts them).", choices=HANDLE_INVALID),
+        Option(
+            "input.handle_invalid",
+            "str",
+            "error",
+            "Rows with null, NaN or infinite features: 'error' stops the job naming the "
+            "column, 'skip' drops them (the report counts them).",
+            choices=HANDLE_INVALID,
+        ),
     ]
 
 
-_FEATURES_HELP_FIT = ("A vector or array<double> column holding the features (when "
-                      "input_cols is not given; default 'features').")
-_COLS_HELP_FIT = "Numeric columns to cluster, e.g. [\"x\", \"y\", \"z\"] (or --input-cols x,y,z)."
-_FEATURES_HELP_MODEL = ("A vector or array<double> column holding the features. Default: the "
-                        "column(s) the model was trained on.")
-_COLS_HELP_MODEL = ("Numeric columns holding the features, in training order. Default: the "
-                    "column(s) the model was trained on.")
+_FEATURES_HELP_FIT = (
+    "A vector or array<double> column holding the features (when "
+    "input_cols is not given; default 'features')."
+)
+_COLS_HELP_FIT = 'Numeric columns to cluster, e.g. ["x", "y", "z"] (or --input-cols x,y,z).'
+_FEATURES_HELP_MODEL = (
+    "A vector or array<double> column holding the features. Default: the "
+    "column(s) the model was trained on."
+)
+_COLS_HELP_MODEL = (
+    "Numeric columns holding the features, in training order. Default: the "
+    "column(s) the model was trained on."
+)
 
 
 def _output_options(what: str, predictions: bool) -> List[Option]:
     opts = [
-        Option("output.path", "str", None,
-               f"Output folder ({what}); the job refuses to write into an existing, non-empty "
-               "folder unless output.overwrite.", flag="--output", metavar="PATH"),
-        Option("output.overwrite", "bool", False,
-               "Replace the job's outputs in an existing output folder (only the entries the "
-               "job writes are replaced)."),
+        Option(
+            "output.path",
+            "str",
+            None,
+            f"Output folder ({what}); the job refuses to write into an existing, non-empty "
+            "folder unless output.overwrite.",
+            flag="--output",
+            metavar="PATH",
+        ),
+        Option(
+            "output.overwrite",
+            "bool",
+            False,
+            "Replace the job's outputs in an existing output folder (only the entries the "
+            "job writes are replaced).",
+        ),
     ]
     if predictions:
         opts += [
-            Option("output.format", "str", "parquet",
-                   "Format of the predictions: parquet, orc, json or csv (csv writes the "
-                   "probabilities as columns <probability_col>_0.._k-1 and vector inputs as "
-                   "text).", flag="--output-format", choices=OUTPUT_FORMATS),
-            Option("output.partition_by", "str_list", [],
-                   "Columns to partition the predictions by (folders col=value), e.g. "
-                   "[\"prediction\"] or a date column of the input.", metavar="COL,COL,..."),
-            Option("output.num_files", "int", 0,
-                   "Repartition the predictions to this many write tasks (with partition_by: "
-                   "by those columns, so each folder gets few files); 0 keeps Spark's "
-                   "partitioning.", minimum=0),
+            Option(
+                "output.format",
+                "str",
+                "parquet",
+                "Format of the predictions: parquet, orc, json or csv (csv writes the "
+                "probabilities as columns <probability_col>_0.._k-1 and vector inputs as "
+                "text).",
+                flag="--output-format",
+                choices=OUTPUT_FORMATS,
+            ),
+            Option(
+                "output.partition_by",
+                "str_list",
+                [],
+                "Columns to partition the predictions by (folders col=value), e.g. "
+                '["prediction"] or a date column of the input.',
+                metavar="COL,COL,...",
+            ),
+            Option(
+                "output.num_files",
+                "int",
+                0,
+                "Repartition the predictions to this many write tasks (with partition_by: "
+                "by those columns, so each folder gets few files); 0 keeps Spark's "
+                "partitioning.",
+                minimum=0,
+            ),
             Option("output.prediction_col", "str", "prediction", "Name of the cluster column."),
-            Option("output.probability_col", "str", "probability",
-                   "Name of the component-probabilities column (array<double>)."),
-            Option("output.log_likelihood_col", "str", "logLikelihood",
-                   "Name of the per-row log density column, log p(x)."),
+            Option(
+                "output.probability_col",
+                "str",
+                "probability",
+                "Name of the component-probabilities column (array<double>).",
+            ),
+            Option(
+                "output.log_likelihood_col",
+                "str",
+                "logLikelihood",
+                "Name of the per-row log density column, log p(x).",
+            ),
         ]
     return opts
 
@@ -95,83 +171,168 @@ def _output_options(what: str, predictions: bool) -> List[Option]:
 def _model_options(prefix: str = "model") -> List[Option]:
     return [
         Option(f"{prefix}.max_iter", "int", 100, "Maximum number of EM iterations.", minimum=0),
-        Option(f"{prefix}.tol", "float", 1e-3,
-               "Convergence tolerance on the change of the mean per-row log-likelihood.",
-               minimum=0.0),
+        Option(
+            f"{prefix}.tol",
+            "float",
+            1e-3,
+            "Convergence tolerance on the change of the mean per-row log-likelihood.",
+            minimum=0.0,
+        ),
         Option(f"{prefix}.seed", "int", 42, "Random seed (initialisation)."),
-        Option(f"{prefix}.reg_covar", "float", 1e-6,
-               "Added to every covariance diagonal so components stay positive definite.",
-               minimum=0.0),
+        Option(
+            f"{prefix}.reg_covar",
+            "float",
+            1e-6,
+            "Added to every covariance diagonal so components stay positive definite.",
+            minimum=0.0,
+        ),
     ]
 
 
 def _report_options() -> List[Option]:
     return [
-        Option("report.plots", "bool", True,
-               "Draw PNG plots (needs matplotlib: pip install 'spark-gmm[plot]'; without it "
-               "the report says the plots were skipped)."),
-        Option("report.plot_features", "str_list", [],
-               "The pair of features for the scatter plot (column names, or 0-based indices "
-               "for a vector column). Default: the first two.", metavar="F1,F2"),
-        Option("report.sample_size", "int", 5000,
-               "Rows sampled (on Spark, then collected) for the scatter plot and histograms.",
-               minimum=10, maximum=1_000_000),
-        Option("report.max_histograms", "int", 4,
-               "Histograms drawn: one per feature (marginal density and components) for the "
-               "first N features.", minimum=0),
+        Option(
+            "report.plots",
+            "bool",
+            True,
+            "Draw PNG plots (needs matplotlib: pip install 'spark-gmm[plot]'; without it "
+            "the report says the plots were skipped).",
+        ),
+        Option(
+            "report.plot_features",
+            "str_list",
+            [],
+            "The pair of features for the scatter plot (column names, or 0-based indices "
+            "for a vector column). Default: the first two.",
+            metavar="F1,F2",
+        ),
+        Option(
+            "report.sample_size",
+            "int",
+            5000,
+            "Rows sampled (on Spark, then collected) for the scatter plot and histograms.",
+            minimum=10,
+            maximum=1_000_000,
+        ),
+        Option(
+            "report.max_histograms",
+            "int",
+            4,
+            "Histograms drawn: one per feature (marginal density and components) for the "
+            "first N features.",
+            minimum=0,
+        ),
     ]
 
 
 def _demo_options(default_rows: int) -> List[Option]:
     return [
-        Option("demo.enabled", "bool", False,
-               "Generate a demo data set (Gaussian blobs in 3-D, columns x, y, z) as Parquet "
-               "under <output>/data and use it as the input.", flag="--demo"),
-        Option("demo.rows", "int", default_rows, "Rows of the demo data set.", minimum=100,
-               flag="--demo-rows"),
+        Option(
+            "demo.enabled",
+            "bool",
+            False,
+            "Generate a demo data set (Gaussian blobs in 3-D, columns x, y, z) as Parquet "
+            "under <output>/data and use it as the input.",
+            flag="--demo",
+        ),
+        Option(
+            "demo.rows",
+            "int",
+            default_rows,
+            "Rows of the demo data set.",
+            minimum=100,
+            flag="--demo-rows",
+        ),
     ]
 
 
 def _spark_options(job: str) -> List[Option]:
     return [
-        Option("spark.master", "str", None,
-               "Master when the job starts Spark itself (python jobs/...): default local[*]. "
-               "Ignored under spark-submit, whose --master wins.", metavar="URL"),
+        Option(
+            "spark.master",
+            "str",
+            None,
+            "Master when the job starts Spark itself (python jobs/...): default local[*]. "
+            "Ignored under spark-submit, whose --master wins.",
+            metavar="URL",
+        ),
         Option("spark.app_name", "str", f"spark-gmm-{job}", "Spark application name."),
-        Option("spark.properties_file", "str", None,
-               "A Spark properties file (key value per line, as spark-submit "
-               "--properties-file reads) applied when the job starts Spark itself, e.g. "
-               "conf/spark-local.properties.", flag="--spark-properties", metavar="FILE"),
-        Option("spark.conf", "str_map", {},
-               "Spark settings, e.g. { \"spark.sql.shuffle.partitions\" = \"64\" }; they win "
-               "over the properties file.", flag="--conf", metavar="KEY=VALUE"),
-        Option("spark.log_level", "str", "WARN",
-               "Spark's own log level on the console.", flag="--spark-log-level",
-               choices=("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")),
+        Option(
+            "spark.properties_file",
+            "str",
+            None,
+            "A Spark properties file (key value per line, as spark-submit "
+            "--properties-file reads) applied when the job starts Spark itself, e.g. "
+            "conf/spark-local.properties.",
+            flag="--spark-properties",
+            metavar="FILE",
+        ),
+        Option(
+            "spark.conf",
+            "str_map",
+            {},
+            'Spark settings, e.g. { "spark.sql.shuffle.partitions" = "64" }; they win '
+            "over the properties file.",
+            flag="--conf",
+            metavar="KEY=VALUE",
+        ),
+        Option(
+            "spark.log_level",
+            "str",
+            "WARN",
+            "Spark's own log level on the console.",
+            flag="--spark-log-level",
+            choices=("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
+        ),
     ]
 
 
 def _mlflow_options() -> List[Option]:
     """The fit job's MLflow run (spark_gmm.tracking; needs the 'spark-gmm[mlflow]' extra)."""
     return [
-        Option("mlflow.enabled", "bool", False,
-               "Record the fit as an MLflow run: model (mlflow.spark), params, metrics, report "
-               "(needs pip install 'spark-gmm[mlflow]').", flag="--mlflow"),
-        Option("mlflow.tracking_uri", "str", None,
-               "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000. Default: "
-               "MLFLOW_TRACKING_URI, else MLflow's default.", flag="--mlflow-tracking-uri",
-               metavar="URI"),
-        Option("mlflow.experiment", "str", None,
-               "MLflow experiment name (created if missing). Default: MLflow's default.",
-               flag="--mlflow-experiment", metavar="NAME"),
-        Option("mlflow.run_name", "str", None, "MLflow run name. Default: MLflow's.",
-               flag="--mlflow-run-name", metavar="NAME"),
+        Option(
+            "mlflow.enabled",
+            "bool",
+            False,
+            "Record the fit as an MLflow run: model (mlflow.spark), params, metrics, report "
+            "(needs pip install 'spark-gmm[mlflow]').",
+            flag="--mlflow",
+        ),
+        Option(
+            "mlflow.tracking_uri",
+            "str",
+            None,
+            "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000. Default: "
+            "MLFLOW_TRACKING_URI, else MLflow's default.",
+            flag="--mlflow-tracking-uri",
+            metavar="URI",
+        ),
+        Option(
+            "mlflow.experiment",
+            "str",
+            None,
+            "MLflow experiment name (created if missing). Default: MLflow's default.",
+            flag="--mlflow-experiment",
+            metavar="NAME",
+        ),
+        Option(
+            "mlflow.run_name",
+            "str",
+            None,
+            "MLflow run name. Default: MLflow's.",
+            flag="--mlflow-run-name",
+            metavar="NAME",
+        ),
     ]
 
 
-_LOG_LEVEL = Option("log_level", "str", "INFO",
-                    "Level of the job's own log (INFO shows one line per EM iteration).",
-                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+_LOG_LEVEL = Option(
+    "log_level",
+    "str",
+    "INFO",
+    "Level of the job's own log (INFO shows one line per EM iteration).",
+    choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+)
 
 
 FIT = JobSpec(
@@ -180,23 +341,46 @@ FIT = JobSpec(
     tuple(
         [_LOG_LEVEL]
         + _input_options(_FEATURES_HELP_FIT, _COLS_HELP_FIT)
-        + [Option("input.weight_col", "str", None, "Optional numeric column of row weights.",
-                  metavar="COL")]
+        + [
+            Option(
+                "input.weight_col",
+                "str",
+                None,
+                "Optional numeric column of row weights.",
+                metavar="COL",
+            )
+        ]
         + [
             Option("model.k", "int", 3, "Number of components.", minimum=1),
-            Option("model.covariance_type", "str", "full",
-                   "full, tied, diag or spherical.", choices=COVARIANCE_TYPES),
+            Option(
+                "model.covariance_type",
+                "str",
+                "full",
+                "full, tied, diag or spherical.",
+                choices=COVARIANCE_TYPES,
+            ),
         ]
         + _model_options()
         + [
-            Option("model.init_mode", "str", "kmeans",
-                   f"Initialisation: {', '.join(INIT_MODES)} (the estimator's initMode).",
-                   choices=INIT_MODES),
-            Option("model.initial_model", "str", None,
-                   "A saved model to start EM from (warm start).", metavar="PATH"),
+            Option(
+                "model.init_mode",
+                "str",
+                "kmeans",
+                f"Initialisation: {', '.join(INIT_MODES)} (the estimator's initMode).",
+                choices=INIT_MODES,
+            ),
+            Option(
+                "model.initial_model",
+                "str",
+                None,
+                "A saved model to start EM from (warm start).",
+                metavar="PATH",
+            ),
         ]
-        + _output_options("model/, predictions/, report/, training_scores.json, "
-                          "resolved-config.toml", predictions=True)
+        + _output_options(
+            "model/, predictions/, report/, training_scores.json, resolved-config.toml",
+            predictions=True,
+        )
         + [Option("output.predictions", "bool", True, "Write the predictions of the input.")]
         + _report_options()
         + _demo_options(20000)
@@ -212,30 +396,62 @@ SCORE = JobSpec(
     "Apply a saved model to new data: predictions, log-likelihood, optional anomaly flag.",
     tuple(
         [_LOG_LEVEL]
-        + [Option("model.path", "str", None,
-                  "The saved model (the model/ folder of a fit or select output, or that "
-                  "output folder itself).", flag="--model", metavar="PATH")]
+        + [
+            Option(
+                "model.path",
+                "str",
+                None,
+                "The saved model (the model/ folder of a fit or select output, or that "
+                "output folder itself).",
+                flag="--model",
+                metavar="PATH",
+            )
+        ]
         + _input_options(_FEATURES_HELP_MODEL, _COLS_HELP_MODEL)
         + [
-            Option("anomaly.threshold", "float", None,
-                   "Flag rows whose log-likelihood is below this value.", metavar="LOGP"),
-            Option("anomaly.threshold_quantile", "float", None,
-                   "Flag rows below this quantile of the TRAINING log-likelihoods (e.g. 0.01), "
-                   "read from the training_scores.json the fit job saved.",
-                   minimum=0.0, maximum=1.0, metavar="Q"),
-            Option("anomaly.training_scores", "str", None,
-                   "The training_scores.json to take the quantile from. Default: beside the "
-                   "model folder.", metavar="PATH"),
-            Option("anomaly.column", "str", "anomaly", "Name of the boolean anomaly column.",
-                   flag="--anomaly-column"),
+            Option(
+                "anomaly.threshold",
+                "float",
+                None,
+                "Flag rows whose log-likelihood is below this value.",
+                metavar="LOGP",
+            ),
+            Option(
+                "anomaly.threshold_quantile",
+                "float",
+                None,
+                "Flag rows below this quantile of the TRAINING log-likelihoods (e.g. 0.01), "
+                "read from the training_scores.json the fit job saved.",
+                minimum=0.0,
+                maximum=1.0,
+                metavar="Q",
+            ),
+            Option(
+                "anomaly.training_scores",
+                "str",
+                None,
+                "The training_scores.json to take the quantile from. Default: beside the "
+                "model folder.",
+                metavar="PATH",
+            ),
+            Option(
+                "anomaly.column",
+                "str",
+                "anomaly",
+                "Name of the boolean anomaly column.",
+                flag="--anomaly-column",
+            ),
         ]
         + _output_options("predictions/, summary.json, resolved-config.toml", predictions=True)
         + _spark_options("score")
     ),
-    exclusive=(("input.path", "input.table"), ("input.input_cols", "input.features_col"),
-               ("anomaly.threshold", "anomaly.threshold_quantile")),
+    exclusive=(
+        ("input.path", "input.table"),
+        ("input.input_cols", "input.features_col"),
+        ("anomaly.threshold", "anomaly.threshold_quantile"),
+    ),
     epilog="example: python jobs/score.py --model out/demo/model --input new.parquet "
-           "--threshold-quantile 0.01 --output out/scored",
+    "--threshold-quantile 0.01 --output out/scored",
 )
 
 SELECT = JobSpec(
@@ -245,16 +461,34 @@ SELECT = JobSpec(
         [_LOG_LEVEL]
         + _input_options(_FEATURES_HELP_FIT, _COLS_HELP_FIT)
         + [
-            Option("selection.k_values", "int_list", [1, 2, 3, 4, 5, 6],
-                   "Numbers of components to try (--k-values 1-6 or 2,4,8).", metavar="K,K|A-B"),
-            Option("selection.covariance_types", "str_list", ["full", "diag"],
-                   "Covariance types to try.", metavar="TYPE,TYPE"),
-            Option("selection.criterion", "str", "bic", "What picks the best model.",
-                   choices=("bic", "aic")),
+            Option(
+                "selection.k_values",
+                "int_list",
+                [1, 2, 3, 4, 5, 6],
+                "Numbers of components to try (--k-values 1-6 or 2,4,8).",
+                metavar="K,K|A-B",
+            ),
+            Option(
+                "selection.covariance_types",
+                "str_list",
+                ["full", "diag"],
+                "Covariance types to try.",
+                metavar="TYPE,TYPE",
+            ),
+            Option(
+                "selection.criterion",
+                "str",
+                "bic",
+                "What picks the best model.",
+                choices=("bic", "aic"),
+            ),
         ]
         + _model_options("selection")
-        + _output_options("selection.csv, selection.json, model/, report/, "
-                          "training_scores.json, resolved-config.toml", predictions=False)
+        + _output_options(
+            "selection.csv, selection.json, model/, report/, "
+            "training_scores.json, resolved-config.toml",
+            predictions=False,
+        )
         + _report_options()
         + _demo_options(20000)
         + _spark_options("select")
@@ -269,24 +503,53 @@ SAMPLE = JobSpec(
     tuple(
         [_LOG_LEVEL]
         + [
-            Option("model.path", "str", None, "The saved model (as for score).",
-                   flag="--model", metavar="PATH"),
+            Option(
+                "model.path",
+                "str",
+                None,
+                "The saved model (as for score).",
+                flag="--model",
+                metavar="PATH",
+            ),
             Option("sample.n", "int", 1000, "Number of rows to draw.", flag="--n", minimum=1),
             Option("sample.seed", "int", 42, "Random seed."),
-            Option("output.path", "str", None,
-                   "Output folder (samples/, summary.json, resolved-config.toml).",
-                   flag="--output", metavar="PATH"),
-            Option("output.overwrite", "bool", False,
-                   "Replace the job's outputs in an existing output folder."),
-            Option("output.format", "str", "parquet", "parquet, orc, json or csv.",
-                   flag="--output-format", choices=OUTPUT_FORMATS),
-            Option("output.num_files", "int", 0,
-                   "Repartition to this many files before writing (0 keeps Spark's "
-                   "partitioning).", minimum=0),
-            Option("output.expand", "bool", True,
-                   "When the model was trained on numeric columns, write the features as those "
-                   "columns (so the rows look like the training table); else one vector "
-                   "column 'features'."),
+            Option(
+                "output.path",
+                "str",
+                None,
+                "Output folder (samples/, summary.json, resolved-config.toml).",
+                flag="--output",
+                metavar="PATH",
+            ),
+            Option(
+                "output.overwrite",
+                "bool",
+                False,
+                "Replace the job's outputs in an existing output folder.",
+            ),
+            Option(
+                "output.format",
+                "str",
+                "parquet",
+                "parquet, orc, json or csv.",
+                flag="--output-format",
+                choices=OUTPUT_FORMATS,
+            ),
+            Option(
+                "output.num_files",
+                "int",
+                0,
+                "Repartition to this many files before writing (0 keeps Spark's partitioning).",
+                minimum=0,
+            ),
+            Option(
+                "output.expand",
+                "bool",
+                True,
+                "When the model was trained on numeric columns, write the features as those "
+                "columns (so the rows look like the training table); else one vector "
+                "column 'features'.",
+            ),
         ]
         + _spark_options("sample")
     ),
@@ -298,16 +561,18 @@ JOBS: Dict[str, JobSpec] = {spec.name: spec for spec in (FIT, SCORE, SELECT, SAM
 
 # --------------------------------------------------------------------------- resolving
 
-def _check_list_choices(spec: JobSpec, key: str, value: List[str], where: str,
-                        allowed: Sequence[str]) -> None:
+
+def _check_list_choices(
+    spec: JobSpec, key: str, value: List[str], where: str, allowed: Sequence[str]
+) -> None:
     for v in value:
         if v not in allowed:
-            raise ConfigError(f"{where}: {key} must hold values of {', '.join(allowed)}, "
-                              f"got {v!r}")
+            raise ConfigError(f"{where}: {key} must hold values of {', '.join(allowed)}, got {v!r}")
 
 
-def resolve(spec: JobSpec, argv: Optional[Sequence[str]] = None,
-            prog: Optional[str] = None) -> ResolvedConfig:
+def resolve(
+    spec: JobSpec, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None
+) -> ResolvedConfig:
     """defaults < --config file < flags, with exclusive options (path vs table, columns vs
     vector column, threshold vs quantile) taken from the highest layer that sets one."""
     parser = build_parser(spec, prog)
@@ -356,16 +621,18 @@ def resolve(spec: JobSpec, argv: Optional[Sequence[str]] = None,
             values[key] = value
             sources[key] = source
     _check_lists(spec, values)
-    return ResolvedConfig(
-        spec, values, sources, args.config, args.print_config, args.traceback
-    )
+    return ResolvedConfig(spec, values, sources, args.config, args.print_config, args.traceback)
 
 
 def _check_lists(spec: JobSpec, values: Dict[str, Any]) -> None:
     if "selection.covariance_types" in values:
-        _check_list_choices(spec, "selection.covariance_types",
-                            values["selection.covariance_types"] or [], "configuration",
-                            COVARIANCE_TYPES)
+        _check_list_choices(
+            spec,
+            "selection.covariance_types",
+            values["selection.covariance_types"] or [],
+            "configuration",
+            COVARIANCE_TYPES,
+        )
         if not values["selection.covariance_types"]:
             raise ConfigError("configuration: selection.covariance_types is empty")
     if "selection.k_values" in values:
@@ -381,6 +648,7 @@ def _check_lists(spec: JobSpec, values: Dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- reference
 
+
 def reference_markdown(spec: JobSpec) -> str:
     """The job's settings as a Markdown table (the README's configuration reference)."""
     rows = ["| key | flag | default | meaning |", "|---|---|---|---|"]
@@ -395,8 +663,12 @@ def reference_markdown(spec: JobSpec) -> str:
 
 
 # The script and example configuration of each job (docs/jobs.md).
-_JOB_FILES = {"fit": ("fit.py", "fit.toml"), "score": ("score.py", "score.toml"),
-              "select": ("select_model.py", "select.toml"), "sample": ("sample.py", "sample.toml")}
+_JOB_FILES = {
+    "fit": ("fit.py", "fit.toml"),
+    "score": ("score.py", "score.toml"),
+    "select": ("select_model.py", "select.toml"),
+    "sample": ("sample.py", "sample.toml"),
+}
 
 
 def reference_section() -> str:

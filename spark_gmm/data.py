@@ -5,6 +5,7 @@ user's vector column, array column or list of numeric columns into one ``array<d
 expression; :func:`prepare` validates it and names the prepared columns
 (:mod:`spark_gmm.engine.blocks` turns their Arrow batches into NumPy blocks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+
 # types as objects, not strings: a cast by name parses it with Spark's SQL parser, whose
 # first use in a session costs ~0.15 s
 from pyspark.sql.types import ArrayType, DoubleType, NumericType
 
 from spark_gmm.engine.blocks import FEATURES, WEIGHT
-
 
 
 class InvalidInputError(ValueError):
@@ -47,14 +48,20 @@ def resolve_features(
             raise InvalidInputError(
                 f"inputCols {missing} not found; the DataFrame has columns {sorted(fields)}"
             )
-        wrong = [f"{c} ({fields[c].simpleString()})" for c in input_cols
-                 if not isinstance(fields[c], NumericType)]
+        wrong = [
+            f"{c} ({fields[c].simpleString()})"
+            for c in input_cols
+            if not isinstance(fields[c], NumericType)
+        ]
         if wrong:
             raise InvalidInputError(f"inputCols must be numeric, got {', '.join(wrong)}")
         cols = [F.col(quote_name(c)).cast(DoubleType()) for c in input_cols]
         # A null in any column makes the row invalid, as a null vector would be.
-        any_null = F.greatest(*[F.col(quote_name(c)).isNull() for c in input_cols]) \
-            if len(input_cols) > 1 else F.col(quote_name(input_cols[0])).isNull()
+        any_null = (
+            F.greatest(*[F.col(quote_name(c)).isNull() for c in input_cols])
+            if len(input_cols) > 1
+            else F.col(quote_name(input_cols[0])).isNull()
+        )
         array = F.when(any_null, F.lit(None)).otherwise(F.array(*cols))
         return FeatureSource(f"inputCols {list(input_cols)}", array, len(input_cols))
     if features_col not in fields:
@@ -83,9 +90,7 @@ def quote_name(name: str) -> str:
 
 def _row_is_valid(array: Column) -> Column:
     """True where the array is non-null and every element is a finite number."""
-    bad_element = F.exists(
-        array, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
-    )
+    bad_element = F.exists(array, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf")))
     return array.isNotNull() & ~bad_element
 
 
@@ -118,29 +123,34 @@ def prepare(
     with_cols = unvalidated_rows(df, source, weight_col)
     x, w = F.col(FEATURES), F.col(WEIGHT)
     is_valid = _row_is_valid(x)
-    stats = with_cols.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.sum(F.when(~is_valid | x.isNull(), 1).otherwise(0)).alias("invalid"),
-        F.sum(F.when(x.isNull(), 1).otherwise(0)).alias("nulls"),
-        F.min(F.when(is_valid, F.size(x))).alias("min_size"),
-        F.max(F.when(is_valid, F.size(x))).alias("max_size"),
-        F.sum(F.when(is_valid & (w.isNull() | F.isnan(w) | (w < 0) | (w == float("inf"))), 1)
-              .otherwise(0)).alias("bad_weights"),
-        F.sum(F.when(is_valid, w)).alias("total_weight"),
-    ).collect()[0].asDict()
+    stats = (
+        with_cols.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.when(~is_valid | x.isNull(), 1).otherwise(0)).alias("invalid"),
+            F.sum(F.when(x.isNull(), 1).otherwise(0)).alias("nulls"),
+            F.min(F.when(is_valid, F.size(x))).alias("min_size"),
+            F.max(F.when(is_valid, F.size(x))).alias("max_size"),
+            F.sum(
+                F.when(
+                    is_valid & (w.isNull() | F.isnan(w) | (w < 0) | (w == float("inf"))), 1
+                ).otherwise(0)
+            ).alias("bad_weights"),
+            F.sum(F.when(is_valid, w)).alias("total_weight"),
+        )
+        .collect()[0]
+        .asDict()
+    )
     report = check_input(stats, source, weight_col, handle_invalid, expected_features)
     prepared = with_cols.where(is_valid) if report.n_skipped else with_cols
     return prepared, report
 
 
-def unvalidated_rows(df: DataFrame, source: FeatureSource,
-                     weight_col: Optional[str]) -> DataFrame:
+def unvalidated_rows(df: DataFrame, source: FeatureSource, weight_col: Optional[str]) -> DataFrame:
     """The input as columns ``FEATURES`` and ``WEIGHT``, before validation."""
     return df.select(source.array.alias(FEATURES), _weight_column(df, weight_col).alias(WEIGHT))
 
 
-def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray,
-                w: np.ndarray) -> dict:
+def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray, w: np.ndarray) -> dict:
     """The statistics :func:`prepare` aggregates in Spark, from rows held in NumPy: ``n``
     rows, ``nulls`` of them null, ``X_valid`` (n,) whether each row is valid (non-null, every
     element finite), ``sizes`` (n,) each row's number of features, ``w`` (n,) weights (NaN
@@ -150,7 +160,9 @@ def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray,
     valid_w = w[X_valid]
     bad_weights = int(np.count_nonzero(~(np.isfinite(valid_w) & (valid_w >= 0))))
     return {
-        "n": n, "invalid": invalid, "nulls": nulls,
+        "n": n,
+        "invalid": invalid,
+        "nulls": nulls,
         "min_size": int(valid_sizes.min()) if valid_sizes.size else None,
         "max_size": int(valid_sizes.max()) if valid_sizes.size else None,
         "bad_weights": bad_weights,
@@ -158,8 +170,13 @@ def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray,
     }
 
 
-def check_input(stats: dict, source: FeatureSource, weight_col: Optional[str],
-                handle_invalid: str, expected_features: Optional[int] = None) -> "InputReport":
+def check_input(
+    stats: dict,
+    source: FeatureSource,
+    weight_col: Optional[str],
+    handle_invalid: str,
+    expected_features: Optional[int] = None,
+) -> "InputReport":
     """The report of validation statistics (:func:`prepare`, :func:`input_stats`), or the
     error that names the column and the problem."""
     n, invalid = int(stats["n"]), int(stats["invalid"] or 0)

@@ -6,6 +6,7 @@ per-row log densities and warm starts. The arithmetic lives in :mod:`spark_gmm.k
 fit in :mod:`spark_gmm.fitting`, the scoring functions in :mod:`spark_gmm.scoring`, the
 summary in :mod:`spark_gmm.summary`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,8 @@ from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, S
 from spark_gmm import kernel
 from spark_gmm.checkpoint import local_dir
 from spark_gmm.data import (
-    quote_name,
     prepare,
+    quote_name,
     resolve_features,
     valid_rows,
 )
@@ -33,14 +34,14 @@ from spark_gmm.engine.job_per_pass import JobPerPassEngine
 from spark_gmm.fitting import FitSettings, fit_candidates
 from spark_gmm.init import Candidate, ExplicitInit
 from spark_gmm.params import _GaussianMixtureParams
-from spark_gmm.scoring import sampling_function, scoring_function
-from spark_gmm.summary import GaussianMixtureSummary
 from spark_gmm.persistence import (
     ModelFileError,
     PersistentStage,
     load_child,
     read_data,
 )
+from spark_gmm.scoring import sampling_function, scoring_function
+from spark_gmm.summary import GaussianMixtureSummary
 
 log = logging.getLogger("spark_gmm")
 
@@ -228,14 +229,17 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
                     raise ValueError(f"{param.name} needs initialMeans")
             return None
         return ExplicitInit(
-            np.asarray(means), _array_or_none(self._opt(self.initialWeights)),
+            np.asarray(means),
+            _array_or_none(self._opt(self.initialWeights)),
             _array_or_none(self._opt(self.initialCovariances)),
         )
 
     def _fit(self, dataset: DataFrame) -> "GaussianMixtureModel":
-        outcome = fit_candidates(dataset, restart_candidates(self, [(self.getK(),
-                                                                     self.getCovarianceType())]),
-                                 fit_settings(self))
+        outcome = fit_candidates(
+            dataset,
+            restart_candidates(self, [(self.getK(), self.getCovarianceType())]),
+            fit_settings(self),
+        )
         return model_of(self, dataset, outcome, outcome.best())
 
     # ------------------------------------------------------------------ persistence
@@ -266,8 +270,9 @@ def fit_settings(estimator: GaussianMixture) -> FitSettings:
     return estimator._settings()
 
 
-def restart_candidates(estimator: GaussianMixture,
-                       grid: Sequence[Tuple[int, str]]) -> List[Candidate]:
+def restart_candidates(
+    estimator: GaussianMixture, grid: Sequence[Tuple[int, str]]
+) -> List[Candidate]:
     """The candidates of the (k, covariance type) pairs of ``grid``: ``nInit`` restarts each,
     seeded ``seed, seed + 1, ...`` (one run where fixed initial parameters make every run
     equal)."""
@@ -280,14 +285,19 @@ def restart_candidates(estimator: GaussianMixture,
     return [Candidate(k, t, seed + r) for k, t in grid for r in range(n_init)]
 
 
-def model_of(estimator: GaussianMixture, dataset: DataFrame, outcome,
-             best: int) -> "GaussianMixtureModel":
+def model_of(
+    estimator: GaussianMixture, dataset: DataFrame, outcome, best: int
+) -> "GaussianMixtureModel":
     """The model of candidate ``best`` of a fit, with the estimator's uid and params (the
     initial* ones aside) and a summary of the outcome's runs."""
     model = GaussianMixtureModel._create(outcome.results[best].params, uid=estimator.uid)
     estimator._copyValues(model)
-    for param in (model.initialModel, model.initialWeights, model.initialMeans,
-                  model.initialCovariances):
+    for param in (
+        model.initialModel,
+        model.initialWeights,
+        model.initialMeans,
+        model.initialCovariances,
+    ):
         model.clear(param)
     model._summary = GaussianMixtureSummary(model, dataset, outcome, best)
     return model
@@ -377,9 +387,7 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
     def summary(self) -> "GaussianMixtureSummary":
         """The GaussianMixtureSummary of the fit that made this model (an error after load)."""
         if self._summary is None:
-            raise RuntimeError(
-                f"No training summary available for this {type(self).__name__}"
-            )
+            raise RuntimeError(f"No training summary available for this {type(self).__name__}")
         return self._summary
 
     # ------------------------------------------------------------------ single rows
@@ -387,7 +395,9 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
     def _row(self, value) -> np.ndarray:
         x = np.asarray(value.toArray() if isinstance(value, Vector) else value, dtype=np.float64)
         if x.shape != (self._mixture.d,):
-            raise ValueError(f"expected a vector of {self._mixture.d} features, got shape {x.shape}")
+            raise ValueError(
+                f"expected a vector of {self._mixture.d} features, got shape {x.shape}"
+            )
         if not np.all(np.isfinite(x)):
             raise ValueError("the vector has NaN or infinite values")
         return x[None, :]
@@ -437,11 +447,13 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             )
             if name
         ]
-        kinds = [field for field in ("probability", "prediction", "logLikelihood")
-                 if field in outputs]
+        kinds = [
+            field for field in ("probability", "prediction", "logLikelihood") if field in outputs
+        ]
         scored = dataset.withColumn(_FEATURES, source.array).mapInArrow(
-            scoring_function(self._mixture, source.description, kinds,
-                              [outputs[kind] for kind in kinds]),
+            scoring_function(
+                self._mixture, source.description, kinds, [outputs[kind] for kind in kinds]
+            ),
             StructType(dataset.schema.fields + fields),
         )
         cols = [F.col(quote_name(c)) for c in dataset.columns]
@@ -450,13 +462,15 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             if kind == "probability":
                 col = array_to_vector(col).alias(outputs[kind])
             elif kind == "logLikelihood":  # for GaussianMixtureEvaluator's BIC/AIC
-                col = col.alias(outputs[kind],
-                                metadata={NUM_PARAMETERS_METADATA: self.numParameters})
+                col = col.alias(
+                    outputs[kind], metadata={NUM_PARAMETERS_METADATA: self.numParameters}
+                )
             cols.append(col)
         return scored.select(*cols)
 
-    def sample(self, n: int, seed: Optional[int] = None,
-               numPartitions: Optional[int] = None) -> DataFrame:
+    def sample(
+        self, n: int, seed: Optional[int] = None, numPartitions: Optional[int] = None
+    ) -> DataFrame:
         """A DataFrame of ``n`` rows drawn from the mixture on the executors (nothing goes
         through the driver): the features as a vector column named by featuresCol, and
         ``component`` (int), the component each row was drawn from.
@@ -469,13 +483,13 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             raise ValueError(f"n must be >= 0, got {n}")
         seed = self._seed() if seed is None else int(seed)
         spark = SparkSession.active()
-        ids = spark.range(0, n, numPartitions=numPartitions) if numPartitions \
-            else spark.range(0, n)
+        ids = spark.range(0, n, numPartitions=numPartitions) if numPartitions else spark.range(0, n)
         drawn = ids.mapInArrow(
             sampling_function(self._mixture, seed, n), "features array<double>, component int"
         )
-        return drawn.select(array_to_vector(F.col("features")).alias(self.getFeaturesCol()),
-                            F.col("component"))
+        return drawn.select(
+            array_to_vector(F.col("features")).alias(self.getFeaturesCol()), F.col("component")
+        )
 
     def _evaluate(self, dataset: DataFrame):
         """(total weighted log-likelihood, total weight) of a DataFrame at these parameters."""
@@ -510,12 +524,14 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
     def _save_parts(self, spark):
         p = self._mixture
         data = spark.createDataFrame(
-            [(
-                p.weights.tolist(),
-                p.means.tolist(),
-                p.covariances.ravel().tolist(),
-                list(p.covariances.shape),
-            )],
+            [
+                (
+                    p.weights.tolist(),
+                    p.means.tolist(),
+                    p.covariances.ravel().tolist(),
+                    list(p.covariances.shape),
+                )
+            ],
             "weights array<double>, means array<array<double>>, covariances array<double>, "
             "covarianceShape array<int>",
         )
@@ -531,7 +547,9 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             row["covarianceShape"]
         )
         params = kernel.MixtureParams(
-            np.asarray(row["weights"]), np.asarray(row["means"]), covariances,
+            np.asarray(row["weights"]),
+            np.asarray(row["means"]),
+            covariances,
             metadata["covarianceType"],
         )
         return cls._create(params)

@@ -5,6 +5,7 @@ the driver for small fits, else one barrier stage, else one Spark job per pass),
 every candidate (restarts, grid points), and advances all of them together: one pass per EM
 iteration whatever their number.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,8 @@ from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
 from spark_gmm.engine.choose import FitRows, open_engine, say_once
 from spark_gmm.engine.driver import collect_small
-from spark_gmm.engine.resident import start_python_workers
 from spark_gmm.engine.partitions import limited
+from spark_gmm.engine.resident import start_python_workers
 from spark_gmm.init import Candidate, ExplicitInit, initial_params
 
 log = logging.getLogger("spark_gmm")
@@ -66,9 +67,18 @@ def fit_candidates(
     dataset: DataFrame, candidates: Sequence[Candidate], settings: FitSettings
 ) -> FitOutcome:
     source = resolve_features(dataset, settings.features_col, settings.input_cols)
-    small = collect_small(dataset, source, settings.weight_col, settings.handle_invalid,
-                          settings.aggregation_depth, settings.description) \
-        if settings.engine in ("auto", "driver") else None
+    small = (
+        collect_small(
+            dataset,
+            source,
+            settings.weight_col,
+            settings.handle_invalid,
+            settings.aggregation_depth,
+            settings.description,
+        )
+        if settings.engine in ("auto", "driver")
+        else None
+    )
     if small is not None:  # validated on the driver from the one collect
         engine, report, reason = small
         engine.reason = reason if settings.engine == "auto" else "engine='driver'"
@@ -76,22 +86,22 @@ def fit_candidates(
     else:
         if settings.engine != "driver":  # likely a fit for the executors: their Python
             start_python_workers(dataset.sparkSession)  # workers start while Spark validates
-        prepared, report = prepare(dataset, source, settings.weight_col,
-                                   settings.handle_invalid)
+        prepared, report = prepare(dataset, source, settings.weight_col, settings.handle_invalid)
     if report.n_skipped:
         log.warning(
             "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
-            report.n_skipped, report.n_input_rows,
+            report.n_skipped,
+            report.n_input_rows,
         )
     if small is None:
         # Every pass reads the rows packed in dense float64 blocks (about the size of the
         # raw doubles), in at most two partitions per core, coalesced before packing so that
         # packing too runs one Python task per new partition.
         rows, n_partitions = limited(prepared)
-        data = FitRows(rows, report.n_rows, report.n_features, report.total_weight,
-                       n_partitions)
-        engine = open_engine(data, settings.engine, settings.aggregation_depth,
-                             settings.description)
+        data = FitRows(rows, report.n_rows, report.n_features, report.total_weight, n_partitions)
+        engine = open_engine(
+            data, settings.engine, settings.aggregation_depth, settings.description
+        )
     # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
     # wake-ups there (with several, a tiny triangular solve took milliseconds).
     limits = threadpool_limits(limits=1, user_api="blas")
@@ -102,23 +112,41 @@ def fit_candidates(
         init = None
         if resume is None:
             init = initial_params(
-                engine, report.n_rows, report.n_features, candidates,
-                settings.init_mode, settings.reg_covar, weighted=bool(settings.weight_col),
-                fixed=settings.fixed, explicit=settings.explicit,
+                engine,
+                report.n_rows,
+                report.n_features,
+                candidates,
+                settings.init_mode,
+                settings.reg_covar,
+                weighted=bool(settings.weight_col),
+                fixed=settings.fixed,
+                explicit=settings.explicit,
             )
         pass_number = itertools.count(1)
         multiple = len(candidates) > 1
 
         def on_iteration(iteration, i, mean_ll, change, seconds):
-            who = f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]" \
-                if multiple else ""
-            log.info("EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
-                     iteration, who, mean_ll, change, seconds)
+            who = (
+                f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]"
+                if multiple
+                else ""
+            )
+            log.info(
+                "EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
+                iteration,
+                who,
+                mean_ll,
+                change,
+                seconds,
+            )
 
         def on_recovery(iteration, i, components):
             log.warning(
                 "EM iteration %d: component(s) %s of candidate %d collapsed (too few rows); "
-                "re-seeded by splitting the heaviest component", iteration, components, i,
+                "re-seeded by splitting the heaviest component",
+                iteration,
+                components,
+                i,
             )
 
         def on_state(state):
@@ -127,9 +155,14 @@ def fit_candidates(
 
         results = kernel.run_em(
             lambda params: engine.em_stats(params, f"EM pass {next(pass_number)}"),
-            init, settings.max_iter, settings.tol, settings.reg_covar,
-            on_iteration=on_iteration, recover_collapsed=settings.recover_collapsed,
-            on_recovery=on_recovery, resume=resume,
+            init,
+            settings.max_iter,
+            settings.tol,
+            settings.reg_covar,
+            on_iteration=on_iteration,
+            recover_collapsed=settings.recover_collapsed,
+            on_recovery=on_recovery,
+            resume=resume,
             on_state=on_state if checkpoint else None,
         )
         if checkpoint:
@@ -138,5 +171,6 @@ def fit_candidates(
     finally:
         limits.restore_original_limits()
         engine.close(failed=failed)  # an error or an interrupt cancels what still runs
-    return FitOutcome(list(candidates), results, report, engine.data_passes, engine.name,
-                      engine.reason)
+    return FitOutcome(
+        list(candidates), results, report, engine.data_passes, engine.name, engine.reason
+    )

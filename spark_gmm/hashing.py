@@ -7,6 +7,7 @@ The hash mixes the 64-bit patterns of a row's columns one after the other with s
 finaliser (a bijection of uint64 with full avalanche): rows equal in every column hash
 equally, and -0.0 hashes as 0.0.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -7,9 +7,11 @@ an M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as mea
 covariance for every component); or fixed initial parameters (a model or explicit arrays) for
 every candidate. The two k-means modes measure distances in standard deviations of each
 feature (of the sample), so that the start does not depend on the features' units
-(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass engine (:mod:`spark_gmm.engine.job_per_pass`), shared by
-all candidates: on the resident engine no step starts a Spark job.
+(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass
+engine (:mod:`spark_gmm.engine`), shared by all candidates: on the driver and resident engines
+no step starts a Spark job.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,8 +90,7 @@ def _distinct_rows(engine: PassEngine, k: int) -> np.ndarray:
     """Up to k distinct rows among those of positive weight (zero weight = no row): each
     block's first k distinct rows hold at least k distinct ones when the data has them."""
     rows = engine.gather(partial(_distinct_of_block, k=k), "distinct rows")
-    return np.empty((0, engine.n_features)) if rows is None else \
-        np.unique(rows[:, :-1], axis=0)[:k]
+    return np.empty((0, engine.n_features)) if rows is None else np.unique(rows[:, :-1], axis=0)[:k]
 
 
 def _too_few_distinct(found: int, k: int) -> InvalidInputError:
@@ -98,8 +99,9 @@ def _too_few_distinct(found: int, k: int) -> InvalidInputError:
     )
 
 
-def _check_distinct(engine: PassEngine, rows: np.ndarray, k: int,
-                    weights: Optional[np.ndarray] = None) -> np.ndarray:
+def _check_distinct(
+    engine: PassEngine, rows: np.ndarray, k: int, weights: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Distinct rows (of positive weight) of a sample, topped up from all the rows when the
     sample has fewer than k."""
     distinct = np.unique(rows if weights is None else rows[weights > 0], axis=0)
@@ -127,7 +129,11 @@ def _covariances_from_data(cov: np.ndarray, k: int, covariance_type: str, reg_co
         cov = cov + reg_covar * np.eye(cov.shape[0])
         return cov if covariance_type == "tied" else np.repeat(cov[None], k, axis=0)
     variances = (np.diag(cov) if cov.ndim == 2 else cov) + reg_covar
-    return np.repeat(variances[None], k, 0) if covariance_type == "diag" else np.full(k, variances.mean())
+    return (
+        np.repeat(variances[None], k, 0)
+        if covariance_type == "diag"
+        else np.full(k, variances.mean())
+    )
 
 
 def _lloyd(engine: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale: np.ndarray):
@@ -139,9 +145,12 @@ def _lloyd(engine: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale
     for iteration in range(1, KMEANS_MAX_ITER + 1):
         if not active:
             break
-        stats = engine.hard_assignment_stats([centers[pair] for pair in active],
-                                             ["spherical"] * len(active),
-                                             f"k-means iteration {iteration}", scale)
+        stats = engine.hard_assignment_stats(
+            [centers[pair] for pair in active],
+            ["spherical"] * len(active),
+            f"k-means iteration {iteration}",
+            scale,
+        )
         still = []
         for pair, s in zip(active, stats):
             centers[pair], moved = kernel.lloyd_update(s, centers[pair], scale)
@@ -169,22 +178,29 @@ def initial_params(
     if fixed is not None:
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
     if explicit is not None:
-        return [_explicit_params(engine, explicit, c, n_features, reg_covar)
-                for c in candidates]
+        return [_explicit_params(engine, explicit, c, n_features, reg_covar) for c in candidates]
 
     if init_mode == "random":
         X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
         _check_distinct(engine, X, k_max, w)
         origin = X[0]
         functions = [
-            partial(kernel.random_resp_stats, origin=origin, k=c.k,
-                    covariance_type=c.covariance_type, seed=c.seed)
+            partial(
+                kernel.random_resp_stats,
+                origin=origin,
+                k=c.k,
+                covariance_type=c.covariance_type,
+                seed=c.seed,
+            )
             for c in candidates
         ]
-        shifts = [kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type)
-                  for c in candidates]
-        stats = engine.stats(functions, shifts, [c.covariance_type for c in candidates],
-                             "random responsibilities")
+        shifts = [
+            kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type)
+            for c in candidates
+        ]
+        stats = engine.stats(
+            functions, shifts, [c.covariance_type for c in candidates], "random responsibilities"
+        )
         return [kernel.m_step(s, reg_covar) for s in stats]
 
     if init_mode == "randomFromData":
@@ -196,11 +212,14 @@ def initial_params(
         for c in candidates:
             rng = np.random.default_rng(c.seed)
             means = distinct[np.sort(rng.choice(len(distinct), size=c.k, replace=False))]
-            out.append(kernel.MixtureParams(
-                np.full(c.k, 1.0 / c.k), means,
-                _covariances_from_data(cov, c.k, c.covariance_type, reg_covar),
-                c.covariance_type,
-            ))
+            out.append(
+                kernel.MixtureParams(
+                    np.full(c.k, 1.0 / c.k),
+                    means,
+                    _covariances_from_data(cov, c.k, c.covariance_type, reg_covar),
+                    c.covariance_type,
+                )
+            )
         return out
 
     # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
@@ -217,14 +236,17 @@ def initial_params(
     if init_mode == "kmeans":
         centers = _lloyd(engine, centers, scale)
     stats = engine.hard_assignment_stats(
-        [centers[(c.k, c.seed)] for c in candidates], [c.covariance_type for c in candidates],
-        f"{init_mode} assignment", scale,
+        [centers[(c.k, c.seed)] for c in candidates],
+        [c.covariance_type for c in candidates],
+        f"{init_mode} assignment",
+        scale,
     )
     return [kernel.m_step(s, reg_covar) for s in stats]
 
 
-def _explicit_params(engine, explicit: ExplicitInit, c: Candidate, n_features: int,
-                     reg_covar: float) -> kernel.MixtureParams:
+def _explicit_params(
+    engine, explicit: ExplicitInit, c: Candidate, n_features: int, reg_covar: float
+) -> kernel.MixtureParams:
     means = np.atleast_2d(explicit.means)
     if means.shape != (c.k, n_features):
         raise ValueError(

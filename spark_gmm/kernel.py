@@ -22,6 +22,7 @@ product; for diag/spherical, the squared rows times the precisions (rounding: ab
 eps * EXPANSION_LIMIT in a log-density). Components further apart take the exact
 per-component path: ``X - mu_j`` for each j, and moments around each mean.
 """
+
 from __future__ import annotations
 
 import functools
@@ -118,8 +119,11 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
                 inverse, info = _TRTRI(cov_chol, lower=1)
             if info != 0:
                 which = "the tied covariance" if covariance_type == "tied" else f"component {j}"
-                why = "it holds NaN or infinite values" if not finite[j] else \
-                    f"leading minor {info} of {d} is not positive"
+                why = (
+                    "it holds NaN or infinite values"
+                    if not finite[j]
+                    else f"leading minor {info} of {d} is not positive"
+                )
                 raise CovarianceError(
                     f"covariance of {which} is not positive definite ({why}); {advice}"
                 ) from None
@@ -128,9 +132,7 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
     if not np.all(np.isfinite(covariances)) or np.any(covariances <= 0.0):
         ok = np.isfinite(covariances) & (covariances > 0.0)
         bad = np.flatnonzero(~ok.reshape(len(covariances), -1).all(1))
-        raise CovarianceError(
-            f"variance of component(s) {bad.tolist()} is not positive; {advice}"
-        )
+        raise CovarianceError(f"variance of component(s) {bad.tolist()} is not positive; {advice}")
     return 1.0 / np.sqrt(covariances)
 
 
@@ -168,8 +170,9 @@ class MixtureParams:
         # normalised unless they sum to 1 already up to rounding: weights that come back
         # from a checkpoint (or an M-step) are then kept bit for bit
         total = weights.sum()
-        object.__setattr__(self, "weights",
-                           weights.copy() if abs(total - 1.0) <= 1e-12 else weights / total)
+        object.__setattr__(
+            self, "weights", weights.copy() if abs(total - 1.0) <= 1e-12 else weights / total
+        )
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "covariances", covariances)
         object.__setattr__(
@@ -248,7 +251,7 @@ class _Quadratic:
         np.subtract(X.T, self.centre[:, None], out=Xc)
         Z = np.empty((self.starts[-1], n))
         for a in range(d):
-            np.multiply(Xc[a], Xc[a:], out=Z[self.starts[a]:self.starts[a + 1]])
+            np.multiply(Xc[a], Xc[a:], out=Z[self.starts[a] : self.starts[a + 1]])
         return Xc, Z
 
     def log_prob(self, Xc: np.ndarray, Z: np.ndarray) -> np.ndarray:
@@ -318,8 +321,11 @@ def _build_quadratic(params: MixtureParams) -> Optional[_Quadratic]:
     rows, cols = _triu_indices(d)
     pair = precisions[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
     return _Quadratic(
-        centre, np.ascontiguousarray(pair), -2.0 * np.einsum("kde,ke->kd", precisions, mu),
-        offset, np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1),
+        centre,
+        np.ascontiguousarray(pair),
+        -2.0 * np.einsum("kde,ke->kd", precisions, mu),
+        offset,
+        np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1),
         np.concatenate([[0], np.cumsum(np.arange(d, 0, -1))]),
     )
 
@@ -327,8 +333,9 @@ def _build_quadratic(params: MixtureParams) -> Optional[_Quadratic]:
 def _diagonal_far_apart(params: MixtureParams) -> bool:
     """Diag/spherical parameters not :func:`_expanded`: densities and moments are then taken
     around each mean instead of the centre of the means (decided once per parameters)."""
-    return params.covariance_type in ("diag", "spherical") and \
-        not params.derived("expanded", _expanded)
+    return params.covariance_type in ("diag", "spherical") and not params.derived(
+        "expanded", _expanded
+    )
 
 
 def log_gaussian_prob(X: np.ndarray, params: MixtureParams) -> np.ndarray:
@@ -509,7 +516,11 @@ class SufficientStats:
         k, d = shift.shape
         second_shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
         return cls(
-            covariance_type, shift, np.zeros(k), np.zeros((k, d)), np.zeros(second_shape),
+            covariance_type,
+            shift,
+            np.zeros(k),
+            np.zeros((k, d)),
+            np.zeros(second_shape),
             np.zeros(k),
         )
 
@@ -519,11 +530,15 @@ class SufficientStats:
         ):
             raise ValueError("cannot add statistics accumulated around different shifts")
         return SufficientStats(
-            self.covariance_type, self.shift,
-            self.resp + other.resp, self.first + other.first, self.second + other.second,
+            self.covariance_type,
+            self.shift,
+            self.resp + other.resp,
+            self.first + other.first,
+            self.second + other.second,
             self.counts + other.counts,
             self.log_likelihood + other.log_likelihood,
-            self.weight_sum + other.weight_sum, self.n_rows + other.n_rows,
+            self.weight_sum + other.weight_sum,
+            self.n_rows + other.n_rows,
         )
 
     @staticmethod
@@ -594,12 +609,23 @@ def _reshifted(stats: SufficientStats, shift: np.ndarray) -> SufficientStats:
     first - r delta and second - first delta^T - delta first^T + r delta delta^T."""
     delta = shift - stats.shift
     cross = np.einsum("ki,kj->kij", stats.first, delta)
-    second = stats.second - cross - np.swapaxes(cross, 1, 2) \
+    second = (
+        stats.second
+        - cross
+        - np.swapaxes(cross, 1, 2)
         + stats.resp[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
-    return SufficientStats(stats.covariance_type, shift, stats.resp.copy(),
-                           stats.first - stats.resp[:, None] * delta, second,
-                           stats.counts.copy(), stats.log_likelihood, stats.weight_sum,
-                           stats.n_rows)
+    )
+    return SufficientStats(
+        stats.covariance_type,
+        shift,
+        stats.resp.copy(),
+        stats.first - stats.resp[:, None] * delta,
+        second,
+        stats.counts.copy(),
+        stats.log_likelihood,
+        stats.weight_sum,
+        stats.n_rows,
+    )
 
 
 def _blocks(X: np.ndarray, sample_weight: Optional[np.ndarray], block: int):
@@ -635,7 +661,8 @@ def accumulate_stats(
         else:  # the products serve the E-step and the moments, all feature-major
             Xc, Z = quadratic.products(Xb)
             log_prob_norm, resp, labels = _normalise(
-                quadratic.log_prob(Xc, Z) + log_weights[:, None], axis=0)
+                quadratic.log_prob(Xc, Z) + log_weights[:, None], axis=0
+            )
             resp *= wb
             stats.resp += resp.sum(axis=1)
             stats.first += resp @ Xc.T
@@ -672,8 +699,9 @@ def _log_weights(params: MixtureParams) -> np.ndarray:
         return np.log(params.weights)
 
 
-def nearest_center(X: np.ndarray, centers: np.ndarray,
-                   scale: Optional[np.ndarray] = None) -> np.ndarray:
+def nearest_center(
+    X: np.ndarray, centers: np.ndarray, scale: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Index of the closest center for each row: (n, d), (k, d) -> (n,). Distances are
     Euclidean, in units of ``scale`` (d,) per feature when given."""
     c = _center(centers)
@@ -726,8 +754,9 @@ def random_resp_stats(
     so a row draws the same responsibilities whichever block or partition holds it (equal
     rows draw equal ones)."""
     d = X.shape[1]
-    shift = moment_shift(np.repeat(np.asarray(origin, dtype=np.float64)[None], k, 0),
-                         covariance_type)
+    shift = moment_shift(
+        np.repeat(np.asarray(origin, dtype=np.float64)[None], k, 0), covariance_type
+    )
     stats = SufficientStats.zeros(shift, covariance_type)
     block = block_rows or default_block_rows(k, d, covariance_type)
     for Xb, wb in _blocks(X, sample_weight, block):
@@ -740,8 +769,9 @@ def random_resp_stats(
     return stats
 
 
-def sample_rows(X: np.ndarray, sample_weight: Optional[np.ndarray], fraction: float,
-                seed: int) -> np.ndarray:
+def sample_rows(
+    X: np.ndarray, sample_weight: Optional[np.ndarray], fraction: float, seed: int
+) -> np.ndarray:
     """The rows of one block kept for a sample, with their weights as a last column:
     (m, d + 1). A row is kept when the uniform of its hash (:func:`spark_gmm.hashing.row_hash`
     of features and weight, seeded by ``seed``) is below ``fraction``, so the same rows are
@@ -791,8 +821,7 @@ def canonical_sample(rows: np.ndarray, seed: int, limit: int) -> np.ndarray:
     return rows
 
 
-def lloyd_update(stats: SufficientStats, centers: np.ndarray,
-                 scale: Optional[np.ndarray] = None):
+def lloyd_update(stats: SufficientStats, centers: np.ndarray, scale: Optional[np.ndarray] = None):
     """One Lloyd step from the statistics of nearest-center assignments
     (:func:`hard_assignment_stats`): (new centers, largest squared move, in units of
     ``scale`` per feature when given). A center that no row chose stays where it is."""
@@ -817,7 +846,10 @@ def feature_scale(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> 
 
 
 def kmeans_plus_plus(
-    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: Optional[np.ndarray] = None,
+    X: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    sample_weight: Optional[np.ndarray] = None,
     scale: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """k seeds chosen by greedy k-means++ among the rows of X: (n, d) -> (k, d). Each seed after
@@ -837,8 +869,9 @@ def kmeans_plus_plus(
     for _ in range(1, k):
         p = closest * w
         total = p.sum()
-        tries = rng.choice(n, size=trials, p=p / total) if total > 0 else \
-            rng.integers(n, size=trials)
+        tries = (
+            rng.choice(n, size=trials, p=p / total) if total > 0 else rng.integers(n, size=trials)
+        )
         dist = np.maximum(sq[None, :] + sq[tries, None] - 2.0 * (Xc[tries] @ Xc.T), 0.0)
         np.minimum(dist, closest[None, :], out=dist)
         best = int(np.argmin(dist @ w))
@@ -876,7 +909,9 @@ def collapsed_components(stats: SufficientStats) -> np.ndarray:
     rows than d + 1 (full) or 2 (other types). Indices, lightest first."""
     d = stats.shift.shape[1]
     min_rows = d + 1.0 if stats.covariance_type == "full" else 2.0
-    effective_rows = stats.resp * (stats.n_rows / stats.weight_sum) if stats.weight_sum else stats.resp
+    effective_rows = (
+        stats.resp * (stats.n_rows / stats.weight_sum) if stats.weight_sum else stats.resp
+    )
     low = np.flatnonzero(effective_rows < min_rows)
     return low[np.argsort(effective_rows[low])]
 
@@ -945,9 +980,13 @@ class EMState:
             "iteration": self.iteration,
             "active": list(self.active),
             "results": [
-                {"params": params_to_dict(r.params), "n_iter": r.n_iter,
-                 "converged": r.converged, "history": list(r.history),
-                 "recoveries": r.recoveries}
+                {
+                    "params": params_to_dict(r.params),
+                    "n_iter": r.n_iter,
+                    "converged": r.converged,
+                    "history": list(r.history),
+                    "recoveries": r.recoveries,
+                }
                 for r in self.results
             ],
         }
@@ -955,8 +994,14 @@ class EMState:
     @classmethod
     def from_dict(cls, data: dict) -> "EMState":
         results = [
-            EMResult(params_from_dict(r["params"]), int(r["n_iter"]), bool(r["converged"]),
-                     [float(v) for v in r["history"]], None, int(r["recoveries"]))
+            EMResult(
+                params_from_dict(r["params"]),
+                int(r["n_iter"]),
+                bool(r["converged"]),
+                [float(v) for v in r["history"]],
+                None,
+                int(r["recoveries"]),
+            )
             for r in data["results"]
         ]
         return cls(int(data["iteration"]), results, [int(i) for i in data["active"]])
@@ -964,16 +1009,21 @@ class EMState:
 
 def params_to_dict(params: MixtureParams) -> dict:
     """Plain lists (floats round-trip exactly through JSON)."""
-    return {"weights": params.weights.tolist(), "means": params.means.tolist(),
-            "covariances": params.covariances.tolist(),
-            "covariance_type": params.covariance_type}
+    return {
+        "weights": params.weights.tolist(),
+        "means": params.means.tolist(),
+        "covariances": params.covariances.tolist(),
+        "covariance_type": params.covariance_type,
+    }
 
 
 def params_from_dict(data: dict) -> MixtureParams:
-    return MixtureParams(np.asarray(data["weights"], dtype=np.float64),
-                         np.asarray(data["means"], dtype=np.float64),
-                         np.asarray(data["covariances"], dtype=np.float64),
-                         data["covariance_type"])
+    return MixtureParams(
+        np.asarray(data["weights"], dtype=np.float64),
+        np.asarray(data["means"], dtype=np.float64),
+        np.asarray(data["covariances"], dtype=np.float64),
+        data["covariance_type"],
+    )
 
 
 StatsFunction = Callable[[Sequence[MixtureParams]], List[SufficientStats]]
@@ -1049,7 +1099,9 @@ def local_stats_function(
     X: np.ndarray, sample_weight: Optional[np.ndarray] = None, block_rows: Optional[int] = None
 ) -> StatsFunction:
     """A ``compute_stats`` over an in-memory array (the single-process reference)."""
-    return lambda candidates: [accumulate_stats(X, sample_weight, p, block_rows) for p in candidates]
+    return lambda candidates: [
+        accumulate_stats(X, sample_weight, p, block_rows) for p in candidates
+    ]
 
 
 def fit_em(

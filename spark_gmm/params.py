@@ -4,6 +4,7 @@ Spark's built-in names and defaults where they exist (featuresCol, predictionCol
 probabilityCol, k, maxIter, seed, weightCol, aggregationDepth); scikit-learn's meaning for
 the rest. ``tol`` differs from Spark on purpose: see its doc.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -25,7 +26,6 @@ from pyspark.ml.param.shared import (
 from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
 from spark_gmm.engine import ENGINES
 from spark_gmm.kernel import COVARIANCE_TYPES
-
 
 
 def one_of(name, allowed):
@@ -77,49 +77,59 @@ class _GaussianMixtureParams(
     """Params shared by the estimator and the model."""
 
     k = Param(
-        Params._dummy(), "k", "Number of Gaussian components in the mixture (>= 1).",
+        Params._dummy(),
+        "k",
+        "Number of Gaussian components in the mixture (>= 1).",
         typeConverter=_at_least("k", 1, TypeConverters.toInt),
     )
     covarianceType = Param(
-        Params._dummy(), "covarianceType",
+        Params._dummy(),
+        "covarianceType",
         "Covariance structure: full (one matrix per component), tied (one shared matrix), "
         "diag (one variance vector per component) or spherical (one variance per component).",
         typeConverter=one_of("covarianceType", COVARIANCE_TYPES),
     )
     regCovar = Param(
-        Params._dummy(), "regCovar",
+        Params._dummy(),
+        "regCovar",
         "Non-negative value added to the diagonal of every covariance, so that components "
         "that collapse onto few points stay positive definite (scikit-learn's reg_covar).",
         typeConverter=_at_least("regCovar", 0.0, TypeConverters.toFloat),
     )
     logLikelihoodCol = Param(
-        Params._dummy(), "logLikelihoodCol",
+        Params._dummy(),
+        "logLikelihoodCol",
         "Output column for each row's log density log p(x) (scikit-learn's score_samples). "
         "Empty (the default) adds no column.",
         typeConverter=TypeConverters.toString,
     )
     handleInvalid = Param(
-        Params._dummy(), "handleInvalid",
+        Params._dummy(),
+        "handleInvalid",
         "What to do with rows whose features are null, NaN or infinite: 'error' (the default) "
         "raises an error naming the column; 'skip' drops them (fit reports how many).",
         typeConverter=one_of("handleInvalid", HANDLE_INVALID),
     )
     initMode = Param(
-        Params._dummy(), "initMode",
+        Params._dummy(),
+        "initMode",
         "Initialisation: 'kmeans' (k-means++ seeds from a sample of at most 20,000 rows, Lloyd "
         "iterations over all rows, then one M-step from the hard assignments), 'k-means++' "
-        "(the same seeds and M-step without the Lloyd iterations), 'random' (random responsibilities, then an M-step) or "
+        "(the same seeds and M-step without the Lloyd iterations), 'random' (random "
+        "responsibilities, then an M-step) or "
         "'randomFromData' (k distinct rows as means, the data covariance for each).",
         typeConverter=one_of("initMode", INIT_MODES),
     )
     nInit = Param(
-        Params._dummy(), "nInit",
+        Params._dummy(),
+        "nInit",
         "Number of EM runs from different seeds; all advance together in one data pass per "
         "iteration and the highest final log-likelihood wins.",
         typeConverter=_at_least("nInit", 1, TypeConverters.toInt),
     )
     recoverCollapsed = Param(
-        Params._dummy(), "recoverCollapsed",
+        Params._dummy(),
+        "recoverCollapsed",
         "Re-seed a component that collapses (fewer effective rows than d + 1 for full "
         "covariances, 2 otherwise) by splitting the heaviest component, at most k times per "
         "run; events are logged and counted in the summary. False leaves such components as "
@@ -127,31 +137,36 @@ class _GaussianMixtureParams(
         typeConverter=TypeConverters.toBoolean,
     )
     initialWeights = Param(
-        Params._dummy(), "initialWeights",
+        Params._dummy(),
+        "initialWeights",
         "Explicit initial weights (k numbers); used with initialMeans.",
         typeConverter=TypeConverters.toListFloat,
     )
     initialMeans = Param(
-        Params._dummy(), "initialMeans",
+        Params._dummy(),
+        "initialMeans",
         "Explicit initial means (k lists of d numbers). Weights default to uniform and "
         "covariances to the data covariance plus regCovar.",
         typeConverter=_nested_floats,
     )
     initialCovariances = Param(
-        Params._dummy(), "initialCovariances",
+        Params._dummy(),
+        "initialCovariances",
         "Explicit initial covariances in covarianceType's layout: full k x d x d, tied d x d, "
         "diag k x d, spherical k numbers; used with initialMeans.",
         typeConverter=_nested_floats,
     )
     checkpointDir = Param(
-        Params._dummy(), "checkpointDir",
+        Params._dummy(),
+        "checkpointDir",
         "Directory of the driver's file system where the EM state is saved every "
         "checkpointInterval iterations (atomically); a fit started again with the same "
         "settings on the same data resumes from it. Unset (the default): no checkpoints.",
         typeConverter=TypeConverters.toString,
     )
     engine = Param(
-        Params._dummy(), "engine",
+        Params._dummy(),
+        "engine",
         "How the passes of a fit run: 'driver' collects the rows to the driver once and runs "
         "every pass there (small tables); 'resident' holds the rows in the Python workers of "
         "one barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job "
@@ -161,7 +176,8 @@ class _GaussianMixtureParams(
         typeConverter=one_of("engine", ENGINES),
     )
     initialModel = Param(
-        Params._dummy(), "initialModel",
+        Params._dummy(),
+        "initialModel",
         "A fitted GaussianMixtureModel to start EM from (warm start); its k, number of "
         "features and covarianceType must match.",
         typeConverter=_identity,
@@ -242,13 +258,16 @@ class _GaussianMixtureParams(
 
 # The tol doc is ours, not Spark's: it is scale-free.
 _GaussianMixtureParams.tol = Param(
-    Params._dummy(), "tol",
+    Params._dummy(),
+    "tol",
     "Convergence tolerance on the change of the mean per-row (weighted) log-likelihood "
     "between iterations, as scikit-learn's tol. Spark's built-in compares the total "
     "log-likelihood instead, which depends on the row count. 0 runs maxIter iterations.",
     typeConverter=_at_least("tol", 0.0, TypeConverters.toFloat),
 )
 _GaussianMixtureParams.maxIter = Param(
-    Params._dummy(), "maxIter", "Maximum number of EM iterations (>= 0).",
+    Params._dummy(),
+    "maxIter",
+    "Maximum number of EM iterations (>= 0).",
     typeConverter=_at_least("maxIter", 0, TypeConverters.toInt),
 )

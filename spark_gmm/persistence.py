@@ -5,6 +5,7 @@ sparkVersion, uid, paramMap, defaultParamMap) plus ``formatVersion`` and the nam
 stages. ``path/data``: Parquet written by Spark. ``path/<child>``: nested stages (a warm-start
 model). Only DataFrame reads and writes are used, so it works on Spark Connect too.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def _path_exists(spark: SparkSession, path: str) -> bool:
         if not fs.exists(hadoop_path):
             return False
         # an empty directory (e.g. a fresh temporary one) is not in the way
-        return not fs.getFileStatus(hadoop_path).isDirectory() or len(fs.listStatus(hadoop_path)) > 0
+        return (
+            not fs.getFileStatus(hadoop_path).isDirectory() or len(fs.listStatus(hadoop_path)) > 0
+        )
     if _local_dir_with_content(path):
         return True
     try:
@@ -78,9 +81,7 @@ class StageWriter(MLWriter):
             )
         mode = "overwrite" if self.shouldOverwrite else "error"
         extra, data, children = self.instance._save_parts(spark)
-        params = {
-            p.name: v for p, v in self.instance._paramMap.items() if p.name not in children
-        }
+        params = {p.name: v for p, v in self.instance._paramMap.items() if p.name not in children}
         extra = dict(extra, formatVersion=FORMAT_VERSION, children=sorted(children))
         metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, spark, extra, params)
         spark.createDataFrame([(metadata,)], "value string").coalesce(1).write.mode(mode).text(
@@ -132,8 +133,10 @@ def _unreadable(missing: str, path: str, part: str, exc: Exception) -> ModelFile
         return ModelFileError(f"{missing}: {os.path.join(path, part)} does not exist")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # Py4J's first line only names the call; the Java exception line says what went wrong.
-    reason = next((line for line in lines if "Exception: " in line and "Py4J" not in line),
-                  lines[0] if lines else type(exc).__name__)
+    reason = next(
+        (line for line in lines if "Exception: " in line and "Py4J" not in line),
+        lines[0] if lines else type(exc).__name__,
+    )
     return ModelFileError(
         f"the {part} of the stage at {path} cannot be read: it is truncated or corrupt "
         f"({reason[:300]})"
@@ -145,8 +148,9 @@ def read_data(spark: SparkSession, path: str) -> list:
     try:
         return spark.read.parquet(os.path.join(path, "data")).collect()
     except Exception as exc:
-        raise _unreadable(f"the data of the stage at {path} is missing (incomplete save?)",
-                          path, "data", exc) from None
+        raise _unreadable(
+            f"the data of the stage at {path} is missing (incomplete save?)", path, "data", exc
+        ) from None
 
 
 class StageReader(MLReader):

@@ -11,6 +11,7 @@ collected: never the whole table) or NumPy arrays already on the driver.
 >>> plot.plot_log_likelihood(model.summary)                      # doctest: +SKIP
 >>> plot.plot_criteria(selection.table)                          # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import math
@@ -58,13 +59,18 @@ def _colors(k: int):
 
 # --------------------------------------------------------------------------- model access
 
+
 def mixture_of(model):
     """The model's parameters as kernel.MixtureParams (from its public attributes)."""
     from spark_gmm import kernel
 
     try:
-        return kernel.MixtureParams(np.asarray(model.weights), np.asarray(model.means),
-                                    np.asarray(model.covariances), model.getCovarianceType())
+        return kernel.MixtureParams(
+            np.asarray(model.weights),
+            np.asarray(model.means),
+            np.asarray(model.covariances),
+            model.getCovarianceType(),
+        )
     except AttributeError:
         raise ValueError("expected a fitted spark_gmm GaussianMixtureModel") from None
 
@@ -98,6 +104,7 @@ def _feature_index(model, feature: Feature) -> int:
 
 
 # --------------------------------------------------------------------------- data
+
 
 def sample_features(
     df,
@@ -161,6 +168,7 @@ def _as_features(model, data, n: int, seed: int, prediction_col: Optional[str]):
 
 # --------------------------------------------------------------------------- 1-D
 
+
 def _normal_pdf(x: np.ndarray, mean: float, var: float) -> np.ndarray:
     return np.exp(-0.5 * (x - mean) ** 2 / var) / math.sqrt(2.0 * math.pi * var)
 
@@ -200,8 +208,15 @@ def plot_density_1d(
     ax = _axes(ax)
     name = feature_names(model)[j]
     if values.size:
-        ax.hist(values, bins=bins, density=True, color="0.82", edgecolor="0.65", linewidth=0.4,
-                label=f"data ({values.size:,} rows)")
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            color="0.82",
+            edgecolor="0.65",
+            linewidth=0.4,
+            label=f"data ({values.size:,} rows)",
+        )
         lo, hi = float(values.min()), float(values.max())
     else:
         sd = np.sqrt(covs[:, j, j])
@@ -212,8 +227,7 @@ def plot_density_1d(
     colors = _colors(len(weights))
     for c, (part, w) in enumerate(zip(parts, weights)):
         ax.fill_between(grid, part, color=colors[c], alpha=0.18, linewidth=0)
-        label = (f"component {c}: w={w:.2f}, μ={means[c, j]:.3g}, "
-                 f"σ={np.sqrt(covs[c, j, j]):.3g}")
+        label = f"component {c}: w={w:.2f}, μ={means[c, j]:.3g}, σ={np.sqrt(covs[c, j, j]):.3g}"
         ax.plot(grid, part, color=colors[c], linewidth=1.6, linestyle="--", label=label)
     ax.plot(grid, parts.sum(axis=0), color="black", linewidth=2.0, label="mixture density")
     ax.set_xlabel(name)
@@ -226,6 +240,7 @@ def plot_density_1d(
 
 
 # --------------------------------------------------------------------------- 2-D
+
 
 def covariance_ellipse(cov2: np.ndarray, n_sigma: float = 1.0) -> Tuple[float, float, float]:
     """(width, height, angle in degrees) of the ellipse {x : x' cov2^-1 x = n_sigma^2}."""
@@ -286,22 +301,51 @@ def plot_clusters_2d(
     if len(X):
         point_colors = [colors[c % k] for c in labels]
         size = 10 if len(X) <= 2000 else 5
-        ax.scatter(X[:, i], X[:, j], c=point_colors, s=size, alpha=0.45, linewidths=0,
-                   rasterized=True)
+        ax.scatter(
+            X[:, i], X[:, j], c=point_colors, s=size, alpha=0.45, linewidths=0, rasterized=True
+        )
     styles = ["-", "--", ":", "-."]
     for c in range(k):
         cov2 = covs[c][np.ix_([i, j], [i, j])]
         for s_idx, s in enumerate(sigmas):
             w, h, angle = covariance_ellipse(cov2, s)
-            ax.add_patch(Ellipse((means[c, i], means[c, j]), w, h, angle=angle, fill=False,
-                                 edgecolor=colors[c], linewidth=2.0 if s_idx == 0 else 1.4,
-                                 linestyle=styles[s_idx % len(styles)]))
-        ax.plot(means[c, i], means[c, j], marker="X", markersize=9, color=colors[c],
-                markeredgecolor="black", markeredgewidth=0.8, linestyle="none")
-    handles = [Line2D([], [], marker="o", linestyle="none", color=colors[c],
-                      label=f"cluster {c} (w={weights[c]:.2f})") for c in range(k)]
-    handles += [Line2D([], [], color="0.3", linestyle=styles[s_idx % len(styles)],
-                       label=f"{s:g}σ ellipse") for s_idx, s in enumerate(sigmas)]
+            ax.add_patch(
+                Ellipse(
+                    (means[c, i], means[c, j]),
+                    w,
+                    h,
+                    angle=angle,
+                    fill=False,
+                    edgecolor=colors[c],
+                    linewidth=2.0 if s_idx == 0 else 1.4,
+                    linestyle=styles[s_idx % len(styles)],
+                )
+            )
+        ax.plot(
+            means[c, i],
+            means[c, j],
+            marker="X",
+            markersize=9,
+            color=colors[c],
+            markeredgecolor="black",
+            markeredgewidth=0.8,
+            linestyle="none",
+        )
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            color=colors[c],
+            label=f"cluster {c} (w={weights[c]:.2f})",
+        )
+        for c in range(k)
+    ]
+    handles += [
+        Line2D([], [], color="0.3", linestyle=styles[s_idx % len(styles)], label=f"{s:g}σ ellipse")
+        for s_idx, s in enumerate(sigmas)
+    ]
     ax.legend(handles=handles, fontsize="x-small", loc="best", framealpha=0.85)
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
@@ -311,6 +355,7 @@ def plot_clusters_2d(
 
 
 # --------------------------------------------------------------------------- convergence, selection
+
 
 def plot_log_likelihood(history, *, ax=None, title: Optional[str] = None):
     """Mean per-row log-likelihood per EM iteration. ``history``: a list of values, a training
@@ -338,8 +383,9 @@ def plot_log_likelihood(history, *, ax=None, title: Optional[str] = None):
     return ax
 
 
-def plot_criteria(table, *, criteria: Sequence[str] = ("bic", "aic"), ax=None,
-                  title: Optional[str] = None):
+def plot_criteria(
+    table, *, criteria: Sequence[str] = ("bic", "aic"), ax=None, title: Optional[str] = None
+):
     """BIC / AIC against k, one line per covariance type (BIC solid, AIC dashed), the minimum of
     each criterion starred. ``table``: a pandas DataFrame with columns k, covarianceType and
     the criteria (the model-selection table)."""
@@ -357,16 +403,30 @@ def plot_criteria(table, *, criteria: Sequence[str] = ("bic", "aic"), ax=None,
     for t_idx, t in enumerate(types):
         rows = table[table["covarianceType"] == t].sort_values("k")
         for crit in criteria:
-            ax.plot(rows["k"], rows[crit], linestyle=styles.get(crit, "-."),
-                    marker=markers.get(crit, "^"), markersize=4, color=colors[t_idx],
-                    label=f"{crit.upper()} {t}")
+            ax.plot(
+                rows["k"],
+                rows[crit],
+                linestyle=styles.get(crit, "-."),
+                marker=markers.get(crit, "^"),
+                markersize=4,
+                color=colors[t_idx],
+                label=f"{crit.upper()} {t}",
+            )
     for crit in criteria:
         finite = table[np.isfinite(table[crit].astype(float))]
         if len(finite):
             best = finite.loc[finite[crit].astype(float).idxmin()]
-            ax.plot([best["k"]], [best[crit]], marker="*", markersize=16, color="gold",
-                    markeredgecolor="black", linestyle="none", zorder=5,
-                    label=f"best {crit.upper()}: k={int(best['k'])}, {best['covarianceType']}")
+            ax.plot(
+                [best["k"]],
+                [best[crit]],
+                marker="*",
+                markersize=16,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                zorder=5,
+                label=f"best {crit.upper()}: k={int(best['k'])}, {best['covarianceType']}",
+            )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -379,6 +439,7 @@ def plot_criteria(table, *, criteria: Sequence[str] = ("bic", "aic"), ax=None,
 
 
 # --------------------------------------------------------------------------- output
+
 
 def save_figure(ax_or_fig, path=None, dpi: int = 100) -> bytes:
     """PNG bytes of the figure (written to ``path`` when given); closes the figure."""

@@ -1,5 +1,6 @@
 """The Python functions that score and sample on Spark: Arrow batches in, the model's outputs
 (or drawn rows) out, for ``GaussianMixtureModel.transform`` and ``sample``."""
+
 from __future__ import annotations
 
 from typing import List
@@ -13,8 +14,9 @@ from spark_gmm.engine.blocks import list_array_to_numpy
 from spark_gmm.engine.tasks import task_scope
 
 
-def scoring_function(params: kernel.MixtureParams, description: str, kinds: List[str],
-                      names: List[str]):
+def scoring_function(
+    params: kernel.MixtureParams, description: str, kinds: List[str], names: List[str]
+):
     """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
     the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
     k, d = params.k, params.d

@@ -5,6 +5,7 @@ Evaluator for CrossValidator / TrainValidationSplit.
 covarianceTypes=["full", "diag"])`` initialises every grid point (times the estimator's nInit
 restarts) and advances all of them together: one Spark job per EM iteration for the whole grid.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -34,8 +35,16 @@ from spark_gmm.params import one_of
 from spark_gmm.persistence import PersistentStage, load_child, read_data
 
 CRITERIA = ("bic", "aic")
-TABLE_COLUMNS = ["k", "covarianceType", "logLikelihood", "nParameters", "bic", "aic",
-                 "numIter", "converged"]
+TABLE_COLUMNS = [
+    "k",
+    "covarianceType",
+    "logLikelihood",
+    "nParameters",
+    "bic",
+    "aic",
+    "numIter",
+    "converged",
+]
 
 
 def _unique_ints(value) -> List[int]:
@@ -56,19 +65,28 @@ def _covariance_types(value) -> List[str]:
 
 
 class _SelectorParams(Params):
-    kValues = Param(Params._dummy(), "kValues", "numbers of components to try (each >= 1)",
-                    typeConverter=_unique_ints)
-    covarianceTypes = Param(Params._dummy(), "covarianceTypes",
-                            f"covariance types to try, of {', '.join(kernel.COVARIANCE_TYPES)}",
-                            typeConverter=_covariance_types)
-    criterion = Param(Params._dummy(), "criterion",
-                      "selection criterion, lower is better: bic or aic",
-                      typeConverter=one_of("criterion", CRITERIA))
+    kValues = Param(
+        Params._dummy(),
+        "kValues",
+        "numbers of components to try (each >= 1)",
+        typeConverter=_unique_ints,
+    )
+    covarianceTypes = Param(
+        Params._dummy(),
+        "covarianceTypes",
+        f"covariance types to try, of {', '.join(kernel.COVARIANCE_TYPES)}",
+        typeConverter=_covariance_types,
+    )
+    criterion = Param(
+        Params._dummy(),
+        "criterion",
+        "selection criterion, lower is better: bic or aic",
+        typeConverter=one_of("criterion", CRITERIA),
+    )
 
     def __init__(self):
         super().__init__()
-        self._setDefault(kValues=[1, 2, 3, 4, 5, 6], covarianceTypes=["full"],
-                         criterion="bic")
+        self._setDefault(kValues=[1, 2, 3, 4, 5, 6], covarianceTypes=["full"], criterion="bic")
 
     def getKValues(self) -> List[int]:
         return self.getOrDefault(self.kValues)
@@ -89,19 +107,28 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
     """
 
     @keyword_only
-    def __init__(self, *, estimator: Optional[GaussianMixture] = None,
-                 kValues: Optional[List[int]] = None,
-                 covarianceTypes: Optional[List[str]] = None, criterion: str = "bic"):
+    def __init__(
+        self,
+        *,
+        estimator: Optional[GaussianMixture] = None,
+        kValues: Optional[List[int]] = None,
+        covarianceTypes: Optional[List[str]] = None,
+        criterion: str = "bic",
+    ):
         super().__init__()
         self._estimator = GaussianMixture()
         kwargs = dict(self._input_kwargs)
         self.setParams(**kwargs)
 
     @keyword_only
-    def setParams(self, *, estimator: Optional[GaussianMixture] = None,
-                  kValues: Optional[List[int]] = None,
-                  covarianceTypes: Optional[List[str]] = None,
-                  criterion: str = "bic") -> "GaussianMixtureSelector":
+    def setParams(
+        self,
+        *,
+        estimator: Optional[GaussianMixture] = None,
+        kValues: Optional[List[int]] = None,
+        covarianceTypes: Optional[List[str]] = None,
+        criterion: str = "bic",
+    ) -> "GaussianMixtureSelector":
         kwargs = dict(self._input_kwargs)
         if kwargs.get("estimator") is not None:
             self.setEstimator(kwargs["estimator"])
@@ -154,20 +181,30 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
             bic, aic = kernel.information_criteria(
                 result.log_likelihood, n_parameters, result.final_stats.weight_sum
             )
-            rows.append({
-                "k": k, "covarianceType": covariance_type,
-                "logLikelihood": result.log_likelihood, "nParameters": n_parameters,
-                "bic": bic, "aic": aic, "numIter": result.n_iter,
-                "converged": result.converged,
-            })
+            rows.append(
+                {
+                    "k": k,
+                    "covarianceType": covariance_type,
+                    "logLikelihood": result.log_likelihood,
+                    "nParameters": n_parameters,
+                    "bic": bic,
+                    "aic": aic,
+                    "numIter": result.n_iter,
+                    "converged": result.converged,
+                }
+            )
             chosen.append((indices, best))
         table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
         winner = int(table[self.getCriterion()].idxmin())  # first of equal values
         indices, best = chosen[winner]
 
         restarts = FitOutcome(
-            [outcome.candidates[i] for i in indices], [outcome.results[i] for i in indices],
-            outcome.report, outcome.data_passes, outcome.engine, outcome.engine_reason,
+            [outcome.candidates[i] for i in indices],
+            [outcome.results[i] for i in indices],
+            outcome.report,
+            outcome.data_passes,
+            outcome.engine,
+            outcome.engine_reason,
         )
         model = model_of(estimator, dataset, restarts, indices.index(best))
         selection = GaussianMixtureSelectionModel._create(model, table, uid=self.uid)
@@ -211,8 +248,9 @@ class GaussianMixtureSelectionModel(Model, _SelectorParams, PersistentStage):
         return new
 
     def _save_parts(self, spark):
-        table = self.table.astype({"k": "int64", "nParameters": "int64", "numIter": "int64",
-                                   "converged": "bool"})
+        table = self.table.astype(
+            {"k": "int64", "nParameters": "int64", "numIter": "int64", "converged": "bool"}
+        )
         data = spark.createDataFrame(
             [tuple(row) for row in table.itertuples(index=False)],
             "k long, covarianceType string, logLikelihood double, nParameters long, "
@@ -236,23 +274,39 @@ class GaussianMixtureEvaluator(Evaluator, HasWeightCol, PersistentStage):
     GaussianMixtureModel.transform writes). Set ``logLikelihoodCol`` on the GaussianMixture.
     """
 
-    metricName = Param(Params._dummy(), "metricName", "logLikelihood, bic or aic",
-                       typeConverter=one_of("metricName", ("logLikelihood", "bic", "aic")))
-    logLikelihoodCol = Param(Params._dummy(), "logLikelihoodCol",
-                             "column of per-row log densities",
-                             typeConverter=TypeConverters.toString)
+    metricName = Param(
+        Params._dummy(),
+        "metricName",
+        "logLikelihood, bic or aic",
+        typeConverter=one_of("metricName", ("logLikelihood", "bic", "aic")),
+    )
+    logLikelihoodCol = Param(
+        Params._dummy(),
+        "logLikelihoodCol",
+        "column of per-row log densities",
+        typeConverter=TypeConverters.toString,
+    )
 
     @keyword_only
-    def __init__(self, *, metricName: str = "logLikelihood",
-                 logLikelihoodCol: str = "logLikelihood", weightCol: Optional[str] = None):
+    def __init__(
+        self,
+        *,
+        metricName: str = "logLikelihood",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: Optional[str] = None,
+    ):
         super().__init__()
         self._setDefault(metricName="logLikelihood", logLikelihoodCol="logLikelihood")
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, metricName: str = "logLikelihood",
-                  logLikelihoodCol: str = "logLikelihood",
-                  weightCol: Optional[str] = None) -> "GaussianMixtureEvaluator":
+    def setParams(
+        self,
+        *,
+        metricName: str = "logLikelihood",
+        logLikelihoodCol: str = "logLikelihood",
+        weightCol: Optional[str] = None,
+    ) -> "GaussianMixtureEvaluator":
         kwargs = {name: value for name, value in self._input_kwargs.items() if value is not None}
         return self._set(**kwargs)
 

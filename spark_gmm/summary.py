@@ -1,5 +1,6 @@
 """GaussianMixtureSummary: what a fit reports beside its model (Spark's summary fields, the
 log-likelihood history, convergence, BIC/AIC, restarts, the engine that ran it)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
@@ -10,6 +11,7 @@ from spark_gmm import kernel
 
 if TYPE_CHECKING:  # the model imports this module
     from spark_gmm.estimator import GaussianMixtureModel
+
 
 class GaussianMixtureSummary:
     """Training summary: Spark's fields plus the log-likelihood history, convergence, BIC, AIC,
@@ -105,13 +107,15 @@ class GaussianMixtureSummary:
     def bic(self) -> float:
         """Bayesian information criterion of the fit on its training data (lower is better)."""
         return kernel.information_criteria(
-            self.logLikelihood, self._model.numParameters, self.totalWeight)[0]
+            self.logLikelihood, self._model.numParameters, self.totalWeight
+        )[0]
 
     @property
     def aic(self) -> float:
         """Akaike information criterion of the fit on its training data (lower is better)."""
         return kernel.information_criteria(
-            self.logLikelihood, self._model.numParameters, self.totalWeight)[1]
+            self.logLikelihood, self._model.numParameters, self.totalWeight
+        )[1]
 
     @property
     def numRecoveredComponents(self) -> int:
@@ -127,8 +131,13 @@ class GaussianMixtureSummary:
     def restarts(self) -> List[dict]:
         """Each run's seed, final total log-likelihood, iterations, convergence, recoveries."""
         return [
-            {"seed": c.seed, "logLikelihood": r.log_likelihood, "numIter": r.n_iter,
-             "converged": r.converged, "numRecoveredComponents": r.recoveries}
+            {
+                "seed": c.seed,
+                "logLikelihood": r.log_likelihood,
+                "numIter": r.n_iter,
+                "converged": r.converged,
+                "numRecoveredComponents": r.recoveries,
+            }
             for c, r in zip(self._outcome.candidates, self._outcome.results)
         ]
 

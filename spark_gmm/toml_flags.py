@@ -6,6 +6,7 @@ a type, a default, a help text and bounds; :class:`JobSpec` groups a job's optio
 come the TOML reader (unknown keys and wrong types are errors naming the file and key), the
 argparse flags, and :class:`ResolvedConfig` with its TOML writer. Nothing here knows a setting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,16 +79,22 @@ class JobSpec:
 
 # --------------------------------------------------------------------------- values
 
+
 def _type_name(t: str) -> str:
     return {
-        "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-        "str_list": "a list of strings", "int_list": "a list of integers",
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str_list": "a list of strings",
+        "int_list": "a list of integers",
         "str_map": "a table of string values",
     }[t]
 
 
 def coerce(opt: Option, value: Any, where: str) -> Any:
     """A TOML or parsed CLI value checked against the option; ConfigError naming ``where``."""
+
     def bad(detail: str = ""):
         shown = json.dumps(value) if not isinstance(value, float) else repr(value)
         return ConfigError(
@@ -124,8 +131,10 @@ def coerce(opt: Option, value: Any, where: str) -> Any:
             raise bad()
         out = list(value)
     elif t == "int_list":
-        if not isinstance(value, list) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
             raise bad(" (at least one)")
         out = list(value)
@@ -194,6 +203,7 @@ def parse_cli_value(opt: Option, text: str) -> Any:
 
 # --------------------------------------------------------------------------- files
 
+
 def load_toml(path: str) -> Dict[str, Any]:
     """A TOML file as a dict; ConfigError with the file name and the parser's position."""
     try:
@@ -247,6 +257,7 @@ def _close_keys(key: str, known: Iterable[str]) -> str:
 
 # --------------------------------------------------------------------------- command line
 
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit code 2), like the jobs' errors."""
 
@@ -273,10 +284,14 @@ def build_parser(spec: JobSpec, prog: Optional[str] = None) -> argparse.Argument
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="A TOML file of settings (conf/*.toml).")
-    parser.add_argument("--print-config", action="store_true",
-                        help="Print the resolved configuration as TOML and exit.")
-    parser.add_argument("--traceback", action="store_true",
-                        help="On error, print the Python traceback too.")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="Print the resolved configuration as TOML and exit.",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="On error, print the Python traceback too."
+    )
     for opt in spec.options:
         kwargs: Dict[str, Any] = {"dest": opt.dest, "default": None}
         help_text = opt.help.replace("%", "%%") + f" [{opt.key}]"
@@ -337,6 +352,7 @@ def _map_keys(spec: JobSpec) -> set:
 
 # --------------------------------------------------------------------------- TOML writing
 
+
 def _toml_key(key: str) -> str:
     if key and all(c.isalnum() or c in "_-" for c in key):
         return key
@@ -360,8 +376,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(v)}"
-                                for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 

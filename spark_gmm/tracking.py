@@ -10,6 +10,7 @@ report and resolved configuration as artifacts.
 MLflow is never imported unless asked for; without it, asking fails at once (before Spark
 starts any work) with one line naming the extra.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,8 @@ def require_mlflow():
         import mlflow.spark  # noqa: F401 - the flavour the model is logged with
     except ImportError as exc:
         raise ConfigError(
-            f"--mlflow needs MLflow, which cannot be imported here ({exc}): "
-            f"pip install '{EXTRA}'") from None
+            f"--mlflow needs MLflow, which cannot be imported here ({exc}): pip install '{EXTRA}'"
+        ) from None
     return mlflow
 
 
@@ -43,16 +44,22 @@ def fit_tracker(cfg) -> Optional["FitTracker"]:
     before the fit."""
     if not cfg.get("mlflow.enabled"):
         return None
-    return FitTracker(tracking_uri=cfg.get("mlflow.tracking_uri"),
-                      experiment=cfg.get("mlflow.experiment"),
-                      run_name=cfg.get("mlflow.run_name"))
+    return FitTracker(
+        tracking_uri=cfg.get("mlflow.tracking_uri"),
+        experiment=cfg.get("mlflow.experiment"),
+        run_name=cfg.get("mlflow.run_name"),
+    )
 
 
 class FitTracker:
     """Records a fitted model, its settings and its summary as one MLflow run."""
 
-    def __init__(self, tracking_uri: Optional[str] = None, experiment: Optional[str] = None,
-                 run_name: Optional[str] = None):
+    def __init__(
+        self,
+        tracking_uri: Optional[str] = None,
+        experiment: Optional[str] = None,
+        run_name: Optional[str] = None,
+    ):
         self.mlflow = require_mlflow()
         if tracking_uri:
             self.mlflow.set_tracking_uri(tracking_uri)
@@ -61,8 +68,14 @@ class FitTracker:
             self.experiment_id = self.mlflow.set_experiment(experiment).experiment_id
         self.run_name = run_name
 
-    def log_fit(self, model, params: Dict[str, Any], *, artifacts: Iterable[str] = (),
-                extra_params: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    def log_fit(
+        self,
+        model,
+        params: Dict[str, Any],
+        *,
+        artifacts: Iterable[str] = (),
+        extra_params: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, str]:
         """Logs one run; returns its ids and the model URI (``runs:/<id>/model``)."""
         mlflow = self.mlflow
         with mlflow.start_run(run_name=self.run_name, experiment_id=self.experiment_id) as run:
@@ -71,8 +84,7 @@ class FitTracker:
             history = getattr(model.summary, "logLikelihoodHistory", None) or []
             for step, value in enumerate(history):
                 if math.isfinite(value):
-                    mlflow.log_metric("mean_log_likelihood_by_iteration", float(value),
-                                      step=step)
+                    mlflow.log_metric("mean_log_likelihood_by_iteration", float(value), step=step)
             for path in artifacts:
                 local = _local_path(path)
                 if local is None:
@@ -82,11 +94,19 @@ class FitTracker:
                 elif os.path.isfile(local):
                     mlflow.log_artifact(local)
             log_model(model)
-            info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                    "tracking_uri": mlflow.get_tracking_uri(),
-                    "model_uri": f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"}
-        log.info("MLflow run %s (experiment %s) at %s: model %s", info["run_id"],
-                 info["experiment_id"], info["tracking_uri"], info["model_uri"])
+            info = {
+                "run_id": run.info.run_id,
+                "experiment_id": run.info.experiment_id,
+                "tracking_uri": mlflow.get_tracking_uri(),
+                "model_uri": f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}",
+            }
+        log.info(
+            "MLflow run %s (experiment %s) at %s: model %s",
+            info["run_id"],
+            info["experiment_id"],
+            info["tracking_uri"],
+            info["model_uri"],
+        )
         return info
 
 
@@ -105,13 +125,23 @@ def log_model(model, name: str = MODEL_ARTIFACT):
     return mlflow.spark.log_model(pipeline, name, pip_requirements=requirements)
 
 
-def fit_params(model, params: Dict[str, Any],
-               extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+def fit_params(
+    model, params: Dict[str, Any], extra: Optional[Dict[str, Any]] = None
+) -> Dict[str, str]:
     """The estimator settings as MLflow params (snake_case names, strings)."""
-    names = {"k": "k", "covarianceType": "covariance_type", "maxIter": "max_iter", "tol": "tol",
-             "seed": "seed", "regCovar": "reg_covar", "initMode": "init_mode",
-             "handleInvalid": "handle_invalid", "inputCols": "input_cols",
-             "featuresCol": "features_col", "weightCol": "weight_col"}
+    names = {
+        "k": "k",
+        "covarianceType": "covariance_type",
+        "maxIter": "max_iter",
+        "tol": "tol",
+        "seed": "seed",
+        "regCovar": "reg_covar",
+        "initMode": "init_mode",
+        "handleInvalid": "handle_invalid",
+        "inputCols": "input_cols",
+        "featuresCol": "features_col",
+        "weightCol": "weight_col",
+    }
     out = {names[key]: value for key, value in params.items() if key in names}
     if "input_cols" in out:
         out.pop("features_col", None)
@@ -127,24 +157,26 @@ def fit_metrics(model) -> Dict[str, float]:
     values = {
         "log_likelihood": s.logLikelihood,
         "mean_log_likelihood": s.logLikelihood / s.totalWeight if s.totalWeight else None,
-        "bic": s.bic, "aic": s.aic, "num_iter": s.numIter,
+        "bic": s.bic,
+        "aic": s.aic,
+        "num_iter": s.numIter,
         "converged": 1.0 if s.converged else 0.0,
-        "num_rows": s.numRows, "num_skipped_rows": s.numSkippedRows,
-        "total_weight": s.totalWeight, "num_parameters": model.numParameters,
+        "num_rows": s.numRows,
+        "num_skipped_rows": s.numSkippedRows,
+        "total_weight": s.totalWeight,
+        "num_parameters": model.numParameters,
         "num_recovered_components": getattr(s, "numRecoveredComponents", None),
         "num_data_passes": getattr(s, "numDataPasses", None),
     }
-    return {key: float(v) for key, v in values.items()
-            if v is not None and math.isfinite(float(v))}
+    return {key: float(v) for key, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
 def _local_path(path: str) -> Optional[str]:
     """The local file-system path of ``path`` (plain or ``file:``), else None."""
     if path.startswith("file:"):
-        path = path[len("file:"):]
+        path = path[len("file:") :]
         if path.startswith("//"):
             path = path[2:]
     elif "://" in path:
         return None
     return path
-

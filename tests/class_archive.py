@@ -18,6 +18,7 @@ and 55-58 CPU-seconds with.
 
 Without Java 13+, or when the archive cannot be made, the suite runs without it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -45,8 +46,14 @@ def _java() -> Optional[str]:
 
 def _java_version(java: str) -> Optional[str]:
     try:
-        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL, env={**os.environ, "JDK_JAVA_OPTIONS": ""})
+        proc = subprocess.run(
+            [java, "-version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "JDK_JAVA_OPTIONS": ""},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = [line for line in proc.stderr.splitlines() if "version" in line]
@@ -76,10 +83,18 @@ def archive_path() -> Optional[Path]:
     # a dynamic archive only maps on top of the JDK's own (base) archive it was made with: a
     # JDK update or `java -Xshare:dump` rewrites that one, and the JVMs would ignore ours
     base = sorted(Path(java).resolve().parent.parent.glob("lib/server/*.jsa"))
-    key = hashlib.sha256("\n".join(
-        [java, version, str(spark_home), pyspark.__version__, sys.executable,
-         *[f"{j.name} {j.stat().st_size} {j.stat().st_mtime_ns}" for j in jars + base]]
-    ).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\n".join(
+            [
+                java,
+                version,
+                str(spark_home),
+                pyspark.__version__,
+                sys.executable,
+                *[f"{j.name} {j.stat().st_size} {j.stat().st_mtime_ns}" for j in jars + base],
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "spark_gmm-test-cds" / f"spark-{key}.jsa"
 
 
@@ -94,9 +109,15 @@ def start_making(env: dict) -> None:
     env = dict(env)
     env.pop("JDK_JAVA_OPTIONS", None)
     with open(path.with_suffix(".log"), "w") as log:
-        subprocess.Popen([sys.executable, __file__, "make"], env=env, cwd=str(TESTS_DIR.parent),
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, __file__, "make"],
+            env=env,
+            cwd=str(TESTS_DIR.parent),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _make() -> int:
@@ -112,8 +133,11 @@ def _make() -> int:
             return 0
         partial = path.with_suffix(f".{os.getpid()}.partial")
         try:
-            proc = subprocess.run([sys.executable, str(APP), str(partial)], timeout=MAKE_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                [sys.executable, str(APP), str(partial)],
+                timeout=MAKE_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
             if proc.returncode == 0 and partial.exists() and partial.stat().st_size > 0:
                 os.replace(partial, path)
                 return 0

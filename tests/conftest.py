@@ -96,10 +96,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
     if connect_modules - CONNECT_SERVER_MODULES:
-        warnings.warn(pytest.PytestWarning(
-            f"{sorted(connect_modules - CONNECT_SERVER_MODULES)} use the Connect server: add "
-            "them to CONNECT_SERVER_MODULES (tests/conftest.py), or their test process starts "
-            "a second server"))
+        warnings.warn(
+            pytest.PytestWarning(
+                f"{sorted(connect_modules - CONNECT_SERVER_MODULES)} use the Connect server: add "
+                "them to CONNECT_SERVER_MODULES (tests/conftest.py), or their test process starts "
+                "a second server"
+            )
+        )
     # a run with subprocess JVMs makes the class archive they map, if missing
     # (tests/class_archive.py; in the background: the first ones start without it)
     if not config.option.collectonly and any(item.get_closest_marker("slow") for item in items):
@@ -125,8 +128,9 @@ def spark(tmp_path_factory):
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.warehouse.dir", str(base / "spark-warehouse"))
-        .config("spark.driver.extraJavaOptions",
-                f"-Dderby.system.home={base} {jvm_options_for_tests()}")
+        .config(
+            "spark.driver.extraJavaOptions", f"-Dderby.system.home={base} {jvm_options_for_tests()}"
+        )
         .config("spark.pyspark.python", sys.executable)
         .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
@@ -235,8 +239,10 @@ def connect_server(tmp_path_factory):
         except RuntimeError:
             if attempt == 2:
                 raise
-    print(f"\nSpark Connect server {server.url} up in {server.startup_seconds:.1f}s "
-          f"(log: {server.log_path})")
+    print(
+        f"\nSpark Connect server {server.url} up in {server.startup_seconds:.1f}s "
+        f"(log: {server.log_path})"
+    )
     try:
         yield server
     finally:

@@ -309,8 +309,7 @@ if __name__ == "__main__":  # manual use: python tests/connect_server.py
     srv = ConnectServer(d)
     try:
         srv.start()
-        print(f"{srv.url}  (started in {srv.startup_seconds:.1f}s, log {srv.log_path})",
-              flush=True)
+        print(f"{srv.url}  (started in {srv.startup_seconds:.1f}s, log {srv.log_path})", flush=True)
         while srv.proc is not None and srv.proc.poll() is None:
             time.sleep(1)
     except KeyboardInterrupt:

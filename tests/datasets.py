@@ -1,4 +1,5 @@
 """Generated data sets shared by the Spark-layer tests (no downloads)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,9 +19,9 @@ def blobs(n_per: int, d: int, k: int = 3, separation: float = 10.0, seed: int = 
 def one_d_mixture(seed: int = 0):
     """N(-0.5, 0.2) x 2000, N(-0.1, 0.07) x 5000, N(0.2, 0.13) x 10000 (stds)."""
     rng = np.random.default_rng(seed)
-    x = np.concatenate([
-        rng.normal(-0.5, 0.2, 2000), rng.normal(-0.1, 0.07, 5000), rng.normal(0.2, 0.13, 10000)
-    ])
+    x = np.concatenate(
+        [rng.normal(-0.5, 0.2, 2000), rng.normal(-0.1, 0.07, 5000), rng.normal(0.2, 0.13, 10000)]
+    )
     return rng.permutation(x)[:, None]
 
 

@@ -2,6 +2,7 @@
 and the coordinator, records what crosses it, and can tamper with or replay what a task
 sends. ``intercept(monkeypatch)`` makes every coordinator of the fits that follow advertise
 its proxy's port instead of its own."""
+
 import socket
 import threading
 from typing import Callable, List, Optional
@@ -36,10 +37,8 @@ class Proxy:
                 client.close()
                 continue
             self._sockets += [client, target]
-            threading.Thread(target=self._pump, args=(client, target, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(target, client, False),
-                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, target, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(target, client, False), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool):
         index = 0
@@ -74,8 +73,9 @@ class Proxy:
                 pass
 
 
-def intercept(monkeypatch, tamper_upstream: Optional[Tamper] = None,
-              dead_port: Optional[int] = None):
+def intercept(
+    monkeypatch, tamper_upstream: Optional[Tamper] = None, dead_port: Optional[int] = None
+):
     """Makes the coordinators created from now on advertise a proxy (or ``dead_port``, where
     nothing listens); returns the list that collects the coordinators created."""
     created = []

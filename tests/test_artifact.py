@@ -14,6 +14,7 @@ with the wheel on ``local-cluster``.
 
 Nothing of this checkout is on PYTHONPATH in these runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, TEST_JVM_OPTIONS,
-                            _tail)
+from tests.conftest import LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, TEST_JVM_OPTIONS, _tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -36,25 +36,40 @@ PIP_FLAGS = ("--disable-pip-version-check", "-q")
 
 def _pip(python: Path, command: str, *args) -> list:
     return [python, "-m", "pip", command, *PIP_FLAGS, *args]
-PNGS = ["clusters_x_y.png", "density_x.png", "density_y.png", "density_z.png",
-        "log_likelihood.png"]
+
+
+PNGS = ["clusters_x_y.png", "density_x.png", "density_y.png", "density_z.png", "log_likelihood.png"]
 
 
 def _run(cmd, cwd, env, timeout=SCRIPT_TIMEOUT, shell=False):
-    proc = subprocess.run(cmd if shell else [str(c) for c in cmd], cwd=str(cwd), env=env,
-                          timeout=timeout, shell=shell, executable="/bin/bash" if shell else None,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    assert proc.returncode == 0, (f"{cmd if shell else ' '.join(map(str, cmd))}: exit "
-                                  f"{proc.returncode}\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}")
+    proc = subprocess.run(
+        cmd if shell else [str(c) for c in cmd],
+        cwd=str(cwd),
+        env=env,
+        timeout=timeout,
+        shell=shell,
+        executable="/bin/bash" if shell else None,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, (
+        f"{cmd if shell else ' '.join(map(str, cmd))}: exit "
+        f"{proc.returncode}\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
+    )
     return proc
 
 
 def _clean_env(tmp: Path) -> dict:
     """The environment of a new shell: nothing of this checkout or this venv."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYSPARK_", "SPARK_", "VIRTUAL_ENV", "PYTHON"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and not p.startswith(str(REPO_ROOT)))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYSPARK_", "SPARK_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(REPO_ROOT))
+    )
     env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_CONF_DIR=str(tmp / "conf"))
     env.setdefault("JDK_JAVA_OPTIONS", TEST_JVM_OPTIONS)  # as every test JVM (conftest)
     (tmp / "conf").mkdir(exist_ok=True)
@@ -73,8 +88,12 @@ def quickstart_command(number: int) -> str:
 def fresh_copy(tmp_path_factory) -> Path:
     """The repository's tracked (and new, not ignored) files, as a fresh clone has them."""
     copy = tmp_path_factory.mktemp("fresh") / "spark_gmm"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO_ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     for name in filter(None, (f.decode() for f in files)):
         source = REPO_ROOT / name
         if source.is_file():
@@ -106,8 +125,11 @@ def test_first_quickstart_command_writes_the_plots_and_the_page(quickstart):
 def wheel(quickstart) -> Path:
     python = quickstart / ".venv" / "bin" / "python"
     dist = quickstart / "dist"
-    _run(_pip(python, "wheel", "--no-deps", "-w", dist, "."), cwd=quickstart,
-         env=_clean_env(quickstart.parent))
+    _run(
+        _pip(python, "wheel", "--no-deps", "-w", dist, "."),
+        cwd=quickstart,
+        env=_clean_env(quickstart.parent),
+    )
     (built,) = dist.glob("spark_gmm-*-py3-none-any.whl")
     with zipfile.ZipFile(built) as zf:
         names = zf.namelist()
@@ -138,9 +160,24 @@ def _executors(report):
 
 def test_the_wheel_installs_and_its_fit_job_runs(installed, tmp_path):
     out = tmp_path / "out"
-    _run([installed.parent / "spark-gmm-fit", "--demo", "--demo-rows", "3000", "--k", "3",
-          "--output", out, "--master", "local[2]", "--conf", "spark.ui.enabled=false"],
-         cwd=tmp_path, env=_clean_env(tmp_path))
+    _run(
+        [
+            installed.parent / "spark-gmm-fit",
+            "--demo",
+            "--demo-rows",
+            "3000",
+            "--k",
+            "3",
+            "--output",
+            out,
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.ui.enabled=false",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(tmp_path),
+    )
     report = json.loads((out / "report" / "report.json").read_text())
     site = installed.parent.parent / "lib"
     assert all(Path(e["spark_gmm_path"]).is_relative_to(site) for e in _executors(report))
@@ -157,22 +194,52 @@ def test_readme_cluster_recipe_with_the_wheel_on_local_cluster(installed, wheel,
     package = tmp_path / "spark_gmm.zip"
     shutil.copyfile(wheel, package)
     env = _clean_env(tmp_path)
-    spark_home = Path(_run([installed, "-c", "import os, pyspark; "
-                                             "print(os.path.dirname(pyspark.__file__))"],
-                           cwd=tmp_path, env=env).stdout.strip())
-    env.update(SPARK_HOME=str(spark_home),  # local-cluster's work/ goes into that venv
-               PYSPARK_PYTHON=str(installed), PYSPARK_DRIVER_PYTHON=str(installed))
+    spark_home = Path(
+        _run(
+            [installed, "-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"],
+            cwd=tmp_path,
+            env=env,
+        ).stdout.strip()
+    )
+    env.update(
+        SPARK_HOME=str(spark_home),  # local-cluster's work/ goes into that venv
+        PYSPARK_PYTHON=str(installed),
+        PYSPARK_DRIVER_PYTHON=str(installed),
+    )
     out = tmp_path / "out"
-    cmd = [spark_home / "bin" / "spark-submit", "--master", LOCAL_CLUSTER_MASTER,
-           "--properties-file", REPO_ROOT / "conf" / "spark-cluster.properties",
-           # local-cluster[2,1,1024]: executors must fit into a worker
-           "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
-           "--conf", "spark.executor.memoryOverhead=384m", "--conf", "spark.driver.memory=1g",
-           "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
-           "--conf", f"spark.pyspark.python={installed}",
-           "--py-files", package,
-           REPO_ROOT / "jobs" / "fit.py", "--demo", "--demo-rows", "3000", "--k", "3",
-           "--output", out, "--no-plots"]
+    cmd = [
+        spark_home / "bin" / "spark-submit",
+        "--master",
+        LOCAL_CLUSTER_MASTER,
+        "--properties-file",
+        REPO_ROOT / "conf" / "spark-cluster.properties",
+        # local-cluster[2,1,1024]: executors must fit into a worker
+        "--conf",
+        "spark.executor.memory=512m",
+        "--conf",
+        "spark.executor.cores=1",
+        "--conf",
+        "spark.executor.memoryOverhead=384m",
+        "--conf",
+        "spark.driver.memory=1g",
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        f"spark.pyspark.python={installed}",
+        "--py-files",
+        package,
+        REPO_ROOT / "jobs" / "fit.py",
+        "--demo",
+        "--demo-rows",
+        "3000",
+        "--k",
+        "3",
+        "--output",
+        out,
+        "--no-plots",
+    ]
     _run(cmd, cwd=tmp_path, env=env)
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["spark"]["master"] == LOCAL_CLUSTER_MASTER

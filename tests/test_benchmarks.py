@@ -1,5 +1,6 @@
 """Smoke runs of the hand-run benchmarks in jobs/benchmarks/ on tiny data: they still run
 against the current code and report every figure they document. Timings are never asserted."""
+
 import json
 import math
 
@@ -13,8 +14,18 @@ pytestmark = pytest.mark.slow
 
 def test_bench_gmm_reports_every_implementation(run_script, tmp_path):
     out = tmp_path / "out"
-    run_script(BENCHMARKS / "bench_gmm.py", "--rows", 5000, "--max-iter", 2, "--no-warmup",
-               "--workdir", tmp_path / "data", "--output", out)
+    run_script(
+        BENCHMARKS / "bench_gmm.py",
+        "--rows",
+        5000,
+        "--max-iter",
+        2,
+        "--no-warmup",
+        "--workdir",
+        tmp_path / "data",
+        "--output",
+        out,
+    )
     result = json.loads((out / "results.json").read_text())
     (run,) = result["runs"]
     assert run["rows"] == 5000 and run["kernel"]["ceiling_seconds_per_iteration"] > 0
@@ -35,9 +46,14 @@ def test_bench_pass_read_times_every_form(run_script):
     proc = run_script(BENCHMARKS / "bench_pass_read.py", "--rows", 20000, "--repeats", 1)
     result = json.loads(proc.stdout)
     seconds = {key: value for key, value in result.items() if "seconds" in key}
-    for key in ("empty_job_seconds", "read_packed_blocks_arrow_seconds",
-                "read_packed_blocks_rdd_seconds", "em_pass_seconds_arrow_blocks",
-                "em_pass_seconds_rdd_blocks", "em_pass_seconds_rdd_coalesced"):
+    for key in (
+        "empty_job_seconds",
+        "read_packed_blocks_arrow_seconds",
+        "read_packed_blocks_rdd_seconds",
+        "em_pass_seconds_arrow_blocks",
+        "em_pass_seconds_rdd_blocks",
+        "em_pass_seconds_rdd_coalesced",
+    ):
         assert key in seconds
     assert all(value > 0 for value in seconds.values())
 
@@ -45,11 +61,23 @@ def test_bench_pass_read_times_every_form(run_script):
 def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path, connect_url):
     """The same fit on a classic session and through the session's Connect server (both on the
     resident engine) ends at the same log-likelihood."""
-    proc = run_script(BENCHMARKS / "bench_connect.py", "--rows", 5000, "--max-iter", 2,
-                      "--repeats", 1, "--workdir", tmp_path, "--remote", connect_url)
+    proc = run_script(
+        BENCHMARKS / "bench_connect.py",
+        "--rows",
+        5000,
+        "--max-iter",
+        2,
+        "--repeats",
+        1,
+        "--workdir",
+        tmp_path,
+        "--remote",
+        connect_url,
+    )
     result = json.loads(proc.stdout)
     classic, connect = result["classic"]["spark_gmm"], result["connect"]["spark_gmm"]
     assert classic["num_iter"] == connect["num_iter"] == 2
     assert connect["log_likelihood_reported"] == pytest.approx(
-        classic["log_likelihood_reported"], rel=1e-12)
+        classic["log_likelihood_reported"], rel=1e-12
+    )
     assert result["connect"]["builtin"]["num_iter"] == 2

@@ -6,6 +6,7 @@ its own, which this process loads. The other interpreter: ``SPARK_GMM_OTHER_PYTH
 ``.venv-spark35/bin/python`` or ``.venv/bin/python`` of this checkout, whichever runs another
 PySpark line than this one (``bash .ci/run`` builds both; under CI a missing one fails).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import numpy as np
 import pyspark
 import pytest
 
-from tests.conftest import REPO_ROOT, SCRIPTS_DIR, SCRIPT_TIMEOUT, _tail, script_env
+from tests.conftest import REPO_ROOT, SCRIPT_TIMEOUT, SCRIPTS_DIR, _tail, script_env
 from tests.scripts.persistence_script import fit_and_save, load_and_predict
 
 pytestmark = pytest.mark.slow
@@ -28,23 +29,36 @@ def _line(version: str) -> str:
 
 
 def _pyspark_of(python: str):
-    proc = subprocess.run([python, "-c", "import pyspark; print(pyspark.__version__)"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        [python, "-c", "import pyspark; print(pyspark.__version__)"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
 def other_python():
     given = os.environ.get("SPARK_GMM_OTHER_PYTHON")
-    candidates = [given] if given else [str(REPO_ROOT / ".venv-spark35" / "bin" / "python"),
-                                        str(REPO_ROOT / ".venv" / "bin" / "python")]
+    candidates = (
+        [given]
+        if given
+        else [
+            str(REPO_ROOT / ".venv-spark35" / "bin" / "python"),
+            str(REPO_ROOT / ".venv" / "bin" / "python"),
+        ]
+    )
     for python in candidates:
         if Path(python).exists():
             version = _pyspark_of(python)
             if version and _line(version) != _line(pyspark.__version__):
                 return python, version
-    reason = (f"no interpreter with another PySpark line than {pyspark.__version__} among "
-              f"{candidates} (bash .ci/run builds .venv-spark35)")
+    reason = (
+        f"no interpreter with another PySpark line than {pyspark.__version__} among "
+        f"{candidates} (bash .ci/run builds .venv-spark35)"
+    )
     if os.environ.get("CI"):
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
@@ -66,10 +80,25 @@ def test_models_load_across_pyspark_lines(spark, other_python, tmp_path):
     ours = fit_and_save(spark, ours_dir)
 
     env = script_env({"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python})
-    cmd = [python, str(SCRIPTS_DIR / "persistence_script.py"), "--load", str(ours_dir),
-           "--save", str(theirs_dir), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    cmd = [
+        python,
+        str(SCRIPTS_DIR / "persistence_script.py"),
+        "--load",
+        str(ours_dir),
+        "--save",
+        str(theirs_dir),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=str(REPO_ROOT),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{_tail(proc.stderr)}"
     facts = json.loads(out.read_text())
     assert _line(facts["loaded"]["pyspark"]) == _line(version) != _line(pyspark.__version__)

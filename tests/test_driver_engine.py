@@ -8,6 +8,7 @@ driver, every pass in process.
 * It starts no Python worker: a fit on it runs no Python task at all.
 * The limit follows the settings that bound what the driver can hold.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,11 @@ def weighted(spark):
     X, _ = blobs(300, 3, k=3, separation=4.0, seed=4)
     w = np.random.default_rng(9).integers(0, 4, len(X)).astype(float)
     data = [(i, [float(v) for v in x], float(wi)) for i, (x, wi) in enumerate(zip(X, w))]
-    df = spark.createDataFrame(data, "id long, features array<double>, w double") \
-        .repartition(3, "id").cache()
+    df = (
+        spark.createDataFrame(data, "id long, features array<double>, w double")
+        .repartition(3, "id")
+        .cache()
+    )
     df.count()
     yield df
     df.unpersist()
@@ -42,8 +46,9 @@ def weighted(spark):
 
 def _outcome(df, init_mode: str, engine: str):
     """Every covariance type, two restarts each, as one fit's candidates."""
-    gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=4, tol=0.0, seed=3,
-                         engine=engine)
+    gm = GaussianMixture(
+        k=3, initMode=init_mode, weightCol="w", maxIter=4, tol=0.0, seed=3, engine=engine
+    )
     candidates = [Candidate(3, t, seed) for t in kernel.COVARIANCE_TYPES for seed in (3, 4)]
     return fit_candidates(df, candidates, fit_settings(gm))
 
@@ -53,8 +58,9 @@ def _assert_same_bits(outcome, reference):
     for result, expected in zip(outcome.results, reference.results):
         what = f"{outcome.engine} vs {reference.engine}"
         for name in ("weights", "means", "covariances"):
-            np.testing.assert_array_equal(getattr(result.params, name),
-                                          getattr(expected.params, name), err_msg=what)
+            np.testing.assert_array_equal(
+                getattr(result.params, name), getattr(expected.params, name), err_msg=what
+            )
         np.testing.assert_array_equal(result.history, expected.history, err_msg=what)
         assert result.log_likelihood == expected.log_likelihood
 
@@ -81,7 +87,9 @@ def test_the_selector_chooses_the_same_on_every_engine(weighted):
     for engine in ("driver", "resident"):
         selector = GaussianMixtureSelector(
             estimator=GaussianMixture(weightCol="w", seed=2, maxIter=5, engine=engine),
-            kValues=[1, 2, 3], covarianceTypes=["full", "diag"])
+            kValues=[1, 2, 3],
+            covarianceTypes=["full", "diag"],
+        )
         model = selector.fit(weighted)
         assert model.bestModel.summary.engine == engine
         tables[engine] = model.table
@@ -104,21 +112,22 @@ def test_auto_leaves_it_above_the_limit_and_driver_is_then_an_error(spark, weigh
         model = GaussianMixture(k=3, weightCol="w", seed=1, maxIter=3).fit(weighted)
         assert model.summary.engine == "resident"
         assert "too large for the driver engine" in model.summary.engineReason
-        with pytest.raises(ValueError, match=r"engine='driver' cannot run this fit: its rows "
-                                             r"take 0.0 MiB .*900 x 4.*spark.gmm.driver.max"):
+        with pytest.raises(
+            ValueError,
+            match=r"engine='driver' cannot run this fit: its rows "
+            r"take 0.0 MiB .*900 x 4.*spark.gmm.driver.max",
+        ):
             GaussianMixture(k=3, weightCol="w", engine="driver").fit(weighted)
     finally:
         spark.conf.unset(DRIVER_MAX_BYTES_CONF)
-    assert GaussianMixture(k=3, weightCol="w", maxIter=2).fit(weighted).summary.engine \
-        == "driver"
+    assert GaussianMixture(k=3, weightCol="w", maxIter=2).fit(weighted).summary.engine == "driver"
 
 
 def test_the_limit_follows_what_the_driver_can_hold(monkeypatch):
     settings = {}
     monkeypatch.setattr(driver, "conf_value", lambda spark, key: settings.get(key))
     monkeypatch.setattr(driver, "_available_memory", lambda: 64 << 30)
-    assert driver_limit(None, 3) == (
-        12 << 20, f"the default {DRIVER_MAX_BYTES_CONF} (12 MiB)")
+    assert driver_limit(None, 3) == (12 << 20, f"the default {DRIVER_MAX_BYTES_CONF} (12 MiB)")
     settings[DRIVER_MAX_BYTES_CONF] = "1g"
     limit, what = driver_limit(None, 3)  # a quarter of the default 1g heap, as packed
     assert what.startswith("a quarter of spark.driver.memory") and limit < 1 << 30
@@ -126,8 +135,7 @@ def test_the_limit_follows_what_the_driver_can_hold(monkeypatch):
     limit, what = driver_limit(None, 3)
     assert what.startswith("half of spark.driver.maxResultSize") and limit < 2 << 20
     monkeypatch.setattr(driver, "_available_memory", lambda: 3 << 20)
-    assert driver_limit(None, 3) == (1 << 20, "a third of the driver's free memory "
-                                                    "(0.0 GiB)")
+    assert driver_limit(None, 3) == (1 << 20, "a third of the driver's free memory (0.0 GiB)")
 
 
 def test_it_needs_no_python_worker(weighted, monkeypatch):
@@ -172,8 +180,7 @@ BAD_INPUTS = {
 
 def _frame(spark, rows, repeat=20):
     data = [(x, w) for _ in range(repeat) for x, w in rows]
-    return spark.createDataFrame(data, "features array<double>, w double").repartition(2) \
-        .cache()
+    return spark.createDataFrame(data, "features array<double>, w double").repartition(2).cache()
 
 
 @pytest.mark.parametrize("handle_invalid", ["error", "skip"])
@@ -184,12 +191,16 @@ def test_the_driver_validates_as_spark_does(spark, case, handle_invalid):
     df = _frame(spark, BAD_INPUTS[case])
     outcomes = {}
     for engine in ("auto", "jobPerPass"):
-        gm = GaussianMixture(k=1, weightCol="w", maxIter=2, handleInvalid=handle_invalid,
-                             engine=engine)
+        gm = GaussianMixture(
+            k=1, weightCol="w", maxIter=2, handleInvalid=handle_invalid, engine=engine
+        )
         try:
             model = gm.fit(df)
-            outcomes[engine] = (model.summary.engine, model.summary.numRows,
-                                np.asarray(model.means).tobytes())
+            outcomes[engine] = (
+                model.summary.engine,
+                model.summary.numRows,
+                np.asarray(model.means).tobytes(),
+            )
         except Exception as exc:
             outcomes[engine] = (type(exc).__name__, str(exc))
     df.unpersist()
@@ -260,7 +271,13 @@ def test_two_fits_at_once_and_a_parallel_cross_validator(spark, weighted):
     grid = ParamGridBuilder().addGrid(gm.k, [2, 3]).build()
     metrics = []
     for parallelism in (1, 2):
-        cv = CrossValidator(estimator=gm, estimatorParamMaps=grid, numFolds=2, seed=3,
-                            evaluator=GaussianMixtureEvaluator(), parallelism=parallelism)
+        cv = CrossValidator(
+            estimator=gm,
+            estimatorParamMaps=grid,
+            numFolds=2,
+            seed=3,
+            evaluator=GaussianMixtureEvaluator(),
+            parallelism=parallelism,
+        )
         metrics.append(cv.fit(weighted).avgMetrics)
     assert metrics[0] == metrics[1]

@@ -29,8 +29,9 @@ PYSPARK_MAJOR = int(pyspark.__version__.split(".")[0])
 
 MODES = [  # compat: local and Connect also run on PySpark 3.5 (.ci/run)
     pytest.param("local", marks=[pytest.mark.slow, pytest.mark.compat], id="local"),
-    pytest.param("connect", marks=[pytest.mark.connect, pytest.mark.slow, pytest.mark.compat],
-                 id="connect"),
+    pytest.param(
+        "connect", marks=[pytest.mark.connect, pytest.mark.slow, pytest.mark.compat], id="connect"
+    ),
     pytest.param("cluster", marks=[pytest.mark.cluster, pytest.mark.slow], id="cluster"),
 ]
 BUILTIN_MODES = MODES[:2]  # the built-in is not re-run on local-cluster
@@ -57,12 +58,16 @@ def _dropin(run_json_script, tmp_path_factory, name, modules, *session_args):
 
 @pytest.fixture(scope="session")
 def dropin_local(run_json_script, tmp_path_factory):
-    return _dropin(run_json_script, tmp_path_factory, "local", [BUILTIN, OURS], "--master", "local[2]")
+    return _dropin(
+        run_json_script, tmp_path_factory, "local", [BUILTIN, OURS], "--master", "local[2]"
+    )
 
 
 @pytest.fixture(scope="session")
 def dropin_connect(run_json_script, tmp_path_factory, connect_url):
-    return _dropin(run_json_script, tmp_path_factory, "connect", [BUILTIN, OURS], "--remote", connect_url)
+    return _dropin(
+        run_json_script, tmp_path_factory, "connect", [BUILTIN, OURS], "--remote", connect_url
+    )
 
 
 @pytest.fixture(scope="session")
@@ -119,10 +124,24 @@ def _diff(expected, actual):
 
 
 _STRUCTURAL_KEYS = (
-    "defaults", "setters_return_self", "getters", "copy", "estimator_save_load",
-    "transform", "weights", "gaussians", "gaussiansDF", "predict", "numFeatures",
-    "model_getK", "hasSummary", "summary", "save_load", "overwrite",
-    "save_to_existing_path_raises", "pipeline",
+    "defaults",
+    "setters_return_self",
+    "getters",
+    "copy",
+    "estimator_save_load",
+    "transform",
+    "weights",
+    "gaussians",
+    "gaussiansDF",
+    "predict",
+    "numFeatures",
+    "model_getK",
+    "hasSummary",
+    "summary",
+    "save_load",
+    "overwrite",
+    "save_to_existing_path_raises",
+    "pipeline",
 )
 
 
@@ -192,7 +211,10 @@ def check_expected_facts(run):
     assert sm["cluster_schema"] == [["prediction", "int", "IntegerType"]]
     assert sm["probability_schema"] == [["probability", *VECTOR]]
     assert (sm["featuresCol"], sm["predictionCol"], sm["probabilityCol"]) == (
-        "features", "prediction", "probability")
+        "features",
+        "prediction",
+        "probability",
+    )
 
     sl = s["save_load"]
     assert sl["class"] == "GaussianMixtureModel" and sl["uid_same"]
@@ -208,7 +230,12 @@ def check_expected_facts(run):
     assert pl["partition_matches_labels"] and pl["loaded_predictions_equal"]
 
     c = s["copy"]
-    assert c["is_new_object"] and c["same_uid"] and c["extra_k"] == 5 and c["original_k_unchanged"] == 3
+    assert (
+        c["is_new_object"]
+        and c["same_uid"]
+        and c["extra_k"] == 5
+        and c["original_k_unchanged"] == 3
+    )
     assert s["setters_return_self"] is True
 
 
@@ -231,7 +258,9 @@ def test_harness_python_workers(request, mode):
         assert h["arrow_udf"] == [1.0, 2.0, 3.0]
         assert h["toArrow_num_rows"] == 2
     assert h["cache_storageLevel"] == [
-        "Disk Memory Deserialized 1x Replicated", "Serialized 1x Replicated"]
+        "Disk Memory Deserialized 1x Replicated",
+        "Serialized 1x Replicated",
+    ]
     assert h["vector_to_array_roundtrip"] == [[1.0, 2.0], [0.0, 3.0]]
 
 
@@ -240,7 +269,9 @@ def test_builtin_baseline(request, mode):
     """Spark's own GaussianMixture passes the script: validates the script."""
     run = _require_run(request.getfixturevalue(f"dropin_{mode}"), BUILTIN)
     failed = _failed_steps(run)
-    assert not failed, "built-in failed steps:\n" + "\n".join(f"{k}: {v}" for k, v in failed.items())
+    assert not failed, "built-in failed steps:\n" + "\n".join(
+        f"{k}: {v}" for k, v in failed.items()
+    )
     check_expected_facts(run)
 
 
@@ -252,7 +283,8 @@ def test_spark_gmm_steps_succeed(request, mode):
     run = _require_run(request.getfixturevalue(f"dropin_{mode}"), OURS)
     failed = _failed_steps(run)
     assert not failed, f"spark_gmm failed steps ({mode}):\n" + "\n".join(
-        f"--- {k}: {v}" for k, v in failed.items())
+        f"--- {k}: {v}" for k, v in failed.items()
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -267,8 +299,11 @@ def test_spark_gmm_matches_builtin(request, mode):
     sizes, getters, persistence behaviour, ...) equals the built-in's."""
     ours = _require_run(request.getfixturevalue(f"dropin_{mode}"), OURS)
     ref = _builtin_reference(request, mode)
-    lines = [line for line in _diff(ref["structural"], ours["structural"])
-             if line.split(":")[0].strip() not in _builtin_lacks(ref)]
+    lines = [
+        line
+        for line in _diff(ref["structural"], ours["structural"])
+        if line.split(":")[0].strip() not in _builtin_lacks(ref)
+    ]
     assert not lines, f"spark_gmm differs from {BUILTIN} ({mode}):\n" + "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Bad input: every case gets an error naming the column and the problem."""
+
 import numpy as np
 import pytest
 from pyspark.ml.linalg import Vectors, VectorUDT
@@ -79,8 +80,9 @@ def test_bad_weights(spark, clean, weight):
     rows = [(Vectors.dense(x), 1.0) for x in X] + [(Vectors.dense([0.0, 0.0]), weight)]
     schema = StructType([StructField("features", VectorUDT()), StructField("w", DoubleType())])
     df = spark.createDataFrame(rows, schema)
-    with pytest.raises(InvalidInputError,
-                       match="weight column 'w' has 1 null, NaN, negative or infinite value"):
+    with pytest.raises(
+        InvalidInputError, match="weight column 'w' has 1 null, NaN, negative or infinite value"
+    ):
         GaussianMixture(k=2, weightCol="w").fit(df)
 
 
@@ -125,7 +127,9 @@ def test_missing_and_wrongly_typed_columns(spark, clean):
     df = clean[1]
     with pytest.raises(InvalidInputError, match="features column 'feats' not found"):
         GaussianMixture(featuresCol="feats").fit(df)
-    with pytest.raises(InvalidInputError, match="must be a vector or an array of numbers, got bigint"):
+    with pytest.raises(
+        InvalidInputError, match="must be a vector or an array of numbers, got bigint"
+    ):
         GaussianMixture(featuresCol="id").fit(df)
     with pytest.raises(InvalidInputError, match="inputCols \\['nope'\\] not found"):
         GaussianMixture(inputCols=["id", "nope"]).fit(df)
@@ -143,8 +147,9 @@ def test_output_column_is_never_overwritten(spark, clean):
 
 
 def test_initial_model_must_match(spark, clean):
-    initial = GaussianMixtureModel.fromArrays([0.5, 0.5], [[0, 0, 0], [1, 1, 1]], [1.0, 1.0],
-                                              "spherical")
+    initial = GaussianMixtureModel.fromArrays(
+        [0.5, 0.5], [[0, 0, 0], [1, 1, 1]], [1.0, 1.0], "spherical"
+    )
     with pytest.raises(ValueError, match="initialModel has k=2, 3 features"):
         GaussianMixture(k=2, covarianceType="spherical", initialModel=initial).fit(clean[1])
 

@@ -1,18 +1,18 @@
 """Spark layer: the estimator against the NumPy kernel, Spark's failure cases, the summary."""
+
 import math
 
 import numpy as np
 import pytest
 from pyspark.ml.linalg import Vectors
+from pyspark.rdd import RDD
 from pyspark.sql import functions as F
 from scipy import stats as sps
 
 from spark_gmm import GaussianMixture, GaussianMixtureModel, kernel
-from pyspark.rdd import RDD
-
 from spark_gmm.data import prepare, resolve_features
-from spark_gmm.engine.blocks import BLOCKS_SCHEMA, pack
 from spark_gmm.engine.base import tree_scale
+from spark_gmm.engine.blocks import BLOCKS_SCHEMA, pack
 from spark_gmm.engine.job_per_pass import JobPerPassEngine, pack_blocks
 from spark_gmm.engine.partitions import limit_partitions
 from tests.datasets import adjusted_rand_index, array_df, blobs, one_d_mixture, vector_df
@@ -47,8 +47,15 @@ def blob_data():
 
 @pytest.mark.parametrize(
     "covariance_type,partitions",
-    [("full", 1), ("full", 3), ("full", 8), ("full", 40), ("tied", 3), ("diag", 8),
-     ("spherical", 3)],
+    [
+        ("full", 1),
+        ("full", 3),
+        ("full", 8),
+        ("full", 40),
+        ("tied", 3),
+        ("diag", 8),
+        ("spherical", 3),
+    ],
 )
 def test_spark_fit_equals_kernel_fit(spark, blob_data, covariance_type, partitions):
     X, _ = blob_data
@@ -57,8 +64,9 @@ def test_spark_fit_equals_kernel_fit(spark, blob_data, covariance_type, partitio
     initial = GaussianMixtureModel.fromArrays(
         start.weights, start.means, start.covariances, covariance_type
     )
-    gm = GaussianMixture(k=3, covarianceType=covariance_type, maxIter=15, tol=1e-8,
-                         initialModel=initial)
+    gm = GaussianMixture(
+        k=3, covarianceType=covariance_type, maxIter=15, tol=1e-8, initialModel=initial
+    )
     model = gm.fit(vector_df(spark, X, partitions))
     _assert_params_close(model, reference.params, rtol=1e-9)
     assert model.summary.numIter == reference.n_iter
@@ -90,12 +98,20 @@ def test_packing_joins_batches_into_full_blocks(monkeypatch):
     rng = np.random.default_rng(0)
     X, w = rng.standard_normal((57, 3)), rng.random(57)
     cuts = [0, 4, 4, 27, 30, 57]
-    batches = [pa.RecordBatch.from_pydict({
-        FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
-        WEIGHT: pa.array(w[lo:hi]),
-    }) for lo, hi in zip(cuts, cuts[1:])]
-    blocks = [block for packed in blocks_module.pack(3)(batches)
-              for block in blocks_module.read_packed(packed, 3)]
+    batches = [
+        pa.RecordBatch.from_pydict(
+            {
+                FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
+                WEIGHT: pa.array(w[lo:hi]),
+            }
+        )
+        for lo, hi in zip(cuts, cuts[1:])
+    ]
+    blocks = [
+        block
+        for packed in blocks_module.pack(3)(batches)
+        for block in blocks_module.read_packed(packed, 3)
+    ]
     assert [len(Xb) for Xb, _ in blocks] == [10, 10, 10, 10, 10, 7]
     X_canonical, w_canonical = blocks_module.canonical(X, w)
     assert not np.array_equal(X_canonical, X)
@@ -169,8 +185,12 @@ def test_integer_weights_equal_duplicated_rows(spark, blob_data):
 
 @pytest.mark.parametrize(
     "case,scale,offset,d",
-    [("scaled by 100", 100.0, 0.0, 10), ("scaled by 1e-4", 1e-4, 0.0, 10),
-     ("shifted by 1e8", 1.0, 1e8, 10), ("40 features", 1.0, 0.0, 40)],
+    [
+        ("scaled by 100", 100.0, 0.0, 10),
+        ("scaled by 1e-4", 1e-4, 0.0, 10),
+        ("shifted by 1e8", 1.0, 1e8, 10),
+        ("40 features", 1.0, 0.0, 40),
+    ],
 )
 def test_recovers_blobs_where_spark_builtin_fails(spark, case, scale, offset, d):
     from sklearn.mixture import GaussianMixture as SkGMM
@@ -192,8 +212,9 @@ def test_one_d_density_matches_log_likelihood_column_and_integrates_to_one(spark
     df = vector_df(spark, X, 4)
     # At tol=1e-3 EM (ours and scikit-learn's alike) stops on a plateau after ~4 iterations
     # with means (-0.54, -0.08, 0.23); a tight tol reaches the generating mixture.
-    model = GaussianMixture(k=3, seed=2, tol=1e-8, maxIter=500,
-                            logLikelihoodCol="logLikelihood").fit(df)
+    model = GaussianMixture(
+        k=3, seed=2, tol=1e-8, maxIter=500, logLikelihoodCol="logLikelihood"
+    ).fit(df)
 
     def density(x):
         return sum(
@@ -257,8 +278,11 @@ def test_transform_columns_and_single_row_methods(spark, blob_data):
     assert types["ll"] == "double" and out.columns[:2] == ["id", "features"]
     for row in out.limit(20).collect():
         assert row["prediction"] == model.predict(row["features"])
-        np.testing.assert_allclose(row["probability"].toArray(),
-                                   model.predictProbability(row["features"]).toArray(), rtol=1e-12)
+        np.testing.assert_allclose(
+            row["probability"].toArray(),
+            model.predictProbability(row["features"]).toArray(),
+            rtol=1e-12,
+        )
         assert row["ll"] == pytest.approx(model.logLikelihood(row["features"]), rel=1e-12)
         assert row["probability"].toArray().sum() == pytest.approx(1.0)
     model.setProbabilityCol("")

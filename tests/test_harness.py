@@ -47,7 +47,11 @@ def test_python_workers_use_this_interpreter(spark):
                 }
             )
 
-    rows = spark.range(2, numPartitions=2).mapInArrow(probe, "exe string, pkg string, omp string").collect()
+    rows = (
+        spark.range(2, numPartitions=2)
+        .mapInArrow(probe, "exe string, pkg string, omp string")
+        .collect()
+    )
     assert {r.exe for r in rows} == {sys.executable}
     assert all(r.pkg.startswith(str(REPO_ROOT)) for r in rows), rows
     assert {r.omp for r in rows} == {"1"}
@@ -68,8 +72,12 @@ def test_mapinarrow_vectorudt_roundtrip(spark):
             assert col.type == VECTOR_ARROW_TYPE, col.type
             doubled = pa.array(
                 [
-                    {"type": 1, "size": None, "indices": None,
-                     "values": [2.0 * x for x in _dense(v)]}
+                    {
+                        "type": 1,
+                        "size": None,
+                        "indices": None,
+                        "values": [2.0 * x for x in _dense(v)],
+                    }
                     for v in col.to_pylist()
                 ],
                 type=VECTOR_ARROW_TYPE,

@@ -3,8 +3,8 @@ detection plus a stage restart, and its fit is bit-identical to an undisturbed o
 
 One local-cluster application (tests/scripts/host_loss_fit.py): an input that comes out of a
 shuffle is cached on both executors; an undisturbed reference fit; then, per mode of
-:mod:`spark_gmm.engine.faults`, the executor of barrier task 0 is SIGSTOPped (JVM, pyspark daemon and
-workers; a "ghost" keeps the worker's connection to the driver open, as a vanished host's
+:mod:`spark_gmm.engine.faults`, the executor of barrier task 0 is SIGSTOPped (JVM, pyspark
+daemon and workers; a "ghost" keeps the worker's connection to the driver open, as a vanished host's
 would stay) on that task's third command -- before computing it ("stop-host-mid-pass") or
 right after replying to it ("stop-host-after-reply"). Spark declares the executor lost after
 ``spark.network.timeout`` (lowered here), the local-cluster Worker replaces it, the barrier
@@ -16,6 +16,7 @@ the new attempt's hello can tell the driver. Code that waits for the stopped wor
 hangs until ``spark.gmm.resident.passTimeout`` (set far above the bound), which fails the time
 bound.
 """
+
 from __future__ import annotations
 
 import glob
@@ -48,17 +49,33 @@ def host_loss(run_json_script, tmp_path_factory, local_cluster_master):
     faults = tmp / "faults"
     try:
         result = run_json_script(
-            "host_loss_fit.py", "--master", local_cluster_master, "--fault-dir", faults,
-            "--modes", ",".join(MODES), "--one-task-modes", ",".join(ONE_TASK_MODES),
-            "--network-timeout", NETWORK_TIMEOUT,
-            "--pass-timeout", PASS_TIMEOUT, out=tmp / "host_loss.json",
-            timeout=len(SCENARIOS) * PASS_TIMEOUT + 300)
+            "host_loss_fit.py",
+            "--master",
+            local_cluster_master,
+            "--fault-dir",
+            faults,
+            "--modes",
+            ",".join(MODES),
+            "--one-task-modes",
+            ",".join(ONE_TASK_MODES),
+            "--network-timeout",
+            NETWORK_TIMEOUT,
+            "--pass-timeout",
+            PASS_TIMEOUT,
+            out=tmp / "host_loss.json",
+            timeout=len(SCENARIOS) * PASS_TIMEOUT + 300,
+        )
     finally:  # never leave stopped processes behind (the script kills them too)
         for pids_file in glob.glob(os.path.join(faults, "*", "*.pids")):
             kill_stopped(pids_file)
-    print(f"\nhost loss: {result['totalSeconds']:.0f} s in all; "
-          + "; ".join(f"{mode}: stop to end {fit.get('stopToEndSeconds', float('nan')):.1f} s"
-                      for mode, fit in result["fits"].items() if mode in SCENARIOS))
+    print(
+        f"\nhost loss: {result['totalSeconds']:.0f} s in all; "
+        + "; ".join(
+            f"{mode}: stop to end {fit.get('stopToEndSeconds', float('nan')):.1f} s"
+            for mode, fit in result["fits"].items()
+            if mode in SCENARIOS
+        )
+    )
     return result
 
 
@@ -67,8 +84,9 @@ def _story(fit: dict) -> str:
     keep = {k: v for k, v in fit.items() if k not in FACTS + ("timeline", "stoppedStates")}
     lines = [json.dumps(keep, indent=1)]
     lines += [f"  {e['at']:8.2f} s  {e['what']}" for e in fit.get("timeline", [])]
-    lines += [f"  {e['at']:8.2f} s  pid {e['pid']}: {e['state']}"
-              for e in fit.get("stoppedStates", [])]
+    lines += [
+        f"  {e['at']:8.2f} s  pid {e['pid']}: {e['state']}" for e in fit.get("stoppedStates", [])
+    ]
     return "\n".join(lines)
 
 

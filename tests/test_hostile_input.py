@@ -13,6 +13,7 @@ tests/test_estimator.py (scale 1e-4, offset 1e8 with full covariances, float32 w
 initialModel) are not repeated: these cover the other column kinds (array, float32 array,
 sparse vector, inputCols), the transform side and the remaining items.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,8 +121,18 @@ def _array_rows(X, extra):
         ("sparse", Vectors.sparse(3, [1], [NAN]), "1 with NaN, infinite or null values"),
         ("sparse", Vectors.sparse(3, [2], [-INF]), "1 with NaN, infinite or null values"),
     ],
-    ids=["array-nan", "array-inf", "array-neg-inf", "array-null-element", "array-null-row",
-         "float32-nan", "float32-neg-inf", "vector-neg-inf", "sparse-nan", "sparse-neg-inf"],
+    ids=[
+        "array-nan",
+        "array-inf",
+        "array-neg-inf",
+        "array-null-element",
+        "array-null-row",
+        "float32-nan",
+        "float32-neg-inf",
+        "vector-neg-inf",
+        "sparse-nan",
+        "sparse-neg-inf",
+    ],
 )
 def test_fit_rejects_nan_inf_null_in_any_column_kind(spark, three_blobs, kind, bad, problem):
     X = three_blobs[0][:40]
@@ -130,9 +141,9 @@ def test_fit_rejects_nan_inf_null_in_any_column_kind(spark, three_blobs, kind, b
     else:
         rows = [(Vectors.dense(x) if kind == "vector" else _sparse(x),) for x in X] + [(bad,)]
         df = spark.createDataFrame(rows, FEATURES_ONLY)
-    with pytest.raises(InvalidInputError,
-                       match=re.escape("features column 'features' has 1 invalid row(s) of 41")
-                       ) as e:
+    with pytest.raises(
+        InvalidInputError, match=re.escape("features column 'features' has 1 invalid row(s) of 41")
+    ) as e:
         GaussianMixture(k=2).fit(df)
     assert f"({problem})" in str(e.value) and "handleInvalid='skip'" in str(e.value)
 
@@ -141,10 +152,13 @@ def test_fit_rejects_nan_inf_null_in_input_cols_and_skip_drops_them(spark, three
     X = three_blobs[0][:60, :2]
     rows = [(float(a), float(b)) for a, b in X] + [(NAN, 1.0), (None, 2.0), (1.0, -INF)]
     df = spark.createDataFrame(rows, "a double, b double")
-    with pytest.raises(InvalidInputError, match=re.escape(
-        "inputCols ['a', 'b'] has 3 invalid row(s) of 63 (1 null, 2 with NaN, infinite or "
-        "null values)"
-    )):
+    with pytest.raises(
+        InvalidInputError,
+        match=re.escape(
+            "inputCols ['a', 'b'] has 3 invalid row(s) of 63 (1 null, 2 with NaN, infinite or "
+            "null values)"
+        ),
+    ):
         GaussianMixture(k=2, inputCols=["a", "b"]).fit(df)
     model = GaussianMixture(k=2, seed=1, inputCols=["a", "b"], handleInvalid="skip").fit(df)
     assert model.summary.numSkippedRows == 3 and model.summary.numRows == 60
@@ -156,16 +170,31 @@ def test_fit_rejects_nan_inf_null_in_input_cols_and_skip_drops_them(spark, three
 @pytest.mark.parametrize(
     "rows,schema,message",
     [
-        ([(Vectors.dense([1.0, 2.0, 3.0]),), (None,)], FEATURES_ONLY,
-         "features column 'features' has null rows; set handleInvalid='skip'"),
-        ([(Vectors.dense([1.0, -INF, 3.0]),)], FEATURES_ONLY,
-         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
-        ([(Vectors.sparse(3, [1], [NAN]),)], FEATURES_ONLY,
-         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
-        ([([1.0, None, 3.0],)], "features array<double>",
-         "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'"),
-        ([([1.0, 2.0, 3.0],), ([1.0, 2.0],)], "features array<double>",
-         "features column 'features' has a vector of size 2; the model expects 3"),
+        (
+            [(Vectors.dense([1.0, 2.0, 3.0]),), (None,)],
+            FEATURES_ONLY,
+            "features column 'features' has null rows; set handleInvalid='skip'",
+        ),
+        (
+            [(Vectors.dense([1.0, -INF, 3.0]),)],
+            FEATURES_ONLY,
+            "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'",
+        ),
+        (
+            [(Vectors.sparse(3, [1], [NAN]),)],
+            FEATURES_ONLY,
+            "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'",
+        ),
+        (
+            [([1.0, None, 3.0],)],
+            "features array<double>",
+            "features column 'features' has NaN, infinite or null values; set handleInvalid='skip'",
+        ),
+        (
+            [([1.0, 2.0, 3.0],), ([1.0, 2.0],)],
+            "features array<double>",
+            "features column 'features' has a vector of size 2; the model expects 3",
+        ),
     ],
     ids=["null-vector", "neg-inf", "sparse-nan", "array-null-element", "mixed-sizes"],
 )
@@ -176,8 +205,13 @@ def test_transform_error_names_column_and_problem(spark, small_model, rows, sche
 
 
 def test_transform_skip_drops_nan_inf_null_rows(spark, small_model):
-    rows = [(0, Vectors.dense([1.0, 2.0, 3.0])), (1, None), (2, Vectors.dense([NAN, 0.0, 0.0])),
-            (3, Vectors.sparse(3, [0], [-INF])), (4, Vectors.sparse(3, [], []))]
+    rows = [
+        (0, Vectors.dense([1.0, 2.0, 3.0])),
+        (1, None),
+        (2, Vectors.dense([NAN, 0.0, 0.0])),
+        (3, Vectors.sparse(3, [0], [-INF])),
+        (4, Vectors.sparse(3, [], [])),
+    ]
     schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
     df = spark.createDataFrame(rows, schema)
     out = small_model.copy().setHandleInvalid("skip").transform(df).orderBy("id").collect()
@@ -191,14 +225,26 @@ def test_transform_skip_drops_nan_inf_null_rows(spark, small_model):
 @pytest.mark.parametrize(
     "rows,schema,message",
     [
-        ([([1.0, 2.0],), ([1.0],), ([3.0, 4.0],)], "features array<double>",
-         "features column 'features' has vectors of different sizes (1 to 2)"),
-        ([(Vectors.sparse(2, [0], [1.0]),), (Vectors.sparse(3, [0], [1.0]),)], FEATURES_ONLY,
-         "features column 'features' has vectors of different sizes (2 to 3)"),
-        ([(Vectors.dense([1.0, 2.0]),), (Vectors.sparse(4, [3], [1.0]),)], FEATURES_ONLY,
-         "features column 'features' has vectors of different sizes (2 to 4)"),
-        ([([],), ([],)], "features array<double>",
-         "features column 'features' has vectors of size 0"),
+        (
+            [([1.0, 2.0],), ([1.0],), ([3.0, 4.0],)],
+            "features array<double>",
+            "features column 'features' has vectors of different sizes (1 to 2)",
+        ),
+        (
+            [(Vectors.sparse(2, [0], [1.0]),), (Vectors.sparse(3, [0], [1.0]),)],
+            FEATURES_ONLY,
+            "features column 'features' has vectors of different sizes (2 to 3)",
+        ),
+        (
+            [(Vectors.dense([1.0, 2.0]),), (Vectors.sparse(4, [3], [1.0]),)],
+            FEATURES_ONLY,
+            "features column 'features' has vectors of different sizes (2 to 4)",
+        ),
+        (
+            [([],), ([],)],
+            "features array<double>",
+            "features column 'features' has vectors of size 0",
+        ),
     ],
     ids=["array", "sparse", "sparse-and-dense", "empty-arrays"],
 )
@@ -241,8 +287,7 @@ def test_sparse_vectors_fit_exactly_like_dense(spark, sparse_data, covariance_ty
         # same seed, same rows: the same parameters, component for component
         np.testing.assert_allclose(model.weights, reference.weights, rtol=1e-9)
         np.testing.assert_allclose(model.means, reference.means, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(model.covariances, reference.covariances, rtol=1e-9,
-                                   atol=1e-12)
+        np.testing.assert_allclose(model.covariances, reference.covariances, rtol=1e-9, atol=1e-12)
         assert model.summary.numIter == reference.summary.numIter
     _, pred_d, proba_d, ll_d = _predictions(reference, dense)
     _, pred_s, proba_s, ll_s = _predictions(reference, sparse)
@@ -299,8 +344,10 @@ def test_single_row_with_k1(spark, covariance_type):
     _assert_finite_model(model)
     d = len(row)
     expected = {
-        "full": REG * np.eye(d)[None], "tied": REG * np.eye(d),
-        "diag": np.full((1, d), REG), "spherical": np.array([REG]),
+        "full": REG * np.eye(d)[None],
+        "tied": REG * np.eye(d),
+        "diag": np.full((1, d), REG),
+        "spherical": np.array([REG]),
     }[covariance_type]
     assert model.weights == [1.0]
     np.testing.assert_allclose(model.means, row[None, :], rtol=1e-15)
@@ -322,9 +369,10 @@ def identical(spark):
 
 @pytest.mark.parametrize("init_mode", INIT_MODES)
 def test_all_rows_identical_with_k2_is_a_clear_error(identical, init_mode):
-    with pytest.raises(InvalidInputError, match=re.escape(
-        "the features have only 1 distinct row(s), fewer than k=2: lower k"
-    )):
+    with pytest.raises(
+        InvalidInputError,
+        match=re.escape("the features have only 1 distinct row(s), fewer than k=2: lower k"),
+    ):
         GaussianMixture(k=2, initMode=init_mode).fit(identical)
 
 
@@ -337,16 +385,20 @@ def test_all_rows_identical_with_k1_is_finite(identical):
     assert len(lls) == 50 and all(math.isfinite(v) for v in lls)
 
 
-# --------------------------------------------------------------------------- fewer distinct rows than k
+# ------------------------------------------------------------------ fewer distinct rows than k
 
 
 def test_fewer_distinct_valid_rows_than_k_after_skip(spark):
     # 3 distinct rows, but the third one is invalid and skipped: 2 are left for k=3
-    rows = [(Vectors.dense([1.0, 2.0]),)] * 30 + [(Vectors.dense([3.0, 4.0]),)] * 30 \
+    rows = (
+        [(Vectors.dense([1.0, 2.0]),)] * 30
+        + [(Vectors.dense([3.0, 4.0]),)] * 30
         + [(Vectors.dense([5.0, NAN]),)] * 5
+    )
     df = spark.createDataFrame(rows, FEATURES_ONLY)
-    with pytest.raises(InvalidInputError,
-                       match=re.escape("only 2 distinct row(s), fewer than k=3")):
+    with pytest.raises(
+        InvalidInputError, match=re.escape("only 2 distinct row(s), fewer than k=3")
+    ):
         GaussianMixture(k=3, handleInvalid="skip").fit(df)
 
 
@@ -401,7 +453,8 @@ def unscaled_fit(spark, three_blobs):
 
 @pytest.mark.parametrize("init_mode", ["kmeans", "k-means++", "randomFromData"])
 def test_scale_1e_minus_8_with_lowered_reg_covar_recovers_clusters(
-        spark, three_blobs, unscaled_fit, init_mode):
+    spark, three_blobs, unscaled_fit, init_mode
+):
     X, labels = three_blobs
     df = vector_df(spark, X * 1e-8, 2)
     # regCovar scaled like the variances (1e-16): the same problem as the unscaled one
@@ -430,8 +483,7 @@ def test_scale_1e_minus_8_with_default_reg_covar_is_finite(spark, three_blobs):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
 
 
-def test_scale_1e8_recovers_clusters_and_is_the_rescaled_fit(
-        spark, three_blobs, unscaled_fit):
+def test_scale_1e8_recovers_clusters_and_is_the_rescaled_fit(spark, three_blobs, unscaled_fit):
     X, labels = three_blobs
     df = vector_df(spark, X * 1e8, 2)
     model = GaussianMixture(k=3, seed=1).fit(df)
@@ -472,11 +524,13 @@ def offset_free_fits(spark, three_blobs):
     [("full", 1e12), ("tied", 1e10), ("diag", 1e10), ("spherical", 1e10)],
 )
 def test_huge_offset_changes_nothing_but_the_means(
-        spark, three_blobs, offset_free_fits, covariance_type, offset):
+    spark, three_blobs, offset_free_fits, covariance_type, offset
+):
     X, labels = three_blobs
     if covariance_type not in offset_free_fits:
         offset_free_fits[covariance_type] = GaussianMixture(
-            k=3, seed=1, covarianceType=covariance_type).fit(vector_df(spark, X, 2))
+            k=3, seed=1, covarianceType=covariance_type
+        ).fit(vector_df(spark, X, 2))
     reference = offset_free_fits[covariance_type]
     df = vector_df(spark, X + offset, 2)
     model = GaussianMixture(k=3, seed=1, covarianceType=covariance_type).fit(df)
@@ -508,8 +562,13 @@ def test_float32_array_column_fits_and_scores_like_double(spark, three_blobs):
     np.testing.assert_allclose(a.means, b.means, rtol=1e-12)
     np.testing.assert_allclose(a.covariances, b.covariances, rtol=1e-12)
     out = a.copy().setLogLikelihoodCol("ll").transform(as_float)
-    assert dict(out.dtypes) == {"id": "bigint", "features": "array<float>",
-                                "probability": "vector", "prediction": "int", "ll": "double"}
+    assert dict(out.dtypes) == {
+        "id": "bigint",
+        "features": "array<float>",
+        "probability": "vector",
+        "prediction": "int",
+        "ll": "double",
+    }
     ids_f, pred_f, proba_f, ll_f = _predictions(a, as_float)
     ids_d, pred_d, proba_d, ll_d = _predictions(a, as_double)
     np.testing.assert_array_equal(pred_f, pred_d)
@@ -521,15 +580,20 @@ def test_float32_array_column_fits_and_scores_like_double(spark, three_blobs):
 # --------------------------------------------------------------------------- k = 1
 
 
-@pytest.mark.parametrize("covariance_type,weighted",
-                         [(t, False) for t in COV_TYPES] + [("full", True)])
+@pytest.mark.parametrize(
+    "covariance_type,weighted", [(t, False) for t in COV_TYPES] + [("full", True)]
+)
 def test_k1_is_the_data_mean_and_covariance(spark, three_blobs, covariance_type, weighted):
     X, _ = three_blobs
-    w = np.random.default_rng(3).integers(1, 5, size=len(X)).astype(float) if weighted \
+    w = (
+        np.random.default_rng(3).integers(1, 5, size=len(X)).astype(float)
+        if weighted
         else np.ones(len(X))
+    )
     if weighted:
-        df = spark.createDataFrame([(Vectors.dense(x), float(v)) for x, v in zip(X, w)],
-                                   VECTOR_AND_WEIGHT)
+        df = spark.createDataFrame(
+            [(Vectors.dense(x), float(v)) for x, v in zip(X, w)], VECTOR_AND_WEIGHT
+        )
         gm = GaussianMixture(k=1, covarianceType=covariance_type, weightCol="w")
     else:
         df = vector_df(spark, X, 3)
@@ -539,8 +603,10 @@ def test_k1_is_the_data_mean_and_covariance(spark, three_blobs, covariance_type,
     cov = np.cov(X.T, aweights=w, bias=True)
     d = X.shape[1]
     expected = {
-        "full": (cov + REG * np.eye(d))[None], "tied": cov + REG * np.eye(d),
-        "diag": (np.diag(cov) + REG)[None], "spherical": np.array([np.diag(cov).mean() + REG]),
+        "full": (cov + REG * np.eye(d))[None],
+        "tied": cov + REG * np.eye(d),
+        "diag": (np.diag(cov) + REG)[None],
+        "spherical": np.array([np.diag(cov).mean() + REG]),
     }[covariance_type]
     assert model.weights == [1.0]
     np.testing.assert_allclose(model.means, mean[None], rtol=1e-9)
@@ -560,8 +626,9 @@ def test_k_much_larger_than_the_clusters(spark, three_blobs, covariance_type, in
     X, _ = three_blobs
     df = vector_df(spark, X, 2)
     max_iter = 60
-    model = GaussianMixture(k=12, seed=1, covarianceType=covariance_type, initMode=init_mode,
-                            maxIter=max_iter).fit(df)
+    model = GaussianMixture(
+        k=12, seed=1, covarianceType=covariance_type, initMode=init_mode, maxIter=max_iter
+    ).fit(df)
     s = model.summary
     _assert_finite_model(model)
     assert model.getK() == 12 and len(model.weights) == 12
@@ -570,8 +637,10 @@ def test_k_much_larger_than_the_clusters(spark, three_blobs, covariance_type, in
     assert 0 <= s.numRecoveredComponents <= 12  # at most k re-seeds per run
     assert s.restarts[0]["numRecoveredComponents"] == s.numRecoveredComponents
     assert sum(s.clusterSizes) == len(X) and math.isfinite(s.logLikelihood)
-    print(f"k=12 {covariance_type} {init_mode}: converged={s.converged} numIter={s.numIter} "
-          f"numRecoveredComponents={s.numRecoveredComponents} clusterSizes={s.clusterSizes}")
+    print(
+        f"k=12 {covariance_type} {init_mode}: converged={s.converged} numIter={s.numIter} "
+        f"numRecoveredComponents={s.numRecoveredComponents} clusterSizes={s.clusterSizes}"
+    )
     _, pred, proba, ll = _predictions(model, df)
     assert np.all(np.isfinite(proba)) and np.all(np.isfinite(ll))
     assert pred.min() >= 0 and pred.max() < 12
@@ -583,22 +652,26 @@ def test_k_much_larger_than_the_clusters(spark, three_blobs, covariance_type, in
 
 def test_weights_zero_on_every_valid_row_with_skip(spark, three_blobs):
     # the only row with weight is skipped as invalid: nothing is left to fit
-    rows = [(Vectors.dense(x), 0.0) for x in three_blobs[0][:20]] \
-        + [(Vectors.dense([NAN, 0.0, 0.0]), 1.0)]
+    rows = [(Vectors.dense(x), 0.0) for x in three_blobs[0][:20]] + [
+        (Vectors.dense([NAN, 0.0, 0.0]), 1.0)
+    ]
     df = spark.createDataFrame(rows, VECTOR_AND_WEIGHT)
-    with pytest.raises(InvalidInputError, match=re.escape(
-        "weight column 'w' sums to zero over the valid rows: nothing to fit"
-    )):
+    with pytest.raises(
+        InvalidInputError,
+        match=re.escape("weight column 'w' sums to zero over the valid rows: nothing to fit"),
+    ):
         GaussianMixture(k=2, weightCol="w", handleInvalid="skip").fit(df)
 
 
 def test_weights_all_zero_in_an_integer_column_with_input_cols(spark, three_blobs):
     X = three_blobs[0][:20]
-    df = spark.createDataFrame([(float(a), float(b), 0) for a, b, _ in X],
-                               "a double, b double, n int")
-    with pytest.raises(InvalidInputError, match=re.escape(
-        "weight column 'n' sums to zero over the valid rows: nothing to fit"
-    )):
+    df = spark.createDataFrame(
+        [(float(a), float(b), 0) for a, b, _ in X], "a double, b double, n int"
+    )
+    with pytest.raises(
+        InvalidInputError,
+        match=re.escape("weight column 'n' sums to zero over the valid rows: nothing to fit"),
+    ):
         GaussianMixture(k=2, inputCols=["a", "b"], weightCol="n").fit(df)
 
 
@@ -606,9 +679,11 @@ def test_zero_weight_rows_are_the_same_as_dropped_rows(spark, three_blobs):
     X, _ = three_blobs
     keep = np.arange(len(X)) % 3 != 0
     initial = GaussianMixtureModel.fromArrays(
-        [1 / 3] * 3, X[[1, 2, 4]], np.repeat(4.0 * np.eye(3)[None], 3, 0))
+        [1 / 3] * 3, X[[1, 2, 4]], np.repeat(4.0 * np.eye(3)[None], 3, 0)
+    )
     weighted = spark.createDataFrame(
-        [(Vectors.dense(x), float(k)) for x, k in zip(X, keep)], VECTOR_AND_WEIGHT)
+        [(Vectors.dense(x), float(k)) for x, k in zip(X, keep)], VECTOR_AND_WEIGHT
+    )
     fit = dict(k=3, initialModel=initial, maxIter=10, tol=0.0)
     a = GaussianMixture(weightCol="w", **fit).fit(weighted)
     b = GaussianMixture(**fit).fit(vector_df(spark, X[keep], 2))
@@ -623,12 +698,10 @@ def test_zero_weight_rows_are_the_same_as_dropped_rows(spark, three_blobs):
     "init_mode",
     INIT_MODES,
 )
-def test_weight_on_a_single_row_with_k2_is_the_identical_rows_error(
-        spark, three_blobs, init_mode):
+def test_weight_on_a_single_row_with_k2_is_the_identical_rows_error(spark, three_blobs, init_mode):
     """Weights zero on all rows but one are, to the fit, one distinct row: k=2 must give
     the same error as 50 identical rows (test_all_rows_identical_with_k2_is_a_clear_error)."""
-    rows = [(Vectors.dense(x), 1.0 if i == 0 else 0.0)
-            for i, x in enumerate(three_blobs[0][:30])]
+    rows = [(Vectors.dense(x), 1.0 if i == 0 else 0.0) for i, x in enumerate(three_blobs[0][:30])]
     df = spark.createDataFrame(rows, VECTOR_AND_WEIGHT)
     with pytest.raises(InvalidInputError, match=re.escape("1 distinct row(s), fewer than k=2")):
         GaussianMixture(k=2, seed=1, weightCol="w", initMode=init_mode).fit(df)

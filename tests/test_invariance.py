@@ -8,6 +8,7 @@ partition's rows are packed in a canonical order (spark_gmm.engine.blocks.canoni
 * The same partitions with their rows in another order give a bit-identical fit.
 * The hash, the canonical order, the sample and the random responsibilities, in NumPy.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,26 +64,29 @@ def layouts(spark, rows):
 def _fit_every_type(df, init_mode: str, engine: str):
     """One fit of k=3 for each covariance type (candidates of one fit, as the selector runs
     them): the outcome."""
-    gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=3, tol=0.0, seed=5,
-                         engine=engine)
+    gm = GaussianMixture(
+        k=3, initMode=init_mode, weightCol="w", maxIter=3, tol=0.0, seed=5, engine=engine
+    )
     candidates = [Candidate(3, t, 5) for t in kernel.COVARIANCE_TYPES]
     return fit_candidates(df, candidates, fit_settings(gm))
 
 
 def _assert_close(actual, expected, what):
     actual, expected = np.asarray(actual), np.asarray(expected)
-    np.testing.assert_allclose(actual, expected, rtol=1e-8,
-                               atol=1e-8 * float(np.max(np.abs(expected))), err_msg=what)
+    np.testing.assert_allclose(
+        actual, expected, rtol=1e-8, atol=1e-8 * float(np.max(np.abs(expected))), err_msg=what
+    )
 
 
 # Every init mode on the driver and resident engines; on the slower job-per-pass engine (a
 # Spark job per pass) the two modes whose random choices differ in kind: a sample, random
 # responsibilities. The init modes run the same code on every engine; what differs is how
 # the rows are packed.
-@pytest.mark.parametrize("init_mode, engine",
-                         [(mode, engine) for engine in ("driver", "resident")
-                          for mode in INIT_MODES]
-                         + [("kmeans", "jobPerPass"), ("random", "jobPerPass")])
+@pytest.mark.parametrize(
+    "init_mode, engine",
+    [(mode, engine) for engine in ("driver", "resident") for mode in INIT_MODES]
+    + [("kmeans", "jobPerPass"), ("random", "jobPerPass")],
+)
 def test_same_mixture_whatever_the_partitioning(layouts, init_mode, engine):
     assert [n for _, n in layouts.values()] == [1, 3, 7, 2, 5]
     fits = {name: _fit_every_type(df, init_mode, engine) for name, (df, _) in layouts.items()}
@@ -92,21 +96,25 @@ def test_same_mixture_whatever_the_partitioning(layouts, init_mode, engine):
         assert np.all(result.params.weights > 0.1), result.params.weights
     for name, outcome in fits.items():
         assert outcome.engine == engine
-        for t, result, expected in zip(kernel.COVARIANCE_TYPES, outcome.results,
-                                       reference.results):
+        for t, result, expected in zip(kernel.COVARIANCE_TYPES, outcome.results, reference.results):
             what = f"{name}, {t}"
             _assert_close(result.params.means, expected.params.means, f"means: {what}")
             _assert_close(result.params.weights, expected.params.weights, f"weights: {what}")
-            _assert_close(result.params.covariances, expected.params.covariances,
-                          f"covariances: {what}")
+            _assert_close(
+                result.params.covariances, expected.params.covariances, f"covariances: {what}"
+            )
             _assert_close(result.history, expected.history, f"history: {what}")
 
 
 def _facts(model):
     s = model.summary
-    return {"weights": np.asarray(model.weights), "means": model.means,
-            "covariances": model.covariances, "history": np.asarray(s.logLikelihoodHistory),
-            "logLikelihood": s.logLikelihood}
+    return {
+        "weights": np.asarray(model.weights),
+        "means": model.means,
+        "covariances": model.covariances,
+        "history": np.asarray(s.logLikelihoodHistory),
+        "logLikelihood": s.logLikelihood,
+    }
 
 
 def _in_two_orders(spark, rows, partitions: int):
@@ -114,10 +122,10 @@ def _in_two_orders(spark, rows, partitions: int):
     key unrelated to it."""
     X, w = rows
     data = [(i, [float(v) for v in x], float(wi)) for i, (x, wi) in enumerate(zip(X, w))]
-    base = spark.createDataFrame(data, "id long, features array<double>, w double") \
-        .repartition(partitions, "id")
-    return (base.sortWithinPartitions("id"),
-            base.sortWithinPartitions(F.xxhash64("id", F.lit(7))))
+    base = spark.createDataFrame(data, "id long, features array<double>, w double").repartition(
+        partitions, "id"
+    )
+    return (base.sortWithinPartitions("id"), base.sortWithinPartitions(F.xxhash64("id", F.lit(7))))
 
 
 def _assert_bit_identical(a, b):
@@ -129,18 +137,29 @@ def _assert_bit_identical(a, b):
 @pytest.mark.parametrize("init_mode", ["kmeans", "random"])
 def test_bit_identical_whatever_the_order_within_partitions(spark, rows, init_mode, engine):
     by_id, by_hash = _in_two_orders(spark, rows, 3)
-    placed = [df.select(F.spark_partition_id().alias("p"), "id").collect()
-              for df in (by_id, by_hash)]
+    placed = [
+        df.select(F.spark_partition_id().alias("p"), "id").collect() for df in (by_id, by_hash)
+    ]
     assert placed[0] != placed[1] and sorted(placed[0]) == sorted(placed[1])
-    gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", covarianceType="full",
-                         nInit=2, maxIter=6, tol=0.0, seed=8, engine=engine)
+    gm = GaussianMixture(
+        k=3,
+        initMode=init_mode,
+        weightCol="w",
+        covarianceType="full",
+        nInit=2,
+        maxIter=6,
+        tol=0.0,
+        seed=8,
+        engine=engine,
+    )
     first, second = gm.fit(by_id), gm.fit(by_hash)
     assert first.summary.engine == second.summary.engine == engine
     _assert_bit_identical(_facts(first), _facts(second))
 
 
 def test_bit_identical_whatever_the_order_with_several_blocks_per_partition(
-        spark, rows, monkeypatch):
+    spark, rows, monkeypatch
+):
     """Blocks of 10 rows (packed on the driver's block size, before the resident engine's
     shuffle too): the blocks of a partition, not only their sums, are the same."""
     from spark_gmm.engine import resident
@@ -148,10 +167,10 @@ def test_bit_identical_whatever_the_order_with_several_blocks_per_partition(
     monkeypatch.setattr(resident, "PACK_VALUES", 0)
     monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 30)
     by_id, by_hash = _in_two_orders(spark, rows, 3)
-    gm = GaussianMixture(k=3, initMode="random", weightCol="w", covarianceType="diag",
-                         maxIter=5, tol=0.0, seed=4)
-    fits = [gm.copy().setEngine(engine).fit(df)
-            for engine in ENGINES for df in (by_id, by_hash)]
+    gm = GaussianMixture(
+        k=3, initMode="random", weightCol="w", covarianceType="diag", maxIter=5, tol=0.0, seed=4
+    )
+    fits = [gm.copy().setEngine(engine).fit(df) for engine in ENGINES for df in (by_id, by_hash)]
     for model in fits[1:]:
         _assert_bit_identical(_facts(model), _facts(fits[0]))
 
@@ -198,8 +217,7 @@ def test_hash_uniforms_lie_in_the_unit_interval_and_look_uniform():
     draws = hash_uniforms(hash_stream(row_hash(np.arange(10_000, dtype=float)[:, None]), 4))
     assert draws.shape == (10_000, 4)
     assert np.all((draws >= 0.0) & (draws < 1.0))
-    assert np.max(np.abs(np.corrcoef(np.column_stack([u[:10_000], draws]).T)
-                         - np.eye(5))) < 0.05
+    assert np.max(np.abs(np.corrcoef(np.column_stack([u[:10_000], draws]).T) - np.eye(5))) < 0.05
 
 
 def _shuffled_copy(X, w, seed):
@@ -218,15 +236,17 @@ def test_canonical_order_depends_only_on_which_rows_there_are():
         Xo, wo = canonical(*_shuffled_copy(X, w, seed))
         assert Xo.tobytes() == Xc.tobytes() and wo.tobytes() == wc.tobytes()
     assert not np.any(np.signbit(Xc[Xc == 0]))
-    assert sorted(map(tuple, np.column_stack([Xc, wc]))) == \
-        sorted(map(tuple, np.column_stack([X + 0.0, w])))
+    assert sorted(map(tuple, np.column_stack([Xc, wc]))) == sorted(
+        map(tuple, np.column_stack([X + 0.0, w]))
+    )
 
 
 def test_canonical_order_settles_hash_ties_between_different_rows(monkeypatch):
     """A hash of 3 values ties most rows: they are ordered by value, whatever the input."""
     real = blocks.row_hash
-    monkeypatch.setattr(blocks, "row_hash", lambda X, w, seed:
-                        (real(X, w, seed) % np.uint64(3)) << np.uint64(62))
+    monkeypatch.setattr(
+        blocks, "row_hash", lambda X, w, seed: (real(X, w, seed) % np.uint64(3)) << np.uint64(62)
+    )
     rng = np.random.default_rng(2)
     X, w = rng.integers(0, 5, (400, 3)).astype(float), rng.integers(0, 2, 400).astype(float)
     Xc, wc = canonical(X, w)
@@ -236,12 +256,18 @@ def test_canonical_order_settles_hash_ties_between_different_rows(monkeypatch):
 
 
 def _packed_blocks(X, w, cuts):
-    batches = [pa.RecordBatch.from_pydict({
-        FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
-        WEIGHT: pa.array(w[lo:hi]),
-    }) for lo, hi in zip(cuts, cuts[1:])]
-    return [block for packed in pack(X.shape[1])(batches)
-            for block in read_packed(packed, X.shape[1])]
+    batches = [
+        pa.RecordBatch.from_pydict(
+            {
+                FEATURES: pa.array(X[lo:hi].tolist(), pa.list_(pa.float64())),
+                WEIGHT: pa.array(w[lo:hi]),
+            }
+        )
+        for lo, hi in zip(cuts, cuts[1:])
+    ]
+    return [
+        block for packed in pack(X.shape[1])(batches) for block in read_packed(packed, X.shape[1])
+    ]
 
 
 def test_pack_cuts_the_same_blocks_whatever_the_order_of_the_rows(monkeypatch):
@@ -256,8 +282,10 @@ def test_pack_cuts_the_same_blocks_whatever_the_order_of_the_rows(monkeypatch):
 
 
 def _sample(X, w, n_blocks, fraction, seed, limit):
-    kept = [kernel.sample_rows(Xb, wb, fraction, seed)
-            for Xb, wb in zip(np.array_split(X, n_blocks), np.array_split(w, n_blocks))]
+    kept = [
+        kernel.sample_rows(Xb, wb, fraction, seed)
+        for Xb, wb in zip(np.array_split(X, n_blocks), np.array_split(w, n_blocks))
+    ]
     return kernel.canonical_sample(np.concatenate(kept), seed, limit)
 
 

@@ -5,6 +5,7 @@ the README's quickstart command, fit -> score -> sample, select, and the one-lin
 user sees them on stderr. The many variants of settings and bad input run in this process with
 the session's ``spark`` fixture (the jobs join an active session), which costs no JVM start.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,19 @@ from spark_gmm.jobs.session import read_properties
 from spark_gmm.jobs.training_scores import quantile_threshold
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JOB_SCRIPTS = {"fit": "fit.py", "score": "score.py", "select": "select_model.py",
-               "sample": "sample.py"}
+JOB_SCRIPTS = {
+    "fit": "fit.py",
+    "score": "score.py",
+    "select": "select_model.py",
+    "sample": "sample.py",
+}
 NO_UI = ("--conf", "spark.ui.enabled=false")
 
 
 def _job(run_script, name, *args, cwd):
-    return run_script(REPO_ROOT / "jobs" / JOB_SCRIPTS[name], *args, check=False, cwd=cwd,
-                      timeout=300)
+    return run_script(
+        REPO_ROOT / "jobs" / JOB_SCRIPTS[name], *args, check=False, cwd=cwd, timeout=300
+    )
 
 
 def _ok(proc):
@@ -57,6 +63,7 @@ def _rows(path) -> int:
 
 # =========================================================================== subprocess runs
 
+
 @pytest.fixture(scope="module")
 def demo_fit(run_script, tmp_path_factory):
     """The README's quickstart command, verbatim, in a fresh folder."""
@@ -74,23 +81,27 @@ def test_quickstart_demo_fit(demo_fit):
     # the run's wall time (seconds) is not asserted: timings belong to jobs/benchmarks/
     report = json.loads((out / "report" / "report.json").read_text())
     # progress: one log line per EM iteration on stderr
-    iterations = [line for line in proc.stderr.splitlines() if "INFO spark_gmm: EM iteration" in line]
+    iterations = [
+        line for line in proc.stderr.splitlines() if "INFO spark_gmm: EM iteration" in line
+    ]
     assert len(iterations) == report["fit"]["numIter"] >= 1
     assert "change" in iterations[0] and iterations[0].rstrip().endswith(" s")
     # local mode: workers run this interpreter with single-threaded BLAS
     spark = report["spark"]
     assert spark["mode"] == "local" and spark["master"] == "local[*]"
     assert {e["executable"] for e in spark["executors"]} == {sys.executable}
-    assert all(e["blasThreads"]["OMP_NUM_THREADS"] == "1" and
-               e["blasThreads"]["OPENBLAS_NUM_THREADS"] == "1" for e in spark["executors"])
+    assert all(
+        e["blasThreads"]["OMP_NUM_THREADS"] == "1"
+        and e["blasThreads"]["OPENBLAS_NUM_THREADS"] == "1"
+        for e in spark["executors"]
+    )
     # model, predictions, training scores
     assert report["model"]["k"] == 4 and report["model"]["features"] == ["x", "y", "z"]
     assert report["fit"]["numRows"] == 20000 and report["fit"]["converged"]
     assert (out / "model" / "metadata").is_dir()
     table = ds.dataset(str(out / "predictions"), format="parquet").to_table()
     assert table.num_rows == 20000
-    assert table.column_names == ["id", "x", "y", "z", "probability", "prediction",
-                                  "logLikelihood"]
+    assert table.column_names == ["id", "x", "y", "z", "probability", "prediction", "logLikelihood"]
     proba = np.array(table.column("probability").to_pylist())
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert np.all(np.isfinite(table.column("logLikelihood").to_numpy()))
@@ -100,15 +111,27 @@ def test_quickstart_demo_fit(demo_fit):
     assert scores["min"] == pytest.approx(scores["values"][0])
     # report: PNGs, HTML embedding them, resolved configuration
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
-    assert pngs == ["clusters_x_y.png", "density_x.png", "density_y.png", "density_z.png",
-                    "log_likelihood.png"]
+    assert pngs == [
+        "clusters_x_y.png",
+        "density_x.png",
+        "density_y.png",
+        "density_z.png",
+        "log_likelihood.png",
+    ]
     for png in pngs:
         assert (out / "report" / png).read_bytes().startswith(b"\x89PNG")
     html = (out / "report" / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == 5
-    assert report["plots"]["files"] == [f"report/{p}" for p in
-                                        ["log_likelihood.png", "clusters_x_y.png",
-                                         "density_x.png", "density_y.png", "density_z.png"]]
+    assert report["plots"]["files"] == [
+        f"report/{p}"
+        for p in [
+            "log_likelihood.png",
+            "clusters_x_y.png",
+            "density_x.png",
+            "density_y.png",
+            "density_z.png",
+        ]
+    ]
     resolved = tomllib.loads((out / "resolved-config.toml").read_text())
     assert resolved["demo"]["enabled"] is True and resolved["output"]["path"] == "out/demo"
     assert resolved["model"]["k"] == 4 and resolved["input"]["input_cols"] == ["x", "y", "z"]
@@ -124,35 +147,71 @@ def test_score_with_a_training_quantile(demo_fit, run_script, tmp_path):
     out, proc, _ = demo_fit
     _ok(proc)
     # --model may name the fit's output folder; training_scores.json is found beside model/
-    scored = _ok(_job(run_script, "score", "--model", out, "--input", out / "data",
-                      "--threshold-quantile", "0.02", "--output", tmp_path / "s",
-                      "--num-files", "1", *NO_UI, cwd=tmp_path))
+    scored = _ok(
+        _job(
+            run_script,
+            "score",
+            "--model",
+            out,
+            "--input",
+            out / "data",
+            "--threshold-quantile",
+            "0.02",
+            "--output",
+            tmp_path / "s",
+            "--num-files",
+            "1",
+            *NO_UI,
+            cwd=tmp_path,
+        )
+    )
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     anomaly = summary["anomaly"]
     training = json.loads((out / "training_scores.json").read_text())
     assert anomaly["threshold"] == pytest.approx(
-        training["values"][training["probabilities"].index(0.02)])
+        training["values"][training["probabilities"].index(0.02)]
+    )
     # the training data scored against its own 2% quantile: about 2% flagged
     assert summary["rows"] == 20000 and abs(anomaly["fraction"] - 0.02) < 0.003
-    assert summary["clusterSizes"] == json.loads(
-        (out / "report" / "report.json").read_text())["fit"]["clusterSizes"] or \
-        sum(summary["clusterSizes"]) == 20000
+    assert (
+        summary["clusterSizes"]
+        == json.loads((out / "report" / "report.json").read_text())["fit"]["clusterSizes"]
+        or sum(summary["clusterSizes"]) == 20000
+    )
     table = ds.dataset(str(tmp_path / "s" / "predictions"), format="parquet").to_table()
     flags = table.column("anomaly").to_numpy(zero_copy_only=False)
     ll = table.column("logLikelihood").to_numpy()
     assert flags.sum() == anomaly["rows"]
     np.testing.assert_array_equal(flags, ll < anomaly["threshold"])
     assert "anomalies" in scored.stderr
-    assert tomllib.loads((tmp_path / "s" / "resolved-config.toml").read_text())[
-        "anomaly"]["threshold_quantile"] == 0.02
+    assert (
+        tomllib.loads((tmp_path / "s" / "resolved-config.toml").read_text())["anomaly"][
+            "threshold_quantile"
+        ]
+        == 0.02
+    )
 
 
 @pytest.mark.slow
 def test_sample_from_the_fitted_model(demo_fit, run_script, tmp_path):
     out, proc, _ = demo_fit
     _ok(proc)
-    _ok(_job(run_script, "sample", "--model", out / "model", "--n", "5000", "--seed", "3",
-             "--output", tmp_path / "smp", *NO_UI, cwd=tmp_path))
+    _ok(
+        _job(
+            run_script,
+            "sample",
+            "--model",
+            out / "model",
+            "--n",
+            "5000",
+            "--seed",
+            "3",
+            "--output",
+            tmp_path / "smp",
+            *NO_UI,
+            cwd=tmp_path,
+        )
+    )
     table = ds.dataset(str(tmp_path / "smp" / "samples"), format="parquet").to_table()
     assert table.num_rows == 5000
     assert table.column_names == ["x", "y", "z", "component"]  # the model's training columns
@@ -167,9 +226,25 @@ def test_sample_from_the_fitted_model(demo_fit, run_script, tmp_path):
 @pytest.mark.slow
 def test_select_job(run_script, tmp_path):
     out = tmp_path / "sel"
-    _ok(_job(run_script, "select", "--demo", "--demo-rows", "3000", "--k-values", "1-5",
-             "--covariance-types", "full,diag", "--output", out, "--max-histograms", "1",
-             *NO_UI, cwd=tmp_path))
+    _ok(
+        _job(
+            run_script,
+            "select",
+            "--demo",
+            "--demo-rows",
+            "3000",
+            "--k-values",
+            "1-5",
+            "--covariance-types",
+            "full,diag",
+            "--output",
+            out,
+            "--max-histograms",
+            "1",
+            *NO_UI,
+            cwd=tmp_path,
+        )
+    )
     import pandas as pd
 
     table = pd.read_csv(out / "selection.csv")
@@ -178,8 +253,10 @@ def test_select_job(run_script, tmp_path):
     assert len(table) == 10
     report = json.loads((out / "report" / "report.json").read_text())
     best = table.loc[table["bic"].idxmin()]
-    assert (report["best"]["k"], report["best"]["covarianceType"]) == (best["k"],
-                                                                       best["covarianceType"])
+    assert (report["best"]["k"], report["best"]["covarianceType"]) == (
+        best["k"],
+        best["covarianceType"],
+    )
     assert report["best"]["k"] == 4  # the demo data has 4 blobs
     assert (out / "report" / "criteria.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "model" / "metadata").is_dir() and (out / "training_scores.json").exists()
@@ -194,23 +271,26 @@ def bad_csv(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing column", "wrong type", "unreadable path",
-                                  "existing output"])
+@pytest.mark.parametrize(
+    "case", ["missing column", "wrong type", "unreadable path", "existing output"]
+)
 def test_bad_input_is_one_error_line(case, bad_csv, demo_fit, run_script, tmp_path):
     out = tmp_path / "o"
     args = {
         "missing column": ["--input", bad_csv, "--input-cols", "a,q", "--output", out],
         "wrong type": ["--input", bad_csv, "--input-cols", "a,name", "--output", out],
         "unreadable path": ["--input", tmp_path / "nope" / "*.parquet", "--output", out],
-        "existing output": ["--input", bad_csv, "--input-cols", "a,b", "--output",
-                            demo_fit[0]],
+        "existing output": ["--input", bad_csv, "--input-cols", "a,b", "--output", demo_fit[0]],
     }[case]
-    before = {p: p.stat().st_mtime_ns for p in demo_fit[0].rglob("*")} \
-        if case == "existing output" else None
+    before = (
+        {p: p.stat().st_mtime_ns for p in demo_fit[0].rglob("*")}
+        if case == "existing output"
+        else None
+    )
     line = _one_error_line(_job(run_script, "fit", *args, *NO_UI, cwd=tmp_path))
     expected = {
         "missing column": f"column 'q' not found in csv input {bad_csv}; its columns are: "
-                          "a, b, name",
+        "a, b, name",
         "wrong type": "column 'name' of csv input",
         "unreadable path": "does not exist",
         "existing output": "already exists and is not empty; pass --overwrite",
@@ -225,6 +305,7 @@ def test_bad_input_is_one_error_line(case, bad_csv, demo_fit, run_script, tmp_pa
 
 
 # =========================================================================== in this process
+
 
 def _run(main, *args, capsys):
     code = main([str(a) for a in args])
@@ -263,8 +344,21 @@ def table_dir(spark, tmp_path_factory):
 def fitted(table_dir, tmp_path_factory):
     """One fit in this process; later tests score against it."""
     out = tmp_path_factory.mktemp("fitted") / "out"
-    code = cli.main_fit(["--input", str(table_dir / "points"), "--input-cols", "x,y",
-                         "--k", "3", "--output", str(out), "--no-plots", "--log-level", "ERROR"])
+    code = cli.main_fit(
+        [
+            "--input",
+            str(table_dir / "points"),
+            "--input-cols",
+            "x,y",
+            "--k",
+            "3",
+            "--output",
+            str(out),
+            "--no-plots",
+            "--log-level",
+            "ERROR",
+        ]
+    )
     assert code == 0
     return out
 
@@ -278,9 +372,21 @@ def test_print_config_precedence(tmp_path, capsys):
         '[model]\nk = 5\ntol = 1e-4\ncovariance_type = "diag"\n'
         '[output]\npath = "out/file"\npartition_by = ["prediction"]\n'
     )
-    code, out, _ = _run(cli.main_fit, "--config", conf, "--k", "7", "--table", "lake.t",
-                        "--read-option", "header=true", "--features-col", "vec",
-                        "--print-config", capsys=capsys)
+    code, out, _ = _run(
+        cli.main_fit,
+        "--config",
+        conf,
+        "--k",
+        "7",
+        "--table",
+        "lake.t",
+        "--read-option",
+        "header=true",
+        "--features-col",
+        "vec",
+        "--print-config",
+        capsys=capsys,
+    )
     assert code == 0
     got = tomllib.loads(out)
     assert got["model"]["k"] == 7  # flag beats file
@@ -297,9 +403,24 @@ def test_print_config_precedence(tmp_path, capsys):
     # the printed configuration is itself a valid config file that resolves to the same values
     again = tmp_path / "again.toml"
     again.write_text(out)
-    assert resolve(JOBS["fit"], ["--config", str(again)]).values == \
-        resolve(JOBS["fit"], ["--config", str(conf), "--k", "7", "--table", "lake.t",
-                              "--read-option", "header=true", "--features-col", "vec"]).values
+    assert (
+        resolve(JOBS["fit"], ["--config", str(again)]).values
+        == resolve(
+            JOBS["fit"],
+            [
+                "--config",
+                str(conf),
+                "--k",
+                "7",
+                "--table",
+                "lake.t",
+                "--read-option",
+                "header=true",
+                "--features-col",
+                "vec",
+            ],
+        ).values
+    )
 
 
 def test_cli_lists_and_ranges():
@@ -313,24 +434,30 @@ def test_cli_lists_and_ranges():
         resolve(JOBS["select"], ["--covariance-types", "full,round"])
 
 
-@pytest.mark.parametrize("content,flags,message", [
-    ("[model]\nkk = 3\n", [], "unknown setting 'model.kk' for the fit job (did you mean 'model.k'"),
-    ("[model]\nk = \"three\"\n", [], "model.k must be an integer, got \"three\""),
-    ("[model]\nk = 3\n[model\n", [], "is not valid TOML"),
-    ("[input]\npath = \"a\"\ntable = \"b\"\n", [], "input.path and input.table exclude each other"),
-    ("", ["--input", "a", "--table", "b"], "--input and --table exclude each other"),
-    ("", ["--covariance-type", "round"], "model.covariance_type must be one of full, tied"),
-    ("", ["--tol", "-1"], "model.tol must be >= 0"),
-    ("", ["--k", "x"], "--k: expected an integer, got 'x'"),
-    ("", ["--plot-features", "x"], "plot_features must name two features"),
-    (None, [], "config file"),
-])
+@pytest.mark.parametrize(
+    "content,flags,message",
+    [
+        (
+            "[model]\nkk = 3\n",
+            [],
+            "unknown setting 'model.kk' for the fit job (did you mean 'model.k'",
+        ),
+        ('[model]\nk = "three"\n', [], 'model.k must be an integer, got "three"'),
+        ("[model]\nk = 3\n[model\n", [], "is not valid TOML"),
+        ('[input]\npath = "a"\ntable = "b"\n', [], "input.path and input.table exclude each other"),
+        ("", ["--input", "a", "--table", "b"], "--input and --table exclude each other"),
+        ("", ["--covariance-type", "round"], "model.covariance_type must be one of full, tied"),
+        ("", ["--tol", "-1"], "model.tol must be >= 0"),
+        ("", ["--k", "x"], "--k: expected an integer, got 'x'"),
+        ("", ["--plot-features", "x"], "plot_features must name two features"),
+        (None, [], "config file"),
+    ],
+)
 def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, content, flags, message):
     conf = tmp_path / "c.toml"
     if content is not None:
         conf.write_text(content)
-    line = _error(cli.main_fit, "--config", conf, *flags, "--print-config", capsys=capsys,
-                  code=2)
+    line = _error(cli.main_fit, "--config", conf, *flags, "--print-config", capsys=capsys, code=2)
     assert message in line
     if content is None:
         assert "does not exist" in line
@@ -340,7 +467,8 @@ def test_argparse_errors_are_one_line_too(capsys):
     code, _, err = _run(cli.main_fit, "--no-such-flag", capsys=capsys)
     assert code == 2
     assert err.strip().splitlines() == [
-        "spark-gmm fit: error: unrecognized arguments: --no-such-flag (see --help)"]
+        "spark-gmm fit: error: unrecognized arguments: --no-such-flag (see --help)"
+    ]
 
 
 def test_flags_are_unique_and_documented():
@@ -353,18 +481,27 @@ def test_flags_are_unique_and_documented():
     import generate
 
     jobs_doc = (REPO_ROOT / "docs" / "jobs.md").read_text()
-    assert generate.with_reference(jobs_doc) == jobs_doc, \
+    assert generate.with_reference(jobs_doc) == jobs_doc, (
         "docs/jobs.md's configuration reference is stale: run .venv/bin/python docs/generate.py"
+    )
     for spec in JOBS.values():
         for opt in spec.options:
             assert f"| `{opt.key}` |" in jobs_doc, f"{spec.name}: {opt.key} missing"
 
 
-@pytest.mark.parametrize("job,conf", [("fit", "fit.toml"), ("score", "score.toml"),
-                                      ("select", "select.toml"), ("sample", "sample.toml")])
+@pytest.mark.parametrize(
+    "job,conf",
+    [
+        ("fit", "fit.toml"),
+        ("score", "score.toml"),
+        ("select", "select.toml"),
+        ("sample", "sample.toml"),
+    ],
+)
 def test_example_configs_resolve(job, conf, capsys):
-    code, out, _ = _run(cli._MAINS[job], "--config", REPO_ROOT / "conf" / conf,
-                        "--print-config", capsys=capsys)
+    code, out, _ = _run(
+        cli._MAINS[job], "--config", REPO_ROOT / "conf" / conf, "--print-config", capsys=capsys
+    )
     assert code == 0
     assert tomllib.loads(out)  # and the resolved form is valid TOML
 
@@ -375,8 +512,13 @@ def test_spark_properties_files():
     assert local["spark.executorEnv.OMP_NUM_THREADS"] == "1"
     assert local["spark.executorEnv.OPENBLAS_NUM_THREADS"] == "1"
     cluster = read_properties(str(REPO_ROOT / "conf" / "spark-cluster.properties"))
-    for key in ("spark.executor.memory", "spark.executor.cores", "spark.executor.memoryOverhead",
-                "spark.sql.files.maxPartitionBytes", "spark.executorEnv.OMP_NUM_THREADS"):
+    for key in (
+        "spark.executor.memory",
+        "spark.executor.cores",
+        "spark.executor.memoryOverhead",
+        "spark.sql.files.maxPartitionBytes",
+        "spark.executorEnv.OMP_NUM_THREADS",
+    ):
         assert key in cluster
     assert "spark.master" not in cluster  # spark-submit --master decides
 
@@ -403,8 +545,17 @@ def test_fit_in_process_outputs(fitted, capsys):
 
 def test_overwrite_replaces_only_the_jobs_outputs(fitted, table_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    args = ["--input", table_dir / "points", "--input-cols", "x,y", "--k", "3",
-            "--no-plots", "--output", out]
+    args = [
+        "--input",
+        table_dir / "points",
+        "--input-cols",
+        "x,y",
+        "--k",
+        "3",
+        "--no-plots",
+        "--output",
+        out,
+    ]
     assert _run(cli.main_fit, *args, capsys=capsys)[0] == 0
     (out / "notes.txt").write_text("mine")
     model_files = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")}
@@ -412,8 +563,9 @@ def test_overwrite_replaces_only_the_jobs_outputs(fitted, table_dir, tmp_path, c
     assert f"output folder {out} already exists and is not empty; pass --overwrite" in line
     assert {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*")} == model_files
     # the resolved configuration of the first run, run again with --overwrite
-    code, _, err = _run(cli.main_fit, "--config", out / "resolved-config.toml", "--overwrite",
-                        capsys=capsys)
+    code, _, err = _run(
+        cli.main_fit, "--config", out / "resolved-config.toml", "--overwrite", capsys=capsys
+    )
     assert code == 0, err
     assert "--overwrite: removing" in err
     assert (out / "notes.txt").read_text() == "mine"  # not an output of the job: kept
@@ -421,18 +573,36 @@ def test_overwrite_replaces_only_the_jobs_outputs(fitted, table_dir, tmp_path, c
     # an output path that is a file is refused
     (tmp_path / "file").write_text("x")
     assert "exists and is a file" in _error(
-        cli.main_fit, *args[:-1], tmp_path / "file", "--overwrite", capsys=capsys)
+        cli.main_fit, *args[:-1], tmp_path / "file", "--overwrite", capsys=capsys
+    )
 
 
 @pytest.mark.compat
 def test_conf_fit_toml_with_csv_in_and_out(table_dir, tmp_path, capsys):
     """conf/fit.toml as shipped (partitioned predictions, plot pair), on CSV, writing CSV."""
     out = tmp_path / "o"
-    code, _, err = _run(cli.main_fit, "--config", REPO_ROOT / "conf" / "fit.toml",
-                        "--input", table_dir / "points_csv", "--format", "csv",
-                        "--input-cols", "x,y", "--k", "3", "--plot-features", "y,x",
-                        "--max-histograms", "1", "--output-format", "csv", "--output", out,
-                        capsys=capsys)
+    code, _, err = _run(
+        cli.main_fit,
+        "--config",
+        REPO_ROOT / "conf" / "fit.toml",
+        "--input",
+        table_dir / "points_csv",
+        "--format",
+        "csv",
+        "--input-cols",
+        "x,y",
+        "--k",
+        "3",
+        "--plot-features",
+        "y,x",
+        "--max-histograms",
+        "1",
+        "--output-format",
+        "csv",
+        "--output",
+        out,
+        capsys=capsys,
+    )
     assert code == 0, err
     parts = sorted(p.name for p in (out / "predictions").glob("prediction=*"))
     assert parts == ["prediction=0", "prediction=1", "prediction=2"]
@@ -442,8 +612,9 @@ def test_conf_fit_toml_with_csv_in_and_out(table_dir, tmp_path, capsys):
     pred = pd.concat(frames)
     assert len(pred) == 450
     assert {"probability_0", "probability_1", "probability_2", "logLikelihood"} <= set(pred)
-    np.testing.assert_allclose(pred[["probability_0", "probability_1", "probability_2"]]
-                               .sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(
+        pred[["probability_0", "probability_1", "probability_2"]].sum(axis=1), 1.0, atol=1e-9
+    )
     assert len(list((out / "predictions").rglob("*.csv"))) <= 3 * 4  # num_files = 4
     assert (out / "report" / "clusters_y_x.png").exists()
     assert (out / "report" / "density_x.png").exists()
@@ -452,10 +623,27 @@ def test_conf_fit_toml_with_csv_in_and_out(table_dir, tmp_path, capsys):
 
 def test_fit_vector_column_with_weights(table_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    code, _, err = _run(cli.main_fit, "--input", table_dir / "points", "--features-col", "vec",
-                        "--weight-col", "w", "--k", "3", "--covariance-type", "diag",
-                        "--no-predictions", "--plot-features", "1,0", "--max-histograms", "0",
-                        "--output", out, capsys=capsys)
+    code, _, err = _run(
+        cli.main_fit,
+        "--input",
+        table_dir / "points",
+        "--features-col",
+        "vec",
+        "--weight-col",
+        "w",
+        "--k",
+        "3",
+        "--covariance-type",
+        "diag",
+        "--no-predictions",
+        "--plot-features",
+        "1,0",
+        "--max-histograms",
+        "0",
+        "--output",
+        out,
+        capsys=capsys,
+    )
     assert code == 0, err
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["input"]["featuresCol"] == "vec" and report["input"]["weightCol"] == "w"
@@ -471,8 +659,18 @@ def test_fit_without_matplotlib_still_works(table_dir, tmp_path, capsys, monkeyp
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     out = tmp_path / "o"
-    code, _, err = _run(cli.main_fit, "--input", table_dir / "points", "--input-cols", "x,y",
-                        "--k", "3", "--output", out, capsys=capsys)
+    code, _, err = _run(
+        cli.main_fit,
+        "--input",
+        table_dir / "points",
+        "--input-cols",
+        "x,y",
+        "--k",
+        "3",
+        "--output",
+        out,
+        capsys=capsys,
+    )
     assert code == 0, err
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["plots"]["status"].startswith("skipped: matplotlib is not installed")
@@ -487,24 +685,46 @@ def test_fit_input_errors(table_dir, fitted, tmp_path, capsys, spark):
     o = tmp_path / "o"
     cases = [
         (["--table", "no_such_table"], "table no_such_table not found in the Spark catalog"),
-        (["--input", points, "--features-col", "x"],
-         "features column 'x' of parquet input"),
+        (["--input", points, "--features-col", "x"], "features column 'x' of parquet input"),
         (["--input", points], "features column 'features' not found in parquet input"),
-        (["--input", points, "--input-cols", "x,y", "--weight-col", "region"],
-         "weight column 'region' of parquet input"),
+        (
+            ["--input", points, "--input-cols", "x,y", "--weight-col", "region"],
+            "weight column 'region' of parquet input",
+        ),
         (["--input", points, "--input-cols", "x,x"], "input_cols lists x more than once"),
-        (["--input", points, "--input-cols", "x,y", "--partition-by", "nope"],
-         "partition_by column 'nope' is not in the output"),
-        (["--input", points, "--input-cols", "x,y", "--partition-by", "probability"],
-         "cannot partition the output by 'probability'"),
-        (["--input", points, "--input-cols", "x,y", "--log-likelihood-col", "region"],
-         "already has column(s) region (--log-likelihood-col)"),
-        (["--input", csv, "--format", "csv", "--input-cols", "x,region"],
-         "one non-numeric value makes the whole column a string"),
-        (["--input", points, "--input-cols", "x,y", "--initial-model", tmp_path / "none"],
-         "does not exist"),
-        (["--input", points, "--input-cols", "x,y", "--k", "4", "--initial-model",
-          fitted / "model"], "initialModel"),
+        (
+            ["--input", points, "--input-cols", "x,y", "--partition-by", "nope"],
+            "partition_by column 'nope' is not in the output",
+        ),
+        (
+            ["--input", points, "--input-cols", "x,y", "--partition-by", "probability"],
+            "cannot partition the output by 'probability'",
+        ),
+        (
+            ["--input", points, "--input-cols", "x,y", "--log-likelihood-col", "region"],
+            "already has column(s) region (--log-likelihood-col)",
+        ),
+        (
+            ["--input", csv, "--format", "csv", "--input-cols", "x,region"],
+            "one non-numeric value makes the whole column a string",
+        ),
+        (
+            ["--input", points, "--input-cols", "x,y", "--initial-model", tmp_path / "none"],
+            "does not exist",
+        ),
+        (
+            [
+                "--input",
+                points,
+                "--input-cols",
+                "x,y",
+                "--k",
+                "4",
+                "--initial-model",
+                fitted / "model",
+            ],
+            "initialModel",
+        ),
         (["--input", points, "--input-cols", "x,y"], "no output folder: give --output"),
         (["--input-cols", "x,y", "--output", o], "no input: give --input PATH or --table"),
         (["--demo", "--input", points, "--output", o], "--demo generates its own input"),
@@ -516,38 +736,76 @@ def test_fit_input_errors(table_dir, fitted, tmp_path, capsys, spark):
         assert message in line, (args, line)
     # a catalog table works
     spark.read.parquet(str(points)).createOrReplaceTempView("lake_points")
-    code, _, err = _run(cli.main_fit, "--table", "lake_points", "--input-cols", "x,y", "--k", "3",
-                        "--no-plots", "--output", tmp_path / "t", capsys=capsys)
+    code, _, err = _run(
+        cli.main_fit,
+        "--table",
+        "lake_points",
+        "--input-cols",
+        "x,y",
+        "--k",
+        "3",
+        "--no-plots",
+        "--output",
+        tmp_path / "t",
+        capsys=capsys,
+    )
     assert code == 0, err
-    assert json.loads((tmp_path / "t" / "report" / "report.json").read_text())["input"][
-        "source"] == "table lake_points"
+    assert (
+        json.loads((tmp_path / "t" / "report" / "report.json").read_text())["input"]["source"]
+        == "table lake_points"
+    )
 
 
 @pytest.mark.compat
 def test_score_in_process(fitted, table_dir, tmp_path, capsys):
     out = tmp_path / "s"
-    code, _, err = _run(cli.main_score, "--model", fitted / "model", "--input",
-                        table_dir / "points", "--threshold", "-4.5", "--anomaly-column", "odd",
-                        "--partition-by", "region", "--output", out, capsys=capsys)
+    code, _, err = _run(
+        cli.main_score,
+        "--model",
+        fitted / "model",
+        "--input",
+        table_dir / "points",
+        "--threshold",
+        "-4.5",
+        "--anomaly-column",
+        "odd",
+        "--partition-by",
+        "region",
+        "--output",
+        out,
+        capsys=capsys,
+    )
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["anomaly"]["threshold"] == -4.5 and summary["anomaly"]["column"] == "odd"
     table = ds.dataset(str(out / "predictions"), format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 450 and "odd" in table.column_names
     assert table.column("odd").to_numpy(zero_copy_only=False).sum() == summary["anomaly"]["rows"]
-    assert sorted(p.name for p in (out / "predictions").iterdir() if p.is_dir()) == \
-        [f"region=r{i}" for i in range(5)]
+    assert sorted(p.name for p in (out / "predictions").iterdir() if p.is_dir()) == [
+        f"region=r{i}" for i in range(5)
+    ]
     # an interpolated quantile, and the training scores named explicitly
-    code, _, err = _run(cli.main_score, "--model", fitted / "model", "--input",
-                        table_dir / "points", "--threshold-quantile", "0.03",
-                        "--training-scores", fitted / "training_scores.json",
-                        "--output", tmp_path / "s2", capsys=capsys)
+    code, _, err = _run(
+        cli.main_score,
+        "--model",
+        fitted / "model",
+        "--input",
+        table_dir / "points",
+        "--threshold-quantile",
+        "0.03",
+        "--training-scores",
+        fitted / "training_scores.json",
+        "--output",
+        tmp_path / "s2",
+        capsys=capsys,
+    )
     assert code == 0, err
     anomaly = json.loads((tmp_path / "s2" / "summary.json").read_text())["anomaly"]
     scores = json.loads((fitted / "training_scores.json").read_text())
     assert anomaly["interpolated"] is True
     assert anomaly["threshold"] == pytest.approx(
-        np.interp(0.03, scores["probabilities"], scores["values"]))
+        np.interp(0.03, scores["probabilities"], scores["values"])
+    )
 
 
 @pytest.mark.compat
@@ -555,8 +813,9 @@ def test_score_errors(fitted, table_dir, tmp_path, capsys, spark):
     points = table_dir / "points"
     predictions = fitted / "predictions"
     nan_rows = tmp_path / "nan"
-    spark.createDataFrame([(1.0, 2.0), (float("nan"), 1.0)], "x double, y double") \
-        .write.parquet(str(nan_rows))
+    spark.createDataFrame([(1.0, 2.0), (float("nan"), 1.0)], "x double, y double").write.parquet(
+        str(nan_rows)
+    )
     bare_model = tmp_path / "bare" / "model"
     bare_model.parent.mkdir()
     import shutil
@@ -565,29 +824,69 @@ def test_score_errors(fitted, table_dir, tmp_path, capsys, spark):
     cases = [
         (["--model", tmp_path / "missing", "--input", points], "model path"),
         (["--model", table_dir, "--input", points], "no saved GaussianMixtureModel"),
-        (["--model", fitted / "model", "--input", points, "--input-cols", "x"],
-         "the model expects 2 features but input_cols lists 1"),
-        (["--model", fitted / "model", "--input", predictions],
-         "already has column(s) prediction (--prediction-col)"),
+        (
+            ["--model", fitted / "model", "--input", points, "--input-cols", "x"],
+            "the model expects 2 features but input_cols lists 1",
+        ),
+        (
+            ["--model", fitted / "model", "--input", predictions],
+            "already has column(s) prediction (--prediction-col)",
+        ),
         (["--model", fitted / "model", "--input", nan_rows], "1 with NaN, infinite or null"),
-        (["--model", bare_model, "--input", points, "--threshold-quantile", "0.01"],
-         "no training scores at"),
-        (["--model", fitted / "model", "--input", points, "--threshold", "1",
-          "--threshold-quantile", "0.1"], "exclude each other"),
+        (
+            ["--model", bare_model, "--input", points, "--threshold-quantile", "0.01"],
+            "no training scores at",
+        ),
+        (
+            [
+                "--model",
+                fitted / "model",
+                "--input",
+                points,
+                "--threshold",
+                "1",
+                "--threshold-quantile",
+                "0.1",
+            ],
+            "exclude each other",
+        ),
     ]
     for args, message in cases:
         code = 2 if "exclude" in message else 1
-        line = _error(cli.main_score, *args, "--output", tmp_path / "o", capsys=capsys,
-                      code=code, job="score")
+        line = _error(
+            cli.main_score, *args, "--output", tmp_path / "o", capsys=capsys, code=code, job="score"
+        )
         assert message in line, (args, line)
     # renaming the outputs lets predictions be scored again; NaN rows can be skipped
-    code, _, err = _run(cli.main_score, "--model", fitted / "model", "--input", predictions,
-                        "--prediction-col", "p2", "--probability-col", "pr2",
-                        "--log-likelihood-col", "ll2", "--output", tmp_path / "again",
-                        capsys=capsys)
+    code, _, err = _run(
+        cli.main_score,
+        "--model",
+        fitted / "model",
+        "--input",
+        predictions,
+        "--prediction-col",
+        "p2",
+        "--probability-col",
+        "pr2",
+        "--log-likelihood-col",
+        "ll2",
+        "--output",
+        tmp_path / "again",
+        capsys=capsys,
+    )
     assert code == 0, err
-    code, _, err = _run(cli.main_score, "--model", fitted / "model", "--input", nan_rows,
-                        "--handle-invalid", "skip", "--output", tmp_path / "skip", capsys=capsys)
+    code, _, err = _run(
+        cli.main_score,
+        "--model",
+        fitted / "model",
+        "--input",
+        nan_rows,
+        "--handle-invalid",
+        "skip",
+        "--output",
+        tmp_path / "skip",
+        capsys=capsys,
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert summary["rows"] == 1 and summary["input"]["skippedRows"] == 1
@@ -606,9 +905,9 @@ def test_error_lines_of_spark_exceptions():
 
     exc = Py4JJavaError(
         "An error occurred while calling o38.parquet.\n: org.apache.spark.SparkException: "
-        "[FAILED_READ_FILE] Could not read footer.\nmore\n\tat org.apache.Foo(Foo.scala:1)\n")
-    assert describe_error(exc) == (
-        "SparkException: [FAILED_READ_FILE] Could not read footer.", 1)
+        "[FAILED_READ_FILE] Could not read footer.\nmore\n\tat org.apache.Foo(Foo.scala:1)\n"
+    )
+    assert describe_error(exc) == ("SparkException: [FAILED_READ_FILE] Could not read footer.", 1)
     assert describe_error(JobError("bad\nthing")) == ("bad", 1)
     assert describe_error(ConfigError("x")) == ("x", 2)
     assert describe_error(KeyError("k")) == ("KeyError: 'k'", 1)

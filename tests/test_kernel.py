@@ -3,6 +3,7 @@
 "Relative" tolerances below are scale-relative: ``|a - b| <= rtol * max|b|`` element-wise,
 so near-zero entries of a matrix are judged against the size of the matrix, not themselves.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,7 +45,12 @@ def assert_params_close(ours: MixtureParams, theirs, rtol, what=""):
     if isinstance(theirs, MixtureParams):
         w, m, c, p = theirs.weights, theirs.means, theirs.covariances, theirs.precisions_cholesky
     else:
-        w, m, c, p = theirs.weights_, theirs.means_, theirs.covariances_, theirs.precisions_cholesky_
+        w, m, c, p = (
+            theirs.weights_,
+            theirs.means_,
+            theirs.covariances_,
+            theirs.precisions_cholesky_,
+        )
     assert_close(ours.weights, w, rtol, f"{what} weights")
     assert_close(ours.means, m, rtol, f"{what} means")
     assert_close(ours.covariances, c, rtol, f"{what} covariances")
@@ -116,8 +122,14 @@ def random_init(X, k, covariance_type, seed=0):
 
 def sklearn_fit(X, k, covariance_type, sk_init, max_iter, tol=1e-3, reg_covar=1e-6):
     gm = GaussianMixture(
-        n_components=k, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
-        reg_covar=reg_covar, init_params="random_from_data", random_state=0, **sk_init,
+        n_components=k,
+        covariance_type=covariance_type,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg_covar,
+        init_params="random_from_data",
+        random_state=0,
+        **sk_init,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -146,9 +158,7 @@ def empirical_params(X, resp, sample_weight, covariance_type, reg_covar):
     nk = rw.sum(axis=0)
     k, d = resp.shape[1], X.shape[1]
     means = np.stack([np.average(X, axis=0, weights=rw[:, j]) for j in range(k)])
-    covs = np.stack(
-        [np.cov(X.T, aweights=rw[:, j], bias=True).reshape(d, d) for j in range(k)]
-    )
+    covs = np.stack([np.cov(X.T, aweights=rw[:, j], bias=True).reshape(d, d) for j in range(k)])
     if covariance_type == "full":
         cov = covs + reg_covar * np.eye(d)
     elif covariance_type == "tied":
@@ -342,8 +352,12 @@ def test_n_parameters():
     expected = {"full": 41, "tied": 26, "diag": 21, "spherical": 13}
     for t, p in expected.items():
         assert K.n_parameters(2, 5, t) == p
-        cov = {"full": np.stack([np.eye(5)] * 2), "tied": np.eye(5),
-               "diag": np.ones((2, 5)), "spherical": np.ones(2)}[t]
+        cov = {
+            "full": np.stack([np.eye(5)] * 2),
+            "tied": np.eye(5),
+            "diag": np.ones((2, 5)),
+            "spherical": np.ones(2),
+        }[t]
         params = MixtureParams(np.ones(2), np.zeros((2, 5)), cov, t)
         assert params.n_parameters() == p
         assert sklearn_from_params(params)._n_parameters() == p
@@ -393,8 +407,14 @@ def test_reg_covar_dents_monotonicity_exactly_like_sklearn():
     init = MixtureParams(w0, means, precisions, "full")
     res = K.fit_em(X, init, max_iter=6, tol=0.0, reg_covar=1e-6)
     h = np.diff(res.history + [res.mean_log_likelihood])
-    gm = sklearn_fit(X, 2, "full", dict(weights_init=w0, means_init=means,
-                                        precisions_init=precisions), max_iter=6, tol=0.0)
+    gm = sklearn_fit(
+        X,
+        2,
+        "full",
+        dict(weights_init=w0, means_init=means, precisions_init=precisions),
+        max_iter=6,
+        tol=0.0,
+    )
     sk = np.diff(list(gm.lower_bounds_) + [gm.score(X)])
     # atol: the 1e-6-variance component sits near EXPANSION_LIMIT from the centre of the
     # means, where the expansion's rounding is about eps * 1e5 = 2e-11 per log-density
@@ -475,7 +495,9 @@ def test_chunked_stats_add_up_and_round_trip(name, covariance_type):
         np.testing.assert_array_equal(getattr(back, attr), getattr(total, attr))
         assert getattr(back, attr).shape == getattr(total, attr).shape
     assert (back.log_likelihood, back.weight_sum, back.n_rows) == (
-        total.log_likelihood, total.weight_sum, total.n_rows
+        total.log_likelihood,
+        total.weight_sum,
+        total.n_rows,
     )
     assert isinstance(back.n_rows, int)
     with pytest.raises(ValueError, match="expected"):
@@ -510,7 +532,11 @@ def test_run_em_over_partitions_through_vectors(covariance_type):
 
     calls = []
     results = K.run_em(
-        compute_stats, inits, max_iter=100, tol=1e-3, reg_covar=1e-6,
+        compute_stats,
+        inits,
+        max_iter=100,
+        tol=1e-3,
+        reg_covar=1e-6,
         on_iteration=lambda *a: calls.append(a),
     )
     for init, res in zip(inits, results):
@@ -572,7 +598,9 @@ def test_scaled_data_recovers_clustering(covariance_type, scale):
     # with reg_covar scaled alongside, the fit is exactly equivariant
     a = K.fit_em(X, _true_center_init(X, y, k, covariance_type), max_iter=100, reg_covar=1e-6)
     b = K.fit_em(
-        Xs, _true_center_init(Xs, y, k, covariance_type, scale), max_iter=100,
+        Xs,
+        _true_center_init(Xs, y, k, covariance_type, scale),
+        max_iter=100,
         reg_covar=1e-6 * scale**2,
     )
     assert a.n_iter == b.n_iter
@@ -615,7 +643,9 @@ def test_hard_assignment_weighted():
     centers = np.stack([X[y == j].mean(0) for j in range(k)])
     for t in COV_TYPES:
         a = K.m_step(K.hard_assignment_stats(X, w, centers, t), 1e-6)
-        b = K.m_step(K.hard_assignment_stats(np.repeat(X, w.astype(int), 0), None, centers, t), 1e-6)
+        b = K.m_step(
+            K.hard_assignment_stats(np.repeat(X, w.astype(int), 0), None, centers, t), 1e-6
+        )
         assert_params_close(a, b, 1e-10, t)
 
 
@@ -673,8 +703,12 @@ def test_precision_cholesky_matches_sklearn():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4, 4))
     full = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(4)
-    cases = {"full": full, "tied": full[0], "diag": rng.uniform(0.1, 3, (3, 4)),
-             "spherical": rng.uniform(0.1, 3, 3)}
+    cases = {
+        "full": full,
+        "tied": full[0],
+        "diag": rng.uniform(0.1, 3, (3, 4)),
+        "spherical": rng.uniform(0.1, 3, 3),
+    }
     for t, cov in cases.items():
         p = K.precision_cholesky(cov, t)
         assert_close(p, _compute_precision_cholesky(cov, t), 1e-12, t)
@@ -691,8 +725,12 @@ def test_mixture_params_validation():
         MixtureParams(**ok, covariances=np.ones(2), covariance_type="sphere")
     with pytest.raises(ValueError, match="weights must have shape"):
         MixtureParams(np.ones(3), np.zeros((2, 3)), np.ones(2), "spherical")
-    bad_shapes = {"full": np.ones((2, 3)), "tied": np.stack([np.eye(3)] * 2),
-                  "diag": np.ones(2), "spherical": np.ones((2, 3))}
+    bad_shapes = {
+        "full": np.ones((2, 3)),
+        "tied": np.stack([np.eye(3)] * 2),
+        "diag": np.ones(2),
+        "spherical": np.ones((2, 3)),
+    }
     for t, cov in bad_shapes.items():
         with pytest.raises(ValueError, match="covariances must have shape"):
             MixtureParams(**ok, covariances=cov, covariance_type=t)
@@ -700,7 +738,9 @@ def test_mixture_params_validation():
         with pytest.raises(ValueError, match="weights must be finite"):
             MixtureParams(np.array(w), np.zeros((2, 3)), np.ones(2), "spherical")
     with pytest.raises(ValueError, match="means must be finite"):
-        MixtureParams(np.ones(2), np.array([[0.0, np.nan, 0.0], [0, 0, 0]]), np.ones(2), "spherical")
+        MixtureParams(
+            np.ones(2), np.array([[0.0, np.nan, 0.0], [0, 0, 0]]), np.ones(2), "spherical"
+        )
     with pytest.raises(CovarianceError):
         MixtureParams(**ok, covariances=np.array([1.0, 0.0]), covariance_type="spherical")
     # valid: weights normalised, zero weight allowed, derived precisions
@@ -733,12 +773,22 @@ def test_bic_from_our_pieces_matches_sklearn(name):
             bic[k, t] = (ours, res.params)
     # one component: full and tied are the same model (same fit, same parameter count)
     assert bic[1, "full"][0] == pytest.approx(bic[1, "tied"][0], rel=1e-12)
-    assert_params_close(bic[1, "full"][1], MixtureParams(
-        bic[1, "tied"][1].weights, bic[1, "tied"][1].means,
-        bic[1, "tied"][1].covariances[None], "full"), 1e-12)
+    assert_params_close(
+        bic[1, "full"][1],
+        MixtureParams(
+            bic[1, "tied"][1].weights,
+            bic[1, "tied"][1].means,
+            bic[1, "tied"][1].covariances[None],
+            "full",
+        ),
+        1e-12,
+    )
     # ... while diag and spherical are different models with different counts
     assert bic[1, "diag"][0] != pytest.approx(bic[1, "spherical"][0], rel=1e-6)
-    assert K.n_parameters(1, X.shape[1], "diag") != K.n_parameters(1, X.shape[1], "spherical") or X.shape[1] == 1
+    assert (
+        K.n_parameters(1, X.shape[1], "diag") != K.n_parameters(1, X.shape[1], "spherical")
+        or X.shape[1] == 1
+    )
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
@@ -769,7 +819,6 @@ def test_far_apart_components_full_is_exact():
         new = K.m_step(K.accumulate_stats(X, None, params), 0.0)
         if t == "full":
             assert_close(new.covariances[0], np.cov(X[:200].T, bias=True), 1e-9)
-
 
 
 @pytest.mark.parametrize("covariance_type", K.COVARIANCE_TYPES)
@@ -803,8 +852,9 @@ def test_expanded_and_per_component_paths_agree(monkeypatch, name, covariance_ty
         return  # their expanded moments stay around the centre of the means
     np.testing.assert_array_equal(quadratic.shift, exact.shift)
     # moments around each mean: the quadratic path moves them from the centre of the means
-    np.testing.assert_allclose(quadratic.first, exact.first, rtol=0,
-                               atol=1e-9 * np.abs(exact.first).max())
+    np.testing.assert_allclose(
+        quadratic.first, exact.first, rtol=0, atol=1e-9 * np.abs(exact.first).max()
+    )
     assert_close(quadratic.second, exact.second, 1e-9)
 
 
@@ -817,11 +867,19 @@ def test_expansion_error_at_the_limit_stays_below_1e_9(monkeypatch, covariance_t
     rng = np.random.default_rng(0)
     d = 5
     reach = 0.99 * math.sqrt(K.EXPANSION_LIMIT)  # standard deviations from the centre
-    X = np.concatenate([rng.normal(0.0, 1.0, (2000, d)),
-                        rng.normal(2 * reach / math.sqrt(d), 1.0, (2000, d))]) + 1e3
+    X = (
+        np.concatenate(
+            [rng.normal(0.0, 1.0, (2000, d)), rng.normal(2 * reach / math.sqrt(d), 1.0, (2000, d))]
+        )
+        + 1e3
+    )
     means = np.stack([X[:2000].mean(axis=0), X[2000:].mean(axis=0)])
-    cov = {"full": np.stack([np.eye(d)] * 2), "tied": np.eye(d), "diag": np.ones((2, d)),
-           "spherical": np.ones(2)}[covariance_type]
+    cov = {
+        "full": np.stack([np.eye(d)] * 2),
+        "tied": np.eye(d),
+        "diag": np.ones((2, d)),
+        "spherical": np.ones(2),
+    }[covariance_type]
     params = MixtureParams([0.5, 0.5], means, cov, covariance_type)
     assert K._expanded(params)
     expanded_ll = K.log_gaussian_prob(X, params)

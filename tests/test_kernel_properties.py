@@ -3,6 +3,7 @@
 Inputs: rows in [-100, 100], sample weights 0 or in [1e-3, 10] (not all zero) or None, mixture
 weights >= 0 (not all zero), finite means, covariances with eigenvalues >= 0.05.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +15,11 @@ from spark_gmm import kernel as K
 from spark_gmm.kernel import MixtureParams, SufficientStats
 
 SETTINGS = settings(
-    max_examples=50, deadline=None,
+    max_examples=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
 
 def _not_all_zero(draw, strategy, floor):
     """Non-negative values, at least one of them >= floor (by construction, not by filtering)."""
@@ -160,10 +163,10 @@ def test_stats_additive_over_any_split(problem, data):
     rtol = 1e-9
     np.testing.assert_allclose(total.resp, whole.resp, rtol=rtol, atol=rtol * wsum)
     np.testing.assert_allclose(total.first, whole.first, rtol=rtol, atol=rtol * wsum * spread)
+    np.testing.assert_allclose(total.second, whole.second, rtol=rtol, atol=rtol * wsum * spread**2)
     np.testing.assert_allclose(
-        total.second, whole.second, rtol=rtol, atol=rtol * wsum * spread**2
+        total.log_likelihood, whole.log_likelihood, rtol=rtol, atol=rtol * ll
     )
-    np.testing.assert_allclose(total.log_likelihood, whole.log_likelihood, rtol=rtol, atol=rtol * ll)
     np.testing.assert_allclose(total.weight_sum, whole.weight_sum, rtol=rtol)
     np.testing.assert_array_equal(total.counts, whole.counts)
     assert total.n_rows == whole.n_rows == n
@@ -173,6 +176,10 @@ def test_stats_additive_over_any_split(problem, data):
     back = SufficientStats.from_vector(vec, total.shift, params.covariance_type)
     np.testing.assert_array_equal(back.to_vector(), vec)
     # block size is just another split
-    blocked = K.accumulate_stats(X, w, params, block_rows=data.draw(st.integers(1, 8), label="block"))
-    np.testing.assert_allclose(blocked.second, whole.second, rtol=rtol, atol=rtol * wsum * spread**2)
+    blocked = K.accumulate_stats(
+        X, w, params, block_rows=data.draw(st.integers(1, 8), label="block")
+    )
+    np.testing.assert_allclose(
+        blocked.second, whole.second, rtol=rtol, atol=rtol * wsum * spread**2
+    )
     np.testing.assert_array_equal(blocked.counts, whole.counts)

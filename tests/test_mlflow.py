@@ -5,6 +5,7 @@ run (model, params, metrics, report), all against a local SQLite tracking store.
 MLflow is the optional ``spark-gmm[mlflow]`` extra (in ``[test]``); without it the option is
 one error line naming the extra (tested with MLflow hidden).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.compat
 
 @pytest.fixture(scope="module")
 def mlflow():
-    return pytest.importorskip("mlflow", reason="MLflow not installed: pip install "
-                                                "'spark-gmm[mlflow]'")
+    return pytest.importorskip(
+        "mlflow", reason="MLflow not installed: pip install 'spark-gmm[mlflow]'"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,9 @@ def store(mlflow, tmp_path_factory):
     before = mlflow.get_tracking_uri()
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("spark-gmm-test",
-                                          artifact_location=(d / "artifacts").as_uri())
+    experiment = mlflow.create_experiment(
+        "spark-gmm-test", artifact_location=(d / "artifacts").as_uri()
+    )
     try:
         yield uri, experiment
     finally:
@@ -55,8 +58,12 @@ def test_pipeline_model_round_trip_spark_flavor_and_pyfunc(spark, mlflow, store,
     from pyspark.ml.feature import VectorAssembler
 
     _, experiment = store
-    pipeline = Pipeline(stages=[VectorAssembler(inputCols=["x", "y"], outputCol="features"),
-                                GaussianMixture(k=3, seed=1, tol=1e-6)]).fit(points)
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["x", "y"], outputCol="features"),
+            GaussianMixture(k=3, seed=1, tol=1e-6),
+        ]
+    ).fit(points)
     with mlflow.start_run(experiment_id=experiment) as run:
         # pip_requirements given: MLflow would otherwise infer them in a second Spark app
         mlflow.spark.log_model(pipeline, "gmm", pip_requirements=["pyspark"])
@@ -88,10 +95,30 @@ def test_fit_job_logs_model_params_and_metrics(spark, mlflow, store, points, tmp
     data = tmp_path / "points"
     points.write.parquet(str(data))
     out = tmp_path / "out"
-    code = cli.main_fit(["--input", str(data), "--input-cols", "x,y", "--k", "3", "--seed", "2",
-                         "--output", str(out), "--no-plots", "--log-level", "ERROR",
-                         "--mlflow", "--mlflow-tracking-uri", uri,
-                         "--mlflow-experiment", "fit-job", "--mlflow-run-name", "nightly"])
+    code = cli.main_fit(
+        [
+            "--input",
+            str(data),
+            "--input-cols",
+            "x,y",
+            "--k",
+            "3",
+            "--seed",
+            "2",
+            "--output",
+            str(out),
+            "--no-plots",
+            "--log-level",
+            "ERROR",
+            "--mlflow",
+            "--mlflow-tracking-uri",
+            uri,
+            "--mlflow-experiment",
+            "fit-job",
+            "--mlflow-run-name",
+            "nightly",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fit-job")
@@ -109,8 +136,7 @@ def test_fit_job_logs_model_params_and_metrics(spark, mlflow, store, points, tmp
     assert metrics["num_iter"] == report["fit"]["numIter"]
     assert metrics["bic"] == pytest.approx(report["fit"]["bic"], rel=1e-12)
     assert metrics["aic"] == pytest.approx(report["fit"]["aic"], rel=1e-12)
-    assert metrics["log_likelihood"] == pytest.approx(report["fit"]["logLikelihood"],
-                                                      rel=1e-12)
+    assert metrics["log_likelihood"] == pytest.approx(report["fit"]["logLikelihood"], rel=1e-12)
     assert metrics["num_rows"] == 300
     history = client.get_metric_history(run.info.run_id, "mean_log_likelihood_by_iteration")
     assert len(history) == len(report["fit"]["logLikelihoodHistory"])
@@ -124,8 +150,10 @@ def test_fit_job_logs_model_params_and_metrics(spark, mlflow, store, points, tmp
     saved = GaussianMixtureModel.load(str(out / "model"))
     np.testing.assert_array_equal(model.stages[0].means, saved.means)
     scored = model.transform(points).select("prediction").toPandas()
-    assert scored["prediction"].tolist() == saved.transform(points).select(
-        "prediction").toPandas()["prediction"].tolist()
+    assert (
+        scored["prediction"].tolist()
+        == saved.transform(points).select("prediction").toPandas()["prediction"].tolist()
+    )
 
 
 def test_mlflow_option_without_mlflow_is_one_line(tmp_path, capsys, monkeypatch):
@@ -137,18 +165,20 @@ def test_mlflow_option_without_mlflow_is_one_line(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == [lines[0]] and lines[0].startswith("spark-gmm fit: error: --mlflow needs "
-                                                       "MLflow"), err
+    assert lines == [lines[0]] and lines[0].startswith(
+        "spark-gmm fit: error: --mlflow needs MLflow"
+    ), err
     assert "pip install 'spark-gmm[mlflow]'" in lines[0]
     assert not out.exists()  # failed before any work
 
 
 def test_mlflow_settings_resolve_from_toml(tmp_path, capsys):
     conf = tmp_path / "fit.toml"
-    conf.write_text('[mlflow]\nenabled = true\ntracking_uri = "sqlite:///x.db"\n'
-                    'experiment = "e"\nrun_name = "r"\n')
+    conf.write_text(
+        '[mlflow]\nenabled = true\ntracking_uri = "sqlite:///x.db"\n'
+        'experiment = "e"\nrun_name = "r"\n'
+    )
     assert cli.main_fit(["--config", str(conf), "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "[mlflow]" in printed and 'tracking_uri = "sqlite:///x.db"' in printed
     assert "enabled = true" in printed and 'run_name = "r"' in printed
-

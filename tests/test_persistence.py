@@ -1,4 +1,5 @@
 """Save/load of estimator and model, alone and inside Pipelines: identical transform output."""
+
 import json
 import os
 
@@ -69,10 +70,12 @@ def test_estimator_round_trip_with_initial_model(fitted, tmp_path):
 def test_pipeline_round_trip(spark, tmp_path):
     X, _ = blobs(50, 2, k=2, seed=6)
     df = spark.createDataFrame([(float(a), float(b)) for a, b in X], ["a", "b"])
-    pipeline = Pipeline(stages=[
-        VectorAssembler(inputCols=["a", "b"], outputCol="features"),
-        GaussianMixture(k=2, seed=3, covarianceType="tied"),
-    ])
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["a", "b"], outputCol="features"),
+            GaussianMixture(k=2, seed=3, covarianceType="tied"),
+        ]
+    )
     fitted = pipeline.fit(df)
     fitted.save(str(tmp_path / "pm"))
     loaded = PipelineModel.load(str(tmp_path / "pm"))
@@ -125,7 +128,10 @@ def test_load_errors_are_clear(spark, fitted, tmp_path):
 def test_gaussians_df_matches_builtin_layout(fitted):
     model = fitted[2]
     gdf = model.gaussiansDF
-    assert gdf.columns == ["mean", "cov"] and dict(gdf.dtypes) == {"mean": "vector", "cov": "matrix"}
+    assert gdf.columns == ["mean", "cov"] and dict(gdf.dtypes) == {
+        "mean": "vector",
+        "cov": "matrix",
+    }
     rows = gdf.collect()
     for row, mean, var in zip(rows, model.means, model.covariances):
         np.testing.assert_allclose(row["mean"].toArray(), mean)

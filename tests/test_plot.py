@@ -1,4 +1,5 @@
 """spark_gmm.plot: the numbers behind the pictures (component curves, ellipses, samples)."""
+
 import math
 import sys
 
@@ -75,8 +76,12 @@ def test_marginal_components_of_a_multivariate_model():
 
 def test_density_plot_draws_the_sum_and_every_component():
     model = _model_1d()
-    X = np.concatenate([np.random.default_rng(0).normal(m, math.sqrt(v), int(5000 * w))
-                        for w, m, v in zip(model.weights, model.means[:, 0], model.covariances)])
+    X = np.concatenate(
+        [
+            np.random.default_rng(0).normal(m, math.sqrt(v), int(5000 * w))
+            for w, m, v in zip(model.weights, model.means[:, 0], model.covariances)
+        ]
+    )
     ax = plot.plot_density_1d(model, X, bins=40)
     labels = [line.get_label() for line in ax.lines]
     assert sum(label.startswith("component ") for label in labels) == 3
@@ -85,8 +90,7 @@ def test_density_plot_draws_the_sum_and_every_component():
     total = next(line for line in ax.lines if line.get_label() == "mixture density")
     grid = total.get_xdata()
     np.testing.assert_allclose(sum(c.get_ydata() for c in comps), total.get_ydata())
-    np.testing.assert_allclose(comps[2].get_ydata(),
-                               0.5 * _normal(grid, 0.2, 0.0169), rtol=1e-10)
+    np.testing.assert_allclose(comps[2].get_ydata(), 0.5 * _normal(grid, 0.2, 0.0169), rtol=1e-10)
     # the histogram is a density: bar areas sum to 1
     bars = [p for p in ax.patches if p.get_height() > 0]
     assert sum(b.get_height() * b.get_width() for b in bars) == pytest.approx(1.0, rel=1e-6)
@@ -100,9 +104,10 @@ def test_covariance_ellipse_points_are_at_the_mahalanobis_radius(n_sigma):
     t = np.linspace(0, 2 * np.pi, 50)
     a, b, r = width / 2, height / 2, math.radians(angle)
     pts = np.stack([a * np.cos(t), b * np.sin(t)], axis=1) @ np.array(
-        [[math.cos(r), math.sin(r)], [-math.sin(r), math.cos(r)]])
+        [[math.cos(r), math.sin(r)], [-math.sin(r), math.cos(r)]]
+    )
     d2 = np.einsum("ni,ij,nj->n", pts, np.linalg.inv(cov), pts)
-    np.testing.assert_allclose(d2, n_sigma ** 2, rtol=1e-10)
+    np.testing.assert_allclose(d2, n_sigma**2, rtol=1e-10)
     assert plot.covariance_ellipse(np.diag([4.0, 1.0]), 1.0) == pytest.approx((4.0, 2.0, 0.0))
 
 
@@ -155,8 +160,9 @@ def test_spark_dataframe_is_sampled_on_spark_with_a_bound(spark):
     # an existing prediction column is used as it is
     from pyspark.sql import functions as F
 
-    Xp, lp = plot.sample_features(df.withColumn("cluster", F.lit(7)), model, n=50,
-                                  prediction_col="cluster")
+    Xp, lp = plot.sample_features(
+        df.withColumn("cluster", F.lit(7)), model, n=50, prediction_col="cluster"
+    )
     assert len(Xp) <= 50 and set(lp) == {7}
     ax = plot.plot_clusters_2d(model, df, n=200)
     assert 0 < len(ax.collections[0].get_offsets()) <= 200
@@ -171,12 +177,14 @@ def test_log_likelihood_and_criteria_plots():
 
     import pandas as pd
 
-    table = pd.DataFrame({
-        "k": [1, 2, 3, 1, 2, 3],
-        "covarianceType": ["full"] * 3 + ["diag"] * 3,
-        "bic": [100.0, 80.0, 90.0, 120.0, 95.0, 85.0],
-        "aic": [95.0, 70.0, 75.0, 110.0, 85.0, 72.0],
-    })
+    table = pd.DataFrame(
+        {
+            "k": [1, 2, 3, 1, 2, 3],
+            "covarianceType": ["full"] * 3 + ["diag"] * 3,
+            "bic": [100.0, 80.0, 90.0, 120.0, 95.0, 85.0],
+            "aic": [95.0, 70.0, 75.0, 110.0, 85.0, 72.0],
+        }
+    )
     ax = plot.plot_criteria(table)
     labels = [line.get_label() for line in ax.lines]
     assert {"BIC full", "AIC full", "BIC diag", "AIC diag"} <= set(labels)

@@ -1,5 +1,6 @@
 """Faults and checkpoints: a fit whose tasks crash, and a fit whose driver is killed, end with
 the parameters of a clean, uninterrupted fit."""
+
 import glob
 import json
 import os
@@ -32,10 +33,14 @@ def parquet_data(spark, tmp_path_factory):
 
 def _reference(spark, path, max_iter):
     model = GaussianMixture(maxIter=max_iter, **FIT).fit(spark.read.parquet(path))
-    return {"weights": model.weights, "means": model.means.tolist(),
-            "covariances": model.covariances.tolist(), "numIter": model.summary.numIter,
-            "history": model.summary.logLikelihoodHistory,
-            "logLikelihood": model.summary.logLikelihood}
+    return {
+        "weights": model.weights,
+        "means": model.means.tolist(),
+        "covariances": model.covariances.tolist(),
+        "numIter": model.summary.numIter,
+        "history": model.summary.logLikelihoodHistory,
+        "logLikelihood": model.summary.logLikelihood,
+    }
 
 
 def _assert_same_fit(got, expected):
@@ -46,6 +51,7 @@ def _assert_same_fit(got, expected):
 
 
 # ------------------------------------------------------------------ kernel level
+
 
 def _two_candidates(X):
     starts = []
@@ -61,8 +67,15 @@ def test_resumed_em_equals_uninterrupted_em():
     initial = _two_candidates(X)
     whole = kernel.run_em(stats, initial, 25, 0.0, 1e-6)
     saved = {}
-    kernel.run_em(stats, initial, 9, 0.0, 1e-6, final_pass=False,
-                  on_state=lambda s: saved.update(text=json.dumps(s.to_dict())))
+    kernel.run_em(
+        stats,
+        initial,
+        9,
+        0.0,
+        1e-6,
+        final_pass=False,
+        on_state=lambda s: saved.update(text=json.dumps(s.to_dict())),
+    )
     state = kernel.EMState.from_dict(json.loads(saved["text"]))  # through JSON, as on disk
     assert state.iteration == 9
     resumed = kernel.run_em(stats, [], 25, 0.0, 1e-6, resume=state)
@@ -97,17 +110,25 @@ def test_checkpoint_dir_must_be_on_the_driver(spark, parquet_data):
 
 def test_fit_with_checkpoints_equals_fit_without(spark, parquet_data, tmp_path):
     plain = _reference(spark, parquet_data, 12)
-    model = GaussianMixture(maxIter=12, checkpointDir=str(tmp_path / "cp"),
-                            checkpointInterval=3, **FIT).fit(spark.read.parquet(parquet_data))
-    _assert_same_fit({"weights": model.weights, "means": model.means.tolist(),
-                      "covariances": model.covariances.tolist(),
-                      "numIter": model.summary.numIter,
-                      "history": model.summary.logLikelihoodHistory,
-                      "logLikelihood": model.summary.logLikelihood}, plain)
+    model = GaussianMixture(
+        maxIter=12, checkpointDir=str(tmp_path / "cp"), checkpointInterval=3, **FIT
+    ).fit(spark.read.parquet(parquet_data))
+    _assert_same_fit(
+        {
+            "weights": model.weights,
+            "means": model.means.tolist(),
+            "covariances": model.covariances.tolist(),
+            "numIter": model.summary.numIter,
+            "history": model.summary.logLikelihoodHistory,
+            "logLikelihood": model.summary.logLikelihood,
+        },
+        plain,
+    )
     assert os.listdir(tmp_path / "cp") == []  # a finished fit leaves no checkpoint
 
 
 # ------------------------------------------------------------------ processes
+
 
 @pytest.mark.slow
 def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path, run_script):
@@ -116,8 +137,16 @@ def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path
 
     max_iter = 60
     checkpoints = tmp_path / "checkpoints"
-    args = ["--parquet", parquet_data, "--max-iter", max_iter, "--checkpoint-dir", checkpoints,
-            "--checkpoint-interval", 2]
+    args = [
+        "--parquet",
+        parquet_data,
+        "--max-iter",
+        max_iter,
+        "--checkpoint-dir",
+        checkpoints,
+        "--checkpoint-interval",
+        2,
+    ]
     # the first run is the script whose driver, once it saved a checkpoint at iteration >= 6,
     # says so in a file and waits there (in the fit) to be killed: no race with the fit's end
     held = tmp_path / "held"
@@ -139,16 +168,29 @@ def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path
     """)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-c", hold, str(held), str(SCRIPT), *map(str, args),
-         "--out", str(tmp_path / "first.json")],
-        env=script_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            hold,
+            str(held),
+            str(SCRIPT),
+            *map(str, args),
+            "--out",
+            str(tmp_path / "first.json"),
+        ],
+        env=script_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,  # its JVM too is killed with the group
     )
     try:
         deadline = time.monotonic() + 600
         while not held.exists():
-            assert proc.poll() is None, ("the fit ended without holding",
-                                         (tmp_path / "first.log").read_text()[-3000:])
+            assert proc.poll() is None, (
+                "the fit ended without holding",
+                (tmp_path / "first.log").read_text()[-3000:],
+            )
             assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.1)
         saved = glob.glob(str(checkpoints / "spark_gmm-*.json"))
@@ -178,14 +220,26 @@ def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["resident", "jobPerPass"])
-def test_crashing_python_workers_are_retried_to_the_same_result(spark, parquet_data, tmp_path,
-                                                                 run_script, engine):
+def test_crashing_python_workers_are_retried_to_the_same_result(
+    spark, parquet_data, tmp_path, run_script, engine
+):
     """jobPerPass: every first attempt of a statistics task crashes, and Spark retries the
     task. resident: one worker crashes mid-fit (its third pass), and Spark retries the whole
     barrier stage; the driver runs the interrupted pass again on the new attempt."""
-    run = run_script(SCRIPT, "--master", "local[2,3]", "--parquet", parquet_data, "--max-iter", 4,
-                     "--engine", engine, "--out", tmp_path / "retried.json",
-                     env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"})
+    run = run_script(
+        SCRIPT,
+        "--master",
+        "local[2,3]",
+        "--parquet",
+        parquet_data,
+        "--max-iter",
+        4,
+        "--engine",
+        engine,
+        "--out",
+        tmp_path / "retried.json",
+        env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"},
+    )
     retried = json.loads((tmp_path / "retried.json").read_text())
     assert retried["engine"] == engine
     if engine == "resident":  # the barrier stage failed and ran again

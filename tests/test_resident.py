@@ -1,5 +1,6 @@
 """The resident pass engine: bit-identical to the job-per-pass engine, authenticated, bounded
 in time, and falling back (said once) where it cannot run."""
+
 import time
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_gmm import GaussianMixture, kernel
-from spark_gmm.selection import GaussianMixtureSelector
 from spark_gmm.engine.resident import PASS_TIMEOUT_CONF, ResidentFailure, task_keys
+from spark_gmm.selection import GaussianMixtureSelector
 from tests.datasets import blobs
 
 
@@ -18,8 +19,12 @@ def data(spark):
     w = np.random.default_rng(1).integers(0, 4, len(X)).astype(float)
     rows = [(i, [float(v) for v in x], float(wi)) for i, (x, wi) in enumerate(zip(X, w))]
     # 8 partitions: a tree level at aggregationDepth=3 (the fit keeps 8 on local[2])
-    df = spark.createDataFrame(rows, "id long, features array<double>, w double") \
-        .repartition(8, "id").sortWithinPartitions("id").cache()
+    df = (
+        spark.createDataFrame(rows, "id long, features array<double>, w double")
+        .repartition(8, "id")
+        .sortWithinPartitions("id")
+        .cache()
+    )
     df.count()
     yield df
     df.unpersist()
@@ -27,10 +32,15 @@ def data(spark):
 
 def _facts(model):
     s = model.summary
-    return {"weights": np.asarray(model.weights), "means": model.means,
-            "covariances": model.covariances, "history": np.asarray(s.logLikelihoodHistory),
-            "logLikelihood": s.logLikelihood, "numIter": s.numIter,
-            "restarts": [r["logLikelihood"] for r in s.restarts]}
+    return {
+        "weights": np.asarray(model.weights),
+        "means": model.means,
+        "covariances": model.covariances,
+        "history": np.asarray(s.logLikelihoodHistory),
+        "logLikelihood": s.logLikelihood,
+        "numIter": s.numIter,
+        "restarts": [r["logLikelihood"] for r in s.restarts],
+    }
 
 
 def _assert_identical(a, b):
@@ -48,8 +58,9 @@ def _both(gm, df):
 
 @pytest.mark.parametrize("covariance_type", kernel.COVARIANCE_TYPES)
 def test_bit_identical_to_job_per_pass_with_restarts(spark, data, covariance_type):
-    gm = GaussianMixture(k=3, covarianceType=covariance_type, nInit=2, maxIter=8, tol=0.0,
-                         seed=3, aggregationDepth=3)
+    gm = GaussianMixture(
+        k=3, covarianceType=covariance_type, nInit=2, maxIter=8, tol=0.0, seed=3, aggregationDepth=3
+    )
     resident, per_pass = _both(gm, data)
     _assert_identical(_facts(resident), _facts(per_pass))
     assert resident.summary.numDataPasses == per_pass.summary.numDataPasses
@@ -62,24 +73,35 @@ def test_bit_identical_when_blocks_are_packed_before_the_shuffle(spark, data, mo
 
     monkeypatch.setattr(resident, "PACK_VALUES", 0)
     monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 30)  # blocks of 10 rows of 3 features
-    gm = GaussianMixture(k=3, covarianceType="full", nInit=2, maxIter=6, tol=0.0, seed=3,
-                         aggregationDepth=3, weightCol="w")
+    gm = GaussianMixture(
+        k=3,
+        covarianceType="full",
+        nInit=2,
+        maxIter=6,
+        tol=0.0,
+        seed=3,
+        aggregationDepth=3,
+        weightCol="w",
+    )
     resident_fit, per_pass = _both(gm, data)
     _assert_identical(_facts(resident_fit), _facts(per_pass))
 
 
 @pytest.mark.parametrize("init_mode", ["kmeans", "k-means++", "random", "randomFromData"])
 def test_bit_identical_for_every_init_mode_with_weights(spark, data, init_mode):
-    gm = GaussianMixture(k=3, initMode=init_mode, weightCol="w", maxIter=5, seed=9,
-                         covarianceType="diag")
+    gm = GaussianMixture(
+        k=3, initMode=init_mode, weightCol="w", maxIter=5, seed=9, covarianceType="diag"
+    )
     resident, per_pass = _both(gm, data)
     _assert_identical(_facts(resident), _facts(per_pass))
 
 
 def test_selector_bit_identical_and_same_choice(spark, data):
     selector = GaussianMixtureSelector(
-        estimator=GaussianMixture(nInit=2, maxIter=10, seed=4), kValues=[1, 2, 3, 4],
-        covarianceTypes=["full", "diag"])
+        estimator=GaussianMixture(nInit=2, maxIter=10, seed=4),
+        kValues=[1, 2, 3, 4],
+        covarianceTypes=["full", "diag"],
+    )
     resident = selector.copy()
     resident.setEstimator(selector.getEstimator().copy().setEngine("resident"))
     per_pass = selector.copy()
@@ -105,9 +127,11 @@ def _status_caught_up(sc, timeout=120.0):
     finally:
         sc.setLocalProperty("spark.jobGroup.id", previous)
     tracker, deadline = sc.statusTracker(), time.monotonic() + timeout
-    while not [j for j in tracker.getJobIdsForGroup(group)
-               if tracker.getJobInfo(j) is not None
-               and tracker.getJobInfo(j).status == "SUCCEEDED"]:
+    while not [
+        j
+        for j in tracker.getJobIdsForGroup(group)
+        if tracker.getJobInfo(j) is not None and tracker.getJobInfo(j).status == "SUCCEEDED"
+    ]:
         assert time.monotonic() < deadline, "the status tracker never saw the marker job end"
         time.sleep(0.05)
 
@@ -125,8 +149,10 @@ def _jobs_of_fit(spark, gm, df, group):
     # resident stage's job): once the tracker caught up, the count is exact
     _status_caught_up(sc)
     tracker, deadline = sc.statusTracker(), time.monotonic() + 120
-    while any(getattr(tracker.getJobInfo(j), "status", None) == "RUNNING"
-              for j in tracker.getJobIdsForGroup(group)):
+    while any(
+        getattr(tracker.getJobInfo(j), "status", None) == "RUNNING"
+        for j in tracker.getJobIdsForGroup(group)
+    ):
         assert time.monotonic() < deadline, f"a job of the fit still runs: {group}"
         time.sleep(0.05)
     return model, len(tracker.getJobIdsForGroup(group))
@@ -138,11 +164,18 @@ def test_no_spark_job_per_pass(spark, data):
     import secrets
 
     token = secrets.token_hex(4)
-    short, few = _jobs_of_fit(spark, GaussianMixture(k=3, seed=1, maxIter=1, engine="resident"),
-                              data, f"spark_gmm-test-one-iteration-{token}")
-    long, same = _jobs_of_fit(spark, GaussianMixture(k=3, seed=1, maxIter=20, tol=0.0,
-                                                     engine="resident"), data,
-                              f"spark_gmm-test-twenty-{token}")
+    short, few = _jobs_of_fit(
+        spark,
+        GaussianMixture(k=3, seed=1, maxIter=1, engine="resident"),
+        data,
+        f"spark_gmm-test-one-iteration-{token}",
+    )
+    long, same = _jobs_of_fit(
+        spark,
+        GaussianMixture(k=3, seed=1, maxIter=20, tol=0.0, engine="resident"),
+        data,
+        f"spark_gmm-test-twenty-{token}",
+    )
     assert short.summary.engine == long.summary.engine == "resident"
     assert long.summary.numDataPasses >= short.summary.numDataPasses + 19
     assert 1 <= few == same <= 6, (few, same)
@@ -151,8 +184,11 @@ def test_no_spark_job_per_pass(spark, data):
 def test_task_keys_spread_hash_partitions_evenly(spark):
     for n in range(1, 9):
         keys = task_keys(n)
-        got = spark.createDataFrame([(k,) for k in keys], "k int") \
-            .select(F.expr(f"pmod(hash(k), {n})").alias("p")).collect()
+        got = (
+            spark.createDataFrame([(k,) for k in keys], "k int")
+            .select(F.expr(f"pmod(hash(k), {n})").alias("p"))
+            .collect()
+        )
         assert [row.p for row in got] == list(range(n))
 
 
@@ -165,9 +201,12 @@ def test_a_hung_worker_ends_in_a_clear_error(spark, data, monkeypatch):
         healthy = GaussianMixture(k=2, maxIter=5, seed=1, engine="resident").fit(data)
         monkeypatch.setenv("SPARK_GMM_FAULT_INJECTION", "hang-first-attempt")
         started = time.monotonic()
-        with pytest.raises(ResidentFailure, match=r"worker\(s\) \[0\] did not answer "
-                                                  r"'[^']+' within 3 s "
-                                                  r"\(spark.gmm.resident.passTimeout\)"):
+        with pytest.raises(
+            ResidentFailure,
+            match=r"worker\(s\) \[0\] did not answer "
+            r"'[^']+' within 3 s "
+            r"\(spark.gmm.resident.passTimeout\)",
+        ):
             GaussianMixture(k=2, maxIter=5, seed=1, engine="resident").fit(data)
         waited = time.monotonic() - started
     finally:
@@ -176,8 +215,10 @@ def test_a_hung_worker_ends_in_a_clear_error(spark, data, monkeypatch):
     assert healthy.summary.engine == "resident"
     assert 3 <= waited < 30, waited
     # the cancelled stage left the session usable
-    assert GaussianMixture(k=2, maxIter=2, seed=1, engine="resident").fit(data) \
-        .summary.engine == "resident"
+    assert (
+        GaussianMixture(k=2, maxIter=2, seed=1, engine="resident").fit(data).summary.engine
+        == "resident"
+    )
 
 
 def test_bad_timeout_setting_is_named(spark, data):
@@ -190,7 +231,9 @@ def test_bad_timeout_setting_is_named(spark, data):
 
 
 def test_engine_param_is_checked_and_persisted(tmp_path):
-    with pytest.raises(ValueError, match="engine must be one of auto, driver, resident, jobPerPass"):
+    with pytest.raises(
+        ValueError, match="engine must be one of auto, driver, resident, jobPerPass"
+    ):
         GaussianMixture(engine="fast")
     gm = GaussianMixture(engine="jobPerPass")
     gm.save(str(tmp_path / "gm"))
@@ -225,8 +268,9 @@ def test_first_fit_of_a_session_starts_python_workers_once(spark, monkeypatch):
             finally:  # the JVM thread behind this one may serve another Python thread later
                 sc.setLocalProperty("spark.jobGroup.id", None)
 
-    monkeypatch.setattr(resident, "threading",
-                        types.SimpleNamespace(**{**vars(threading), "Thread": Recorded}))
+    monkeypatch.setattr(
+        resident, "threading", types.SimpleNamespace(**{**vars(threading), "Thread": Recorded})
+    )
     monkeypatch.setattr(resident, "_STARTED", set())
     sc.setJobGroup(caller_group, "caller's group")
     try:

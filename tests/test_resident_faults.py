@@ -1,6 +1,7 @@
 """The resident engine under faults, interrupts, hostile peers and locked-down settings: each
 failure mode produced on purpose, each test able to fail for its reason (README "How a fit
 runs")."""
+
 import json
 import logging
 import signal
@@ -13,10 +14,18 @@ import pytest
 
 from spark_gmm import GaussianMixture
 from spark_gmm.engine import resident
+from spark_gmm.engine.channel import HANDSHAKE_SECONDS, Channel, ChannelError, connect
 from spark_gmm.engine.driver import DRIVER_MAX_BYTES_CONF
-from spark_gmm.engine.channel import Channel, ChannelError, HANDSHAKE_SECONDS, connect
-from spark_gmm.engine.resident import CONNECT_TIMEOUT_CONF, MAX_PENDING_HANDSHAKES, MAX_TASKS_CONF, \
-    PASS_TIMEOUT_CONF, PORT_CONF, ResidentFailure, ResidentEngine, _Coordinator
+from spark_gmm.engine.resident import (
+    CONNECT_TIMEOUT_CONF,
+    MAX_PENDING_HANDSHAKES,
+    MAX_TASKS_CONF,
+    PASS_TIMEOUT_CONF,
+    PORT_CONF,
+    ResidentEngine,
+    ResidentFailure,
+    _Coordinator,
+)
 from tests.datasets import blobs
 from tests.tcp_proxy import free_port, intercept
 
@@ -27,8 +36,11 @@ FIT = dict(k=3, seed=2, maxIter=12, tol=0.0, covarianceType="full")
 @pytest.fixture(scope="module")
 def data(spark):
     X, _ = blobs(300, 3, k=3, separation=3.0, seed=11)
-    df = spark.createDataFrame([([float(v) for v in x],) for x in X], "features array<double>") \
-        .repartition(4).cache()
+    df = (
+        spark.createDataFrame([([float(v) for v in x],) for x in X], "features array<double>")
+        .repartition(4)
+        .cache()
+    )
     df.count()
     yield df
     df.unpersist()
@@ -60,9 +72,12 @@ def fresh_session_memory(monkeypatch):
 
 
 def _facts(model):
-    return {"weights": np.asarray(model.weights), "means": model.means,
-            "covariances": model.covariances,
-            "history": np.asarray(model.summary.logLikelihoodHistory)}
+    return {
+        "weights": np.asarray(model.weights),
+        "means": model.means,
+        "covariances": model.covariances,
+        "history": np.asarray(model.summary.logLikelihoodHistory),
+    }
 
 
 def _assert_identical(a, b):
@@ -343,8 +358,10 @@ def test_no_encryption_available_falls_back_or_fails_clearly(spark, data, monkey
     with caplog.at_level(logging.WARNING, logger="spark_gmm"):
         model = GaussianMixture(**FIT).fit(data)
     assert model.summary.engine == "jobPerPass"
-    assert any("spark.ssl.enabled" in r.getMessage() and "no cryptography here" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "spark.ssl.enabled" in r.getMessage() and "no cryptography here" in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(RuntimeError, match="engine='resident' cannot run here: Spark encrypts"):
         GaussianMixture(engine="resident", **FIT).fit(data)
 
@@ -352,8 +369,9 @@ def test_no_encryption_available_falls_back_or_fails_clearly(spark, data, monkey
 # ---------------------------------------------------------------------- start-up
 
 
-def test_unreachable_coordinator_falls_back_fast_then_at_once(spark, data, reference,
-                                                             monkeypatch, caplog):
+def test_unreachable_coordinator_falls_back_fast_then_at_once(
+    spark, data, reference, monkeypatch, caplog
+):
     created = intercept(monkeypatch, dead_port=free_port())
     spark.conf.set(CONNECT_TIMEOUT_CONF, "3")
     try:
@@ -364,8 +382,10 @@ def test_unreachable_coordinator_falls_back_fast_then_at_once(spark, data, refer
             started = time.monotonic()
             second = GaussianMixture(**FIT).fit(data)
             second_seconds = time.monotonic() - started
-        with pytest.raises(RuntimeError, match="engine='resident' cannot run here: .*could not "
-                                               "reach the coordinator"):
+        with pytest.raises(
+            RuntimeError,
+            match="engine='resident' cannot run here: .*could not reach the coordinator",
+        ):
             GaussianMixture(engine="resident", **FIT).fit(data)
     finally:
         spark.conf.unset(CONNECT_TIMEOUT_CONF)
@@ -386,8 +406,13 @@ def test_start_up_errors_fall_back_or_fail_clearly(spark, data, monkeypatch, cap
         spark.conf.set(PORT_CONF, str(taken.getsockname()[1]))
         message = "no free port for the coordinator"
     else:
-        _with_conf(monkeypatch, {"spark.driver.host": "no-such-host.invalid",
-                                 "spark.driver.bindAddress": "no-such-host.invalid"})
+        _with_conf(
+            monkeypatch,
+            {
+                "spark.driver.host": "no-such-host.invalid",
+                "spark.driver.bindAddress": "no-such-host.invalid",
+            },
+        )
         message = "could not start: gaierror"
     try:
         with caplog.at_level(logging.WARNING, logger="spark_gmm"):
@@ -431,11 +456,15 @@ def test_port_range_and_max_tasks(spark, data, reference, monkeypatch, caplog):
     _assert_identical(_facts(model), reference)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    (PORT_CONF, "80-70", "must be a port"), (PORT_CONF, "http", "must be a port"),
-    (MAX_TASKS_CONF, "0", "must be a whole number >= 1"),
-    (CONNECT_TIMEOUT_CONF, "-1", "must be > 0 seconds"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (PORT_CONF, "80-70", "must be a port"),
+        (PORT_CONF, "http", "must be a port"),
+        (MAX_TASKS_CONF, "0", "must be a whole number >= 1"),
+        (CONNECT_TIMEOUT_CONF, "-1", "must be > 0 seconds"),
+    ],
+)
 def test_bad_settings_are_named(spark, data, key, value, message):
     spark.conf.set(key, value)
     try:
@@ -451,8 +480,11 @@ def test_memory_estimate_falls_back_with_figures(spark, data, monkeypatch, caplo
         model = GaussianMixture(**FIT).fit(data)
     assert model.summary.engine == "jobPerPass"
     said = [r.getMessage() for r in caplog.records if "fell back" in r.getMessage()]
-    assert said and "MB at its peak while reading" in said[0] and \
-        "spark.executor.pyspark.memory" in said[0], said
+    assert (
+        said
+        and "MB at its peak while reading" in said[0]
+        and "spark.executor.pyspark.memory" in said[0]
+    ), said
 
 
 # ---------------------------------------------------------------------- cancellation
@@ -513,8 +545,11 @@ def test_idle_workers_end_their_tasks(spark, data, monkeypatch):
         deadline = time.monotonic() + 20
         while not engine._job_done.is_set() and time.monotonic() < deadline:
             time.sleep(0.1)
-        seen.update(done=engine._job_done.is_set(), error=engine._job_error,
-                    waited=20 - (deadline - time.monotonic()))
+        seen.update(
+            done=engine._job_done.is_set(),
+            error=engine._job_error,
+            waited=20 - (deadline - time.monotonic()),
+        )
 
     _on_pass(monkeypatch, 3, go_quiet)
     try:
@@ -537,8 +572,11 @@ def test_held_rows_that_differ_from_the_input_are_an_error(spark, data, monkeypa
         original(self, rows, n_rows + 1, *args, **kwargs)  # as if validation saw another row
 
     monkeypatch.setattr(ResidentEngine, "__init__", miscounted)
-    with pytest.raises(ResidentFailure, match=r"the workers hold 900 rows .* but validation "
-                                              r"counted 901 rows"):
+    with pytest.raises(
+        ResidentFailure,
+        match=r"the workers hold 900 rows .* but validation "
+        r"counted 901 rows",
+    ):
         GaussianMixture(**FIT).fit(data)  # not a fallback: the input itself is in question
 
 
@@ -550,8 +588,9 @@ def test_a_partition_held_twice_or_missing_is_an_error():
     first = {"pids": [0, 3], "rows": [5, 5], "weights": [5.0, 5.0], "bytes": 160}
     second = {"pids": [3, 5], "rows": [5, 5], "weights": [5.0, 5.0], "bytes": 160}
     with pytest.raises(ResidentFailure, match="input partition 3 is held by workers 0 and 1"):
-        engine._check_load({0: json.dumps(first).encode(), 1: json.dumps(second).encode()},
-                           first=True)
+        engine._check_load(
+            {0: json.dumps(first).encode(), 1: json.dumps(second).encode()}, first=True
+        )
     engine._pids = {0: [0, 3]}
     engine.scale = None
     engine.data_passes = 0
@@ -593,14 +632,18 @@ def test_two_fits_at_once_and_a_parallel_cross_validator(spark, data, reference)
     for facts in results.values():
         _assert_identical(facts, reference)
 
-    gm = GaussianMixture(logLikelihoodCol="logLikelihood", seed=1, maxIter=20,
-                         engine="resident")
+    gm = GaussianMixture(logLikelihoodCol="logLikelihood", seed=1, maxIter=20, engine="resident")
     grid = ParamGridBuilder().addGrid(gm.k, [1, 2, 3]).build()
     metrics = []
     for parallelism in (1, 2):
-        cv = CrossValidator(estimator=gm, estimatorParamMaps=grid, numFolds=2, seed=7,
-                            parallelism=parallelism,
-                            evaluator=GaussianMixtureEvaluator(metricName="logLikelihood"))
+        cv = CrossValidator(
+            estimator=gm,
+            estimatorParamMaps=grid,
+            numFolds=2,
+            seed=7,
+            parallelism=parallelism,
+            evaluator=GaussianMixtureEvaluator(metricName="logLikelihood"),
+        )
         metrics.append(cv.fit(data).avgMetrics)
     assert metrics[0] == metrics[1]
 
@@ -638,12 +681,23 @@ def _task(monkeypatch, coordinator, idle_timeout=60.0):
     from spark_gmm.engine.resident_worker import WorkerSettings, worker_function
 
     monkeypatch.setattr(pyspark.TaskContext, "get", classmethod(lambda cls: _FakeContext()))
-    run = worker_function(WorkerSettings(("127.0.0.1", coordinator.port), KEY, False, 2,
-                                 connect_timeout=10, idle_timeout=idle_timeout))
-    batch = pa.RecordBatch.from_pydict({
-        "pid": pa.array([0, 0], pa.int32()),
-        FEATURES: pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float64())),
-        WEIGHT: pa.array([1.0, 1.0])})
+    run = worker_function(
+        WorkerSettings(
+            ("127.0.0.1", coordinator.port),
+            KEY,
+            False,
+            2,
+            connect_timeout=10,
+            idle_timeout=idle_timeout,
+        )
+    )
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "pid": pa.array([0, 0], pa.int32()),
+            FEATURES: pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float64())),
+            WEIGHT: pa.array([1.0, 1.0]),
+        }
+    )
     outcome = {}
 
     def body():
@@ -690,18 +744,23 @@ def test_an_idle_or_unreachable_worker_ends_its_task_saying_why(monkeypatch):
     thread, outcome = _task(monkeypatch, coordinator)  # closed: nothing listens there
     thread.join(30)
     assert outcome["rows"][0][0]["error"].startswith(
-        f"no coordinator reachable at 127.0.0.1:{coordinator.port} within 10 s")
+        f"no coordinator reachable at 127.0.0.1:{coordinator.port} within 10 s"
+    )
 
 
 # ---------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize("mode, said", [
-    ("memory-error-while-loading", "MemoryError while holding its rows"),
-    ("exit-while-loading", "workers were lost twice while reading their rows"),
-])
-def test_a_worker_that_cannot_hold_its_rows_names_the_setting(spark, data, monkeypatch,
-                                                             caplog, mode, said):
+@pytest.mark.parametrize(
+    "mode, said",
+    [
+        ("memory-error-while-loading", "MemoryError while holding its rows"),
+        ("exit-while-loading", "workers were lost twice while reading their rows"),
+    ],
+)
+def test_a_worker_that_cannot_hold_its_rows_names_the_setting(
+    spark, data, monkeypatch, caplog, mode, said
+):
     """Task 0's worker runs out of memory (MemoryError) or is killed (as by the OOM killer)
     while reading its rows, at every attempt: after at most one retry of the stage, an error
     naming the setting to raise (under auto: the fit falls back, saying so)."""
@@ -716,8 +775,10 @@ def test_a_worker_that_cannot_hold_its_rows_names_the_setting(spark, data, monke
         return item
 
     monkeypatch.setattr(resident._Coordinator, "take", take)
-    with pytest.raises(RuntimeError, match=f"engine='resident' cannot run here: .*{said}.*"
-                                           "spark.executor.pyspark.memory"):
+    with pytest.raises(
+        RuntimeError,
+        match=f"engine='resident' cannot run here: .*{said}.*spark.executor.pyspark.memory",
+    ):
         GaussianMixture(engine="resident", **FIT).fit(data)
     assert len(attempts) <= 4, attempts  # two tasks, at most two attempts of the stage
     with caplog.at_level(logging.WARNING, logger="spark_gmm"):

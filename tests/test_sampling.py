@@ -1,4 +1,5 @@
 """model.sample: rows drawn on the executors, reproducible, with the model's moments."""
+
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """Initialisation modes, restarts in shared passes, collapse recovery, BIC/AIC selection, the
 Evaluator in CrossValidator / TrainValidationSplit."""
+
 import shutil
 import subprocess
 
@@ -56,6 +57,7 @@ def _jobs_of(spark, group, action):
 
 # ---------------------------------------------------------------- initialisation and restarts
 
+
 @pytest.mark.parametrize("init_mode", ["kmeans", "k-means++", "random", "randomFromData"])
 def test_every_init_mode_is_reproducible_and_fits(spark, blob_df, init_mode):
     _, df = blob_df
@@ -70,17 +72,23 @@ def test_every_init_mode_is_reproducible_and_fits(spark, blob_df, init_mode):
 @pytest.mark.parametrize("init_mode", ["k-means++", "random", "randomFromData"])
 def test_seed_changes_the_random_start(spark, blob_df, init_mode):
     _, df = blob_df
-    starts = [GaussianMixture(k=3, initMode=init_mode, seed=s, maxIter=0).fit(df).means
-              for s in (1, 2)]
+    starts = [
+        GaussianMixture(k=3, initMode=init_mode, seed=s, maxIter=0).fit(df).means for s in (1, 2)
+    ]
     assert not np.allclose(starts[0], starts[1])
 
 
 def test_explicit_initial_parameters_are_the_start(spark, blob_df):
     X, df = blob_df
     means = X[:3]
-    model = GaussianMixture(k=3, covarianceType="diag", initialMeans=means.tolist(),
-                            initialWeights=[0.2, 0.3, 0.5],
-                            initialCovariances=np.ones((3, 3)).tolist(), maxIter=0).fit(df)
+    model = GaussianMixture(
+        k=3,
+        covarianceType="diag",
+        initialMeans=means.tolist(),
+        initialWeights=[0.2, 0.3, 0.5],
+        initialCovariances=np.ones((3, 3)).tolist(),
+        maxIter=0,
+    ).fit(df)
     np.testing.assert_array_equal(model.means, means)
     np.testing.assert_array_equal(model.weights, [0.2, 0.3, 0.5])
     np.testing.assert_array_equal(model.covariances, np.ones((3, 3)))
@@ -90,9 +98,9 @@ def test_explicit_initial_parameters_are_the_start(spark, blob_df):
 
 def test_restarts_share_one_pass_per_iteration(spark, blob_df):
     _, df = blob_df
+
     def fit(n_init):
-        gm = GaussianMixture(k=3, initMode="k-means++", nInit=n_init, seed=4, tol=0.0,
-                             maxIter=6)
+        gm = GaussianMixture(k=3, initMode="k-means++", nInit=n_init, seed=4, tol=0.0, maxIter=6)
         out = {}
         out["jobs"] = _jobs_of(spark, f"nInit{n_init}", lambda: out.setdefault("m", gm.fit(df)))
         return out["m"], out["jobs"]
@@ -134,6 +142,7 @@ def test_collapsed_component_is_reseeded_or_kept_finite(spark, blob_df):
 
 # ---------------------------------------------------------------- information criteria
 
+
 def _sklearn_with(model: GaussianMixtureModel) -> SkGaussianMixture:
     sk = SkGaussianMixture(n_components=model.getK(), covariance_type=model.getCovarianceType())
     sk.weights_, sk.means_ = np.asarray(model.weights), model.means
@@ -144,8 +153,9 @@ def _sklearn_with(model: GaussianMixtureModel) -> SkGaussianMixture:
 @pytest.mark.parametrize("covariance_type", TYPES)
 def test_model_criteria_equal_sklearn_for_the_same_parameters(spark, iris_df, covariance_type):
     X, df = iris_df
-    model = GaussianMixture(k=3, covarianceType=covariance_type, inputCols=IRIS_COLS,
-                            seed=1).fit(df)
+    model = GaussianMixture(k=3, covarianceType=covariance_type, inputCols=IRIS_COLS, seed=1).fit(
+        df
+    )
     sk = _sklearn_with(model)
     assert model.numParameters == sk._n_parameters()
     assert model.bic(df) == pytest.approx(sk.bic(X), rel=1e-9)
@@ -159,7 +169,8 @@ def iris_selection(spark, iris_df):
     _, df = iris_df
     selector = GaussianMixtureSelector(
         estimator=GaussianMixture(inputCols=IRIS_COLS, seed=0, tol=1e-6, maxIter=500),
-        kValues=[1, 2, 3, 4, 5, 6], covarianceTypes=TYPES,
+        kValues=[1, 2, 3, 4, 5, 6],
+        covarianceTypes=TYPES,
     )
     return selector.fit(df)
 
@@ -167,8 +178,16 @@ def iris_selection(spark, iris_df):
 def test_iris_bic_table_matches_sklearn_and_mclust_choice(spark, iris_df, iris_selection):
     X, df = iris_df
     table = iris_selection.table
-    assert list(table.columns) == ["k", "covarianceType", "logLikelihood", "nParameters",
-                                   "bic", "aic", "numIter", "converged"]
+    assert list(table.columns) == [
+        "k",
+        "covarianceType",
+        "logLikelihood",
+        "nParameters",
+        "bic",
+        "aic",
+        "numIter",
+        "converged",
+    ]
     assert len(table) == 24 and table["converged"].all()
     best = iris_selection.bestModel
     row = table.loc[table["bic"].idxmin()]
@@ -205,8 +224,12 @@ def _mclust_bic(tmp_path, X):
         return None
     lines = [line.replace('"', "").split(",") for line in proc.stdout.strip().splitlines()]
     header = lines[0][1:]
-    return {(MCLUST_FAMILIES[name], int(row[0])): float(value)
-            for row in lines[1:] for name, value in zip(header, row[1:]) if value != "NA"}
+    return {
+        (MCLUST_FAMILIES[name], int(row[0])): float(value)
+        for row in lines[1:]
+        for name, value in zip(header, row[1:])
+        if value != "NA"
+    }
 
 
 def test_iris_selection_agrees_with_mclust(spark, iris_df, iris_selection, tmp_path):
@@ -227,11 +250,13 @@ def test_selector_grid_shares_passes(spark, blob_df):
     _, df = blob_df
     est = GaussianMixture(initMode="k-means++", seed=2, tol=0.0, maxIter=5)
     single = {}
-    jobs_single = _jobs_of(spark, "single", lambda: single.setdefault(
-        "m", est.copy().setK(3).fit(df)))
+    jobs_single = _jobs_of(
+        spark, "single", lambda: single.setdefault("m", est.copy().setK(3).fit(df))
+    )
     grid = {}
-    selector = GaussianMixtureSelector(estimator=est, kValues=[1, 2, 3, 4],
-                                       covarianceTypes=["full", "diag", "spherical"])
+    selector = GaussianMixtureSelector(
+        estimator=est, kValues=[1, 2, 3, 4], covarianceTypes=["full", "diag", "spherical"]
+    )
     jobs_grid = _jobs_of(spark, "grid", lambda: grid.setdefault("m", selector.fit(df)))
     assert jobs_grid == jobs_single  # twelve candidates, the passes of one
     assert len(grid["m"].table) == 12
@@ -265,8 +290,9 @@ def test_selection_model_round_trip(spark, iris_df, iris_selection, tmp_path):
     assert loaded.bestModel.uid == iris_selection.bestModel.uid
     assert_df_equality(loaded.transform(df), iris_selection.transform(df))
 
-    selector = GaussianMixtureSelector(estimator=GaussianMixture(seed=5, maxIter=7),
-                                       kValues=[2, 3], criterion="aic")
+    selector = GaussianMixtureSelector(
+        estimator=GaussianMixture(seed=5, maxIter=7), kValues=[2, 3], criterion="aic"
+    )
     selector.save(str(tmp_path / "selector"))
     back = GaussianMixtureSelector.load(str(tmp_path / "selector"))
     assert back.uid == selector.uid and back.getKValues() == [2, 3]
@@ -276,12 +302,13 @@ def test_selection_model_round_trip(spark, iris_df, iris_selection, tmp_path):
 
 # ---------------------------------------------------------------- Evaluator
 
-@pytest.mark.parametrize("metric,larger", [("logLikelihood", True), ("bic", False),
-                                           ("aic", False)])
+
+@pytest.mark.parametrize("metric,larger", [("logLikelihood", True), ("bic", False), ("aic", False)])
 def test_evaluator_equals_model_criteria(spark, iris_df, metric, larger):
     _, df = iris_df
-    model = GaussianMixture(k=2, inputCols=IRIS_COLS, logLikelihoodCol="logLikelihood",
-                            seed=3).fit(df)
+    model = GaussianMixture(k=2, inputCols=IRIS_COLS, logLikelihoodCol="logLikelihood", seed=3).fit(
+        df
+    )
     evaluator = GaussianMixtureEvaluator(metricName=metric)
     assert evaluator.isLargerBetter() is larger
     expected = {"logLikelihood": model.score, "bic": model.bic, "aic": model.aic}[metric](df)
@@ -300,18 +327,32 @@ def test_evaluator_explains_a_missing_column(spark, iris_df):
 def test_evaluator_in_cross_validator_and_train_validation_split(spark, blob_df, tmp_path):
     _, df = blob_df
     gm = GaussianMixture(logLikelihoodCol="logLikelihood", seed=1, maxIter=50)
-    grid = (ParamGridBuilder().addGrid(gm.k, [1, 3])
-            .addGrid(gm.covarianceType, ["full", "spherical"]).build())
-    cv = CrossValidator(estimator=gm, estimatorParamMaps=grid, numFolds=2, seed=7,
-                        evaluator=GaussianMixtureEvaluator(metricName="logLikelihood"))
+    grid = (
+        ParamGridBuilder()
+        .addGrid(gm.k, [1, 3])
+        .addGrid(gm.covarianceType, ["full", "spherical"])
+        .build()
+    )
+    cv = CrossValidator(
+        estimator=gm,
+        estimatorParamMaps=grid,
+        numFolds=2,
+        seed=7,
+        evaluator=GaussianMixtureEvaluator(metricName="logLikelihood"),
+    )
     cv_model = cv.fit(df)
     assert len(cv_model.avgMetrics) == 4
     # three blobs: k=3 beats k=1 on held-out log-likelihood
     assert cv_model.bestModel.getK() == 3
     cv_model.save(str(tmp_path / "cv"))
 
-    tvs = TrainValidationSplit(estimator=gm, estimatorParamMaps=grid, trainRatio=0.7, seed=7,
-                               evaluator=GaussianMixtureEvaluator(metricName="bic"))
+    tvs = TrainValidationSplit(
+        estimator=gm,
+        estimatorParamMaps=grid,
+        trainRatio=0.7,
+        seed=7,
+        evaluator=GaussianMixtureEvaluator(metricName="bic"),
+    )
     tvs_model = tvs.fit(df)
     assert tvs_model.bestModel.getK() == 3
     best = int(np.argmin(tvs_model.validationMetrics))  # BIC: lower is better

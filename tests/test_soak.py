@@ -7,6 +7,7 @@ JVM and of the Python workers after fit 5 and after the last fit, and checks tha
 left cached: persistent RDDs, RDD storage, the SQL cache manager and the catalog are as they
 were before (apart from the caller's own cached input while it is cached).
 """
+
 from __future__ import annotations
 
 import gc
@@ -61,8 +62,7 @@ def _worker_rss(spark) -> dict:
             rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
         yield pd.DataFrame({"pid": [_os.getpid()], "rss_kib": [rss]})
 
-    rows = spark.range(0, 4, numPartitions=2).mapInPandas(probe, "pid long, rss_kib long") \
-        .collect()
+    rows = spark.range(0, 4, numPartitions=2).mapInPandas(probe, "pid long, rss_kib long").collect()
     return {r["pid"]: r["rss_kib"] for r in rows}
 
 
@@ -88,9 +88,11 @@ def _snapshot(spark, label: str) -> dict:
         "workers": _worker_rss(spark),
     }
     workers = ", ".join(f"{pid}: {kib / MIB:.1f}" for pid, kib in sorted(snap["workers"].items()))
-    print(f"[soak] {label}: driver {snap['driver'] / MIB:.1f} MiB, JVM RSS "
-          f"{snap['jvm'] / MIB:.1f} MiB (heap after GC {snap['jvm_heap'] / MIB:.1f} MiB), "
-          f"workers {{{workers}}} MiB")
+    print(
+        f"[soak] {label}: driver {snap['driver'] / MIB:.1f} MiB, JVM RSS "
+        f"{snap['jvm'] / MIB:.1f} MiB (heap after GC {snap['jvm_heap'] / MIB:.1f} MiB), "
+        f"workers {{{workers}}} MiB"
+    )
     return snap
 
 
@@ -165,13 +167,20 @@ def test_many_fits_leak_neither_memory_nor_cache(spark):
     heap_growth = (last["jvm_heap"] - first["jvm_heap"]) / MIB
     common = set(first["workers"]) & set(last["workers"])
     worker_growth = {pid: (last["workers"][pid] - first["workers"][pid]) / MIB for pid in common}
-    print(f"[soak] {len(fit_seconds)} fits in {sum(fit_seconds):.1f} s "
-          f"(median {np.median(fit_seconds):.2f} s, max {max(fit_seconds):.2f} s); "
-          f"total {time.perf_counter() - started:.1f} s")
-    print(f"[soak] growth from fit 5 to the end: driver {driver_growth:+.1f} MiB, "
-          f"JVM RSS {jvm_growth:+.1f} MiB, JVM heap after GC {heap_growth:+.1f} MiB, workers "
-          + (", ".join(f"{pid}: {g:+.1f}" for pid, g in sorted(worker_growth.items()))
-             or "(no worker pid in both probes)") + " MiB")
+    print(
+        f"[soak] {len(fit_seconds)} fits in {sum(fit_seconds):.1f} s "
+        f"(median {np.median(fit_seconds):.2f} s, max {max(fit_seconds):.2f} s); "
+        f"total {time.perf_counter() - started:.1f} s"
+    )
+    print(
+        f"[soak] growth from fit 5 to the end: driver {driver_growth:+.1f} MiB, "
+        f"JVM RSS {jvm_growth:+.1f} MiB, JVM heap after GC {heap_growth:+.1f} MiB, workers "
+        + (
+            ", ".join(f"{pid}: {g:+.1f}" for pid, g in sorted(worker_growth.items()))
+            or "(no worker pid in both probes)"
+        )
+        + " MiB"
+    )
     assert driver_growth < DRIVER_GROWTH_MIB
     assert heap_growth < JVM_HEAP_GROWTH_MIB
     # Workers are reused, so the probe normally meets the same processes; if a worker was

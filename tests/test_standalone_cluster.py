@@ -8,6 +8,7 @@ and that the executors (separate JVMs started by the workers) imported spark_gmm
 shipped zip. The cluster is always stopped: every daemon runs in its own process group, killed
 in the fixture's teardown (and on interpreter exit / parent death as a backstop).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from connect_server import _die_with_parent, free_port, python_env, spark_home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ def _cluster_env(tmp: Path) -> dict:
     env = python_env()
     # The executors must get spark_gmm from the shipped zip, not from the checkout.
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        p
+        for p in env.get("PYTHONPATH", "").split(os.pathsep)
         if p and Path(p).resolve() != REPO_ROOT
     )
     env["SPARK_HOME"] = str(spark_home())
@@ -72,8 +73,12 @@ class StandaloneCluster:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
                 [str(spark_home() / "bin" / "spark-class"), *args],
-                cwd=str(self.tmp), env=self.env, stdin=subprocess.DEVNULL, stdout=fh,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=str(self.tmp),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         self.procs.append(proc)
@@ -86,14 +91,34 @@ class StandaloneCluster:
             return -1
 
     def start(self) -> "StandaloneCluster":
-        self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--webui-port", str(self.ui_port))
+        self._spawn(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        )
         for i in range(WORKERS):
             work = self.tmp / f"work{i}"
             work.mkdir()
-            self._spawn(f"worker{i}", "org.apache.spark.deploy.worker.Worker",
-                        "--host", "127.0.0.1", "--cores", "1", "--memory", "1536m",
-                        "--webui-port", str(free_port()), "--work-dir", str(work), self.url)
+            self._spawn(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "1536m",
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(work),
+                self.url,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while self._alive_workers() < WORKERS:
             dead = [p for p in self.procs if p.poll() is not None]
@@ -163,32 +188,64 @@ def test_fit_job_on_a_standalone_cluster(standalone_cluster, tmp_path):
     out = tmp_path / "out"
     cmd = [
         str(spark_home() / "bin" / "spark-submit"),
-        "--master", cluster.url,
-        "--deploy-mode", "client",
-        "--properties-file", str(REPO_ROOT / "conf" / "spark-cluster.properties"),
+        "--master",
+        cluster.url,
+        "--deploy-mode",
+        "client",
+        "--properties-file",
+        str(REPO_ROOT / "conf" / "spark-cluster.properties"),
         # the small cluster: 2 workers x 1 core
-        "--conf", "spark.executor.cores=1",
-        "--conf", "spark.cores.max=2",
-        "--conf", "spark.executor.memory=512m",
-        "--conf", "spark.executor.memoryOverhead=384m",
-        "--conf", "spark.driver.memory=1g",
-        "--conf", "spark.sql.shuffle.partitions=4",
-        "--conf", "spark.default.parallelism=4",
+        "--conf",
+        "spark.executor.cores=1",
+        "--conf",
+        "spark.cores.max=2",
+        "--conf",
+        "spark.executor.memory=512m",
+        "--conf",
+        "spark.executor.memoryOverhead=384m",
+        "--conf",
+        "spark.driver.memory=1g",
+        "--conf",
+        "spark.sql.shuffle.partitions=4",
+        "--conf",
+        "spark.default.parallelism=4",
         # 6,000 rows would run on the driver engine: the limit 0 sends the fit to the
         # executors, whose resident stage this test proves
-        "--conf", "spark.gmm.driver.maxBytes=0",
-        "--conf", "spark.driver.host=127.0.0.1",
-        "--conf", "spark.driver.bindAddress=127.0.0.1",
-        "--conf", "spark.ui.enabled=false",
-        "--conf", f"spark.pyspark.python={sys.executable}",
-        "--py-files", str(package),
+        "--conf",
+        "spark.gmm.driver.maxBytes=0",
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--py-files",
+        str(package),
         str(REPO_ROOT / "jobs" / "fit.py"),
-        "--demo", "--demo-rows", "6000", "--output", str(out), "--k", "4",
-        "--partition-by", "prediction", "--num-files", "2",
+        "--demo",
+        "--demo-rows",
+        "6000",
+        "--output",
+        str(out),
+        "--k",
+        "4",
+        "--partition-by",
+        "prediction",
+        "--num-files",
+        "2",
     ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=str(tmp_path), env=cluster.env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=SUBMIT_TIMEOUT)
+    proc = subprocess.run(
+        cmd,
+        cwd=str(tmp_path),
+        env=cluster.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=SUBMIT_TIMEOUT,
+    )
     seconds = time.monotonic() - t0
     (tmp_path / "spark-submit.stderr").write_text(proc.stderr)
     assert proc.returncode == 0, (
@@ -223,7 +280,8 @@ def test_fit_job_on_a_standalone_cluster(standalone_cluster, tmp_path):
     table = ds.dataset(str(out / "predictions"), format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 6000
     assert {"id", "x", "y", "z", "prediction", "probability", "logLikelihood"} <= set(
-        table.column_names)
+        table.column_names
+    )
     scores = json.loads((out / "training_scores.json").read_text())
     assert scores["rows"] == 6000
     assert "master" not in (out / "resolved-config.toml").read_text().split("[spark]")[-1]

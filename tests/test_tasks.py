@@ -1,6 +1,7 @@
 """spark_gmm.engine.tasks, in a fresh interpreter standing in for a Python worker (no Spark): the
 first task freezes what the worker imported, later tasks freeze again only after new
 imports, and the work runs with one BLAS thread."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ print(json.dumps(facts))
 
 def test_first_task_freezes_the_imports_and_limits_blas_to_one_thread():
     env = script_env({"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
-    proc = subprocess.run([sys.executable, "-c", WORKER], cwd=str(REPO_ROOT), env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     facts = json.loads(proc.stdout)
     assert facts["frozen_before"] == 0
     # NumPy, SciPy, pyarrow and the package: tens of thousands of objects out of reach

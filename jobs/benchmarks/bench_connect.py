@@ -20,6 +20,7 @@ would share the two cores):
 Prints one JSON object (seconds per iteration and the ratio to the built-in in each session,
 and each implementation's Connect/classic ratio).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,21 +38,32 @@ import bench_gmm  # noqa: E402  (this script's directory)
 
 
 def measure(spark, args) -> dict:
-    path = bench_gmm.write_parquet(Path(args.workdir), args.rows, args.features, args.k,
-                                   args.seed)["path"]
+    path = bench_gmm.write_parquet(Path(args.workdir), args.rows, args.features, args.k, args.seed)[
+        "path"
+    ]
     df, n = bench_gmm.load_cached(spark, path, args.features, args.partitions)
     out = {"cached_rows": n}
     try:
-        for name, run in (("spark_gmm", lambda: bench_gmm.run_spark_gmm(df, args, args.k,
-                                                                        "full")),
-                          ("builtin", lambda: bench_gmm.run_builtin(df, args, args.k))):
+        for name, run in (
+            ("spark_gmm", lambda: bench_gmm.run_spark_gmm(df, args, args.k, "full")),
+            ("builtin", lambda: bench_gmm.run_builtin(df, args, args.k)),
+        ):
             bench_gmm.progress(f"{name}: {args.rows} rows")
             result = run()
             result.pop("params", None)
-            out[name] = {key: result[key] for key in
-                         ("seconds_per_iteration", "seconds_per_iteration_log", "fit_seconds",
-                          "iterations_of_timed_fits", "num_iter", "log_likelihood_reported",
-                          "warning") if key in result}
+            out[name] = {
+                key: result[key]
+                for key in (
+                    "seconds_per_iteration",
+                    "seconds_per_iteration_log",
+                    "fit_seconds",
+                    "iterations_of_timed_fits",
+                    "num_iter",
+                    "log_likelihood_reported",
+                    "warning",
+                )
+                if key in result
+            }
     finally:
         df.unpersist()
     gmm, builtin = (out[i]["seconds_per_iteration"] for i in ("spark_gmm", "builtin"))
@@ -67,13 +79,19 @@ def main(argv=None) -> int:
     parser.add_argument("--max-iter", type=int, default=5)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed fits per maxIter; the fastest counts (default 3)")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
-                                                          "spark_gmm_bench"))
-    parser.add_argument("--remote", metavar="URL",
-                        help="a running Spark Connect server (sc://host:port) instead of "
-                             "starting one; --workdir must be readable by it")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed fits per maxIter; the fastest counts (default 3)",
+    )
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spark_gmm_bench"))
+    parser.add_argument(
+        "--remote",
+        metavar="URL",
+        help="a running Spark Connect server (sc://host:port) instead of "
+        "starting one; --workdir must be readable by it",
+    )
     args = parser.parse_args(argv)
     # what bench_gmm's runners read from their arguments
     args.short_iter, args.no_warmup, args.init_mode = 1, False, "k-means++"
@@ -85,9 +103,13 @@ def main(argv=None) -> int:
     result = {"settings": vars(args).copy()}
 
     started = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").appName("bench_connect")
-             .config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
-             .getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("bench_connect")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     try:
         result["classic"] = measure(spark, args)
@@ -114,8 +136,7 @@ def main(argv=None) -> int:
     for name in ("spark_gmm", "builtin"):
         classic = result["classic"][name]["seconds_per_iteration"]
         connect = result["connect"][name]["seconds_per_iteration"]
-        result[f"{name}_connect_over_classic"] = connect / classic if classic and connect \
-            else None
+        result[f"{name}_connect_over_classic"] = connect / classic if classic and connect else None
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
     return 0

@@ -12,6 +12,7 @@ Per row count: seeded blobs (``tests.datasets``-like, generated here), a cached 
 the same passes). Prints one JSON object: seconds per fit, packed megabytes and the
 resident/driver ratio per size (> 1: the driver engine is faster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,15 @@ def main(argv=None) -> int:
 
     from spark_gmm import GaussianMixture
 
-    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.driver.memory", "4g")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.gmm.driver.maxBytes", "2g").getOrCreate())  # no limit here
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.gmm.driver.maxBytes", "2g")
+        .getOrCreate()
+    )  # no limit here
     spark.sparkContext.setLogLevel("ERROR")
     out = {"features": args.features, "k": args.k, "max_iter": args.max_iter, "sizes": []}
     rng = np.random.default_rng(0)
@@ -50,13 +55,22 @@ def main(argv=None) -> int:
         centres = rng.normal(0, 5, (args.k, args.features))
         X = centres[rng.integers(0, args.k, n)] + rng.normal(0, 1, (n, args.features))
         pdf = pd.DataFrame({"features": list(X)})
-        df = spark.createDataFrame(pdf, "features array<double>").repartition(args.partitions) \
+        df = (
+            spark.createDataFrame(pdf, "features array<double>")
+            .repartition(args.partitions)
             .cache()
+        )
         df.count()
         row = {"rows": n, "packed_mb": round(8 * n * (args.features + 1) / 2**20, 2)}
         for engine in ("driver", "resident"):
-            gm = GaussianMixture(k=args.k, maxIter=args.max_iter, tol=0.0, seed=1,
-                                 initMode="k-means++", engine=engine)
+            gm = GaussianMixture(
+                k=args.k,
+                maxIter=args.max_iter,
+                tol=0.0,
+                seed=1,
+                initMode="k-means++",
+                engine=engine,
+            )
             gm.fit(df)
             times = []
             for _ in range(args.repeats):

@@ -48,6 +48,7 @@ returned model evaluated by the same kernel code on the collected data.
 Writes results.json, results.csv and seconds_per_iteration.png (when matplotlib imports) to
 --output, and prints the JSON. Linux only for the memory figures (/proc).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,8 +123,11 @@ def write_parquet(workdir: Path, n: int, d: int, k: int, seed: int) -> Dict:
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp, row_group_size=100_000)
     tmp.rename(path)
-    return {"path": str(path), "reused": False,
-            "write_seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "path": str(path),
+        "reused": False,
+        "write_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def load_cached(spark, path: str, d: int, partitions: int):
@@ -279,8 +283,11 @@ def probe_worker_rusage(spark, tasks: int) -> Dict:
         rss_kb = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss
         yield _pa.RecordBatch.from_pydict({"pid": [_os.getpid()], "maxrss_kb": [rss_kb]})
 
-    rows = (spark.range(0, tasks, numPartitions=tasks)
-            .mapInArrow(report, "pid long, maxrss_kb long").collect())
+    rows = (
+        spark.range(0, tasks, numPartitions=tasks)
+        .mapInArrow(report, "pid long, maxrss_kb long")
+        .collect()
+    )
     per_pid = {}
     for r in rows:
         per_pid[r["pid"]] = max(per_pid.get(r["pid"], 0), r["maxrss_kb"])
@@ -302,13 +309,22 @@ class IterationLog(logging.Handler):
         self.seconds: List[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno == logging.INFO and str(record.msg).startswith("EM iteration") \
-                and record.args:
+        if (
+            record.levelno == logging.INFO
+            and str(record.msg).startswith("EM iteration")
+            and record.args
+        ):
             self.seconds.append(float(record.args[-1]))
 
 
-def timed_fits(fit, short_iter: int, max_iter: int, warmup: bool, repeats: int,
-               iterations: Callable[[object], int]) -> Dict:
+def timed_fits(
+    fit,
+    short_iter: int,
+    max_iter: int,
+    warmup: bool,
+    repeats: int,
+    iterations: Callable[[object], int],
+) -> Dict:
     """Runs ``fit(max_iter) -> model`` once untimed (warm-up), then ``repeats`` rounds of the
     short and the long fit, interleaved; seconds per iteration by differencing the fastest
     short and the fastest long fit, divided by the difference of the iterations they ran
@@ -336,11 +352,15 @@ def timed_fits(fit, short_iter: int, max_iter: int, warmup: bool, repeats: int,
         "model": fastest[max_iter],
     }
     if extra <= 0:
-        result["warning"] = (f"the maxIter={max_iter} fit ran no more iterations than the "
-                             f"maxIter={short_iter} one ({ran[max_iter]})")
+        result["warning"] = (
+            f"the maxIter={max_iter} fit ran no more iterations than the "
+            f"maxIter={short_iter} one ({ran[max_iter]})"
+        )
     elif difference <= 0:
-        result["warning"] = ("the long fit was not slower than the short one: timing noise "
-                             "exceeds the iterations' cost; use more rows or --repeats")
+        result["warning"] = (
+            "the long fit was not slower than the short one: timing noise "
+            "exceeds the iterations' cost; use more rows or --repeats"
+        )
     return result
 
 
@@ -352,9 +372,15 @@ def run_spark_gmm(df, args, k: int, covariance_type: str, engine: str = "auto") 
 
     def fit(m):
         handler.seconds = []
-        model = GaussianMixture(k=k, covarianceType=covariance_type, maxIter=m, tol=0.0,
-                                seed=args.seed, initMode=args.init_mode,
-                                engine=engine).fit(df)
+        model = GaussianMixture(
+            k=k,
+            covarianceType=covariance_type,
+            maxIter=m,
+            tol=0.0,
+            seed=args.seed,
+            initMode=args.init_mode,
+            engine=engine,
+        ).fit(df)
         logs.setdefault(m, []).append(list(handler.seconds))
         return model
 
@@ -362,8 +388,14 @@ def run_spark_gmm(df, args, k: int, covariance_type: str, engine: str = "auto") 
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
-                         lambda model: model.summary.numIter)
+        out = timed_fits(
+            fit,
+            args.short_iter,
+            args.max_iter,
+            not args.no_warmup,
+            args.repeats,
+            lambda model: model.summary.numIter,
+        )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -371,19 +403,25 @@ def run_spark_gmm(df, args, k: int, covariance_type: str, engine: str = "auto") 
     long_fits = logs.get(args.max_iter, [])  # the timed long fits (the warm-up is short)
     log_seconds = [s for fit_seconds in long_fits for s in fit_seconds]
     summary = model.summary
-    out.update({
-        "seconds_per_iteration_log": float(np.mean(log_seconds)) if log_seconds else None,
-        "iteration_seconds_log": [[round(s, 3) for s in f] for f in long_fits],
-        "num_iter": summary.numIter,
-        "num_data_passes": summary.numDataPasses,
-        "engine": summary.engine,
-        "num_recovered_components": summary.numRecoveredComponents,
-        "log_likelihood_reported": summary.logLikelihood,
-        "log_likelihood_reported_at": "returned parameters",
-        "mean_log_likelihood_history": list(summary.logLikelihoodHistory),
-        "params": kernel.MixtureParams(np.asarray(model.weights), np.asarray(model.means),
-                                       np.asarray(model.covariances), covariance_type),
-    })
+    out.update(
+        {
+            "seconds_per_iteration_log": float(np.mean(log_seconds)) if log_seconds else None,
+            "iteration_seconds_log": [[round(s, 3) for s in f] for f in long_fits],
+            "num_iter": summary.numIter,
+            "num_data_passes": summary.numDataPasses,
+            "engine": summary.engine,
+            "num_recovered_components": summary.numRecoveredComponents,
+            "log_likelihood_reported": summary.logLikelihood,
+            "log_likelihood_reported_at": "returned parameters",
+            "mean_log_likelihood_history": list(summary.logLikelihoodHistory),
+            "params": kernel.MixtureParams(
+                np.asarray(model.weights),
+                np.asarray(model.means),
+                np.asarray(model.covariances),
+                covariance_type,
+            ),
+        }
+    )
     return out
 
 
@@ -394,18 +432,29 @@ def run_builtin(df, args, k: int) -> Dict:
     def fit(m):
         return BuiltinGMM(k=k, maxIter=m, tol=0.0, seed=args.seed).fit(df)
 
-    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
-                     lambda model: model.summary.numIter)
+    out = timed_fits(
+        fit,
+        args.short_iter,
+        args.max_iter,
+        not args.no_warmup,
+        args.repeats,
+        lambda model: model.summary.numIter,
+    )
     model = out.pop("model")
     gaussians = model.gaussians
-    out.update({
-        "num_iter": model.summary.numIter,
-        "log_likelihood_reported": model.summary.logLikelihood,
-        "log_likelihood_reported_at": "parameters of the last E-step (before the last M-step)",
-        "params": kernel.MixtureParams(
-            np.asarray(model.weights), np.asarray([g.mean.toArray() for g in gaussians]),
-            np.asarray([g.cov.toArray() for g in gaussians]), "full"),
-    })
+    out.update(
+        {
+            "num_iter": model.summary.numIter,
+            "log_likelihood_reported": model.summary.logLikelihood,
+            "log_likelihood_reported_at": "parameters of the last E-step (before the last M-step)",
+            "params": kernel.MixtureParams(
+                np.asarray(model.weights),
+                np.asarray([g.mean.toArray() for g in gaussians]),
+                np.asarray([g.cov.toArray() for g in gaussians]),
+                "full",
+            ),
+        }
+    )
     return out
 
 
@@ -417,8 +466,10 @@ def sklearn_fits_in_memory(n: int, d: int, k: int) -> Optional[str]:
     if available is None:
         return None
     if need > 0.5 * available * 1024:
-        return (f"needs about {need / MB:.0f} MB, more than half of MemAvailable "
-                f"({available / 1024:.0f} MB)")
+        return (
+            f"needs about {need / MB:.0f} MB, more than half of MemAvailable "
+            f"({available / 1024:.0f} MB)"
+        )
     return None
 
 
@@ -445,23 +496,40 @@ def run_sklearn(X: np.ndarray, args, k: int, covariance_type: str) -> Dict:
     def fit(m):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return SkGMM(n_components=k, covariance_type=covariance_type, max_iter=m, tol=0.0,
-                         reg_covar=1e-6, init_params=init, random_state=args.seed).fit(X)
+            return SkGMM(
+                n_components=k,
+                covariance_type=covariance_type,
+                max_iter=m,
+                tol=0.0,
+                reg_covar=1e-6,
+                init_params=init,
+                random_state=args.seed,
+            ).fit(X)
 
-    out = timed_fits(fit, args.short_iter, args.max_iter, not args.no_warmup, args.repeats,
-                     lambda model: model.n_iter_)
+    out = timed_fits(
+        fit,
+        args.short_iter,
+        args.max_iter,
+        not args.no_warmup,
+        args.repeats,
+        lambda model: model.n_iter_,
+    )
     model = out.pop("model")
-    out.update({
-        "num_iter": int(model.n_iter_),
-        "init_params": init,
-        "blas_threads": sorted({i.get("num_threads") for i in threadpool_info()
-                                if i.get("user_api") == "blas"}),
-        "log_likelihood_reported": float(model.lower_bound_) * X.shape[0],
-        "log_likelihood_reported_at": "parameters of the last E-step (lower_bound_ * rows)",
-        "mean_log_likelihood_history": [float(v) for v in getattr(model, "lower_bounds_", [])],
-        "params": kernel.MixtureParams(model.weights_, model.means_, model.covariances_,
-                                       covariance_type),
-    })
+    out.update(
+        {
+            "num_iter": int(model.n_iter_),
+            "init_params": init,
+            "blas_threads": sorted(
+                {i.get("num_threads") for i in threadpool_info() if i.get("user_api") == "blas"}
+            ),
+            "log_likelihood_reported": float(model.lower_bound_) * X.shape[0],
+            "log_likelihood_reported_at": "parameters of the last E-step (lower_bound_ * rows)",
+            "mean_log_likelihood_history": [float(v) for v in getattr(model, "lower_bounds_", [])],
+            "params": kernel.MixtureParams(
+                model.weights_, model.means_, model.covariances_, covariance_type
+            ),
+        }
+    )
     return out
 
 
@@ -490,7 +558,7 @@ def total_log_likelihood(X: np.ndarray, params: "kernel.MixtureParams") -> float
     block = kernel.default_block_rows(params.k, params.d, params.covariance_type)
     total = 0.0
     for start in range(0, X.shape[0], block):
-        log_prob_norm, _ = kernel.e_step(X[start:start + block], params)
+        log_prob_norm, _ = kernel.e_step(X[start : start + block], params)
         total += float(log_prob_norm.sum())
     return total
 
@@ -510,26 +578,39 @@ def describe_params(params: "kernel.MixtureParams") -> Dict:
 # --------------------------------------------------------------------------- one size
 
 
-def bench_size(spark, monitor: MemoryMonitor, args, n: int, d: int, k: int,
-               covariance_type: str, cores: int) -> Dict:
+def bench_size(
+    spark, monitor: MemoryMonitor, args, n: int, d: int, k: int, covariance_type: str, cores: int
+) -> Dict:
     """Every implementation at one row count: returns the record for results.json."""
-    record = {"rows": n, "features": d, "k": k, "covariance_type": covariance_type,
-              "max_iter": args.max_iter, "short_iter": args.short_iter,
-              "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    record = {
+        "rows": n,
+        "features": d,
+        "k": k,
+        "covariance_type": covariance_type,
+        "max_iter": args.max_iter,
+        "short_iter": args.short_iter,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
     record["data"] = write_parquet(Path(args.workdir), n, d, k, args.seed)
     progress(f"rows={n} d={d} k={k} {covariance_type}: parquet {record['data']}")
     started = time.perf_counter()
     df, counted = load_cached(spark, record["data"]["path"], d, args.partitions)
-    record["data"].update({"cached_rows": counted, "partitions": df.rdd.getNumPartitions(),
-                           "cache_seconds": round(time.perf_counter() - started, 2)})
+    record["data"].update(
+        {
+            "cached_rows": counted,
+            "partitions": df.rdd.getNumPartitions(),
+            "cache_seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     results: Dict[str, Dict] = {}
     params: Dict[str, "kernel.MixtureParams"] = {}
 
     if args.skip_builtin:
         results["builtin"] = {"skipped": "--skip-builtin"}
     elif covariance_type != "full":
-        results["builtin"] = {"skipped": f"the built-in supports full covariance only, "
-                                         f"not {covariance_type}"}
+        results["builtin"] = {
+            "skipped": f"the built-in supports full covariance only, not {covariance_type}"
+        }
     else:
         progress("built-in fits")
         monitor.start()
@@ -573,8 +654,11 @@ def bench_size(spark, monitor: MemoryMonitor, args, n: int, d: int, k: int,
         monitor.start()
         out = run_sklearn(X, args, k, covariance_type)
         # Only the driver works here: the JVM and the idle workers keep what they held.
-        out["memory"] = {key: value for key, value in monitor.stop().items()
-                         if key.startswith("driver") or key == "peaks_reset_at_start"}
+        out["memory"] = {
+            key: value
+            for key, value in monitor.stop().items()
+            if key.startswith("driver") or key == "peaks_reset_at_start"
+        }
         params["sklearn"] = out.pop("params")
         results["sklearn"] = out
 
@@ -596,7 +680,8 @@ def bench_size(spark, monitor: MemoryMonitor, args, n: int, d: int, k: int,
         spi = res["seconds_per_iteration"]
         res["ratio_to_builtin"] = spi / builtin_spi if spi and builtin_spi else None
         res["ratio_to_kernel_ceiling"] = (
-            spi / ceiling["ceiling_seconds_per_iteration"] if spi else None)
+            spi / ceiling["ceiling_seconds_per_iteration"] if spi else None
+        )
     ours = results["spark_gmm"]
     log_spi = ours.get("seconds_per_iteration_log")
     if log_spi:
@@ -612,10 +697,22 @@ def bench_size(spark, monitor: MemoryMonitor, args, n: int, d: int, k: int,
 
 
 CSV_FIELDS = [
-    "rows", "features", "k", "covariance_type", "max_iter", "implementation",
-    "seconds_per_iteration", "seconds_per_iteration_log", "ratio_to_builtin",
-    "ratio_to_kernel_ceiling", "log_likelihood_reported", "log_likelihood_evaluated",
-    "driver_peak_mb", "jvm_peak_mb", "python_worker_peak_mb", "skipped",
+    "rows",
+    "features",
+    "k",
+    "covariance_type",
+    "max_iter",
+    "implementation",
+    "seconds_per_iteration",
+    "seconds_per_iteration_log",
+    "ratio_to_builtin",
+    "ratio_to_kernel_ceiling",
+    "log_likelihood_reported",
+    "log_likelihood_evaluated",
+    "driver_peak_mb",
+    "jvm_peak_mb",
+    "python_worker_peak_mb",
+    "skipped",
 ]
 
 
@@ -627,15 +724,32 @@ def csv_rows(records: List[Dict]) -> List[Dict]:
         for name in IMPLEMENTATIONS:
             res = rec["implementations"].get(name, {})
             mem = res.get("memory", {})
-            rows.append({**base, "implementation": name,
-                         **{f: res.get(f) for f in CSV_FIELDS if f in res},
-                         **{f: mem.get(f) for f in ("driver_peak_mb", "jvm_peak_mb",
-                                                    "python_worker_peak_mb")}})
+            rows.append(
+                {
+                    **base,
+                    "implementation": name,
+                    **{f: res.get(f) for f in CSV_FIELDS if f in res},
+                    **{
+                        f: mem.get(f)
+                        for f in ("driver_peak_mb", "jvm_peak_mb", "python_worker_peak_mb")
+                    },
+                }
+            )
         kern = rec["kernel"]
-        rows.append({**base, "implementation": "numpy_kernel_one_core",
-                     "seconds_per_iteration": kern["seconds_per_iteration_one_core"]})
-        rows.append({**base, "implementation": f"numpy_kernel_ceiling_{kern['cores']}_cores",
-                     "seconds_per_iteration": kern["ceiling_seconds_per_iteration"]})
+        rows.append(
+            {
+                **base,
+                "implementation": "numpy_kernel_one_core",
+                "seconds_per_iteration": kern["seconds_per_iteration_one_core"],
+            }
+        )
+        rows.append(
+            {
+                **base,
+                "implementation": f"numpy_kernel_ceiling_{kern['cores']}_cores",
+                "seconds_per_iteration": kern["ceiling_seconds_per_iteration"],
+            }
+        )
     return rows
 
 
@@ -650,12 +764,16 @@ def plot(records: List[Dict], path: Path) -> Optional[str]:
     except ImportError:
         return "matplotlib is not installed: no plot"
     rows = [r["rows"] for r in records]
-    series = {name: [r["implementations"][name].get("seconds_per_iteration") for r in records]
-              for name in IMPLEMENTATIONS}
-    series["NumPy kernel, 1 core"] = [r["kernel"]["seconds_per_iteration_one_core"]
-                                      for r in records]
+    series = {
+        name: [r["implementations"][name].get("seconds_per_iteration") for r in records]
+        for name in IMPLEMENTATIONS
+    }
+    series["NumPy kernel, 1 core"] = [
+        r["kernel"]["seconds_per_iteration_one_core"] for r in records
+    ]
     series[f"ceiling ({records[0]['kernel']['cores']} cores)"] = [
-        r["kernel"]["ceiling_seconds_per_iteration"] for r in records]
+        r["kernel"]["ceiling_seconds_per_iteration"] for r in records
+    ]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, values in series.items():
         points = [(x, y) for x, y in zip(rows, values) if y is not None]
@@ -665,8 +783,10 @@ def plot(records: List[Dict], path: Path) -> Optional[str]:
     first = records[0]
     ax.set_xlabel("rows")
     ax.set_ylabel("seconds per EM iteration")
-    ax.set_title(f"d={first['features']}, k={first['k']}, {first['covariance_type']}, "
-                 f"maxIter={first['max_iter']}, tol=0")
+    ax.set_title(
+        f"d={first['features']}, k={first['k']}, {first['covariance_type']}, "
+        f"maxIter={first['max_iter']}, tol=0"
+    )
     if len(records) > 1:
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -700,41 +820,72 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="configurations: " + "; ".join(
-            f"{name} = {n} x {d}, k={k}, {t}" for name, (n, d, k, t) in CONFIGS.items()),
+        epilog="configurations: "
+        + "; ".join(f"{name} = {n} x {d}, k={k}, {t}" for name, (n, d, k, t) in CONFIGS.items()),
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="small",
-                        help="preset size (default small); --rows etc. override its values")
+    parser.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        default="small",
+        help="preset size (default small); --rows etc. override its values",
+    )
     parser.add_argument("--rows", type=int)
     parser.add_argument("--features", type=int)
     parser.add_argument("--k", type=int)
     parser.add_argument("--covariance-type", choices=["full", "diag", "tied", "spherical"])
-    parser.add_argument("--rows-curve", help="comma-separated row counts to run in turn "
-                        "(replaces --rows), e.g. 100000,200000,400000")
+    parser.add_argument(
+        "--rows-curve",
+        help="comma-separated row counts to run in turn "
+        "(replaces --rows), e.g. 100000,200000,400000",
+    )
     parser.add_argument("--max-iter", type=int, default=5, help="EM iterations (default 5)")
-    parser.add_argument("--short-iter", type=int, default=1,
-                        help="maxIter of the short fit subtracted out (default 1)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="timed fits per maxIter; the fastest counts (default 1)")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the untimed warm-up fit of each implementation")
+    parser.add_argument(
+        "--short-iter",
+        type=int,
+        default=1,
+        help="maxIter of the short fit subtracted out (default 1)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed fits per maxIter; the fastest counts (default 1)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the untimed warm-up fit of each implementation",
+    )
     parser.add_argument("--kernel-repeats", type=int, default=3)
-    parser.add_argument("--init-mode", default="k-means++",
-                        help="spark_gmm initMode (default k-means++; scikit-learn uses "
-                             "k-means++ then, else kmeans)")
+    parser.add_argument(
+        "--init-mode",
+        default="k-means++",
+        help="spark_gmm initMode (default k-means++; scikit-learn uses "
+        "k-means++ then, else kmeans)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--partitions", type=int,
-                        help="partitions of the cached data (default 2 x the master's cores)")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of the cached data (default 2 x the master's cores)",
+    )
     parser.add_argument("--driver-memory", default="4g")
-    parser.add_argument("--workdir", default="/tmp/spark_gmm_bench",
-                        help="where the Parquet data is written (and reused)")
-    parser.add_argument("--output", help="directory for results.json, results.csv and "
-                                         "seconds_per_iteration.png")
+    parser.add_argument(
+        "--workdir",
+        default="/tmp/spark_gmm_bench",
+        help="where the Parquet data is written (and reused)",
+    )
+    parser.add_argument(
+        "--output", help="directory for results.json, results.csv and seconds_per_iteration.png"
+    )
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-sklearn", action="store_true")
-    parser.add_argument("--skip-job-per-pass", action="store_true",
-                        help="leave out spark_gmm with engine='jobPerPass'")
+    parser.add_argument(
+        "--skip-job-per-pass",
+        action="store_true",
+        help="leave out spark_gmm with engine='jobPerPass'",
+    )
     args = parser.parse_args(argv)
     if args.max_iter <= args.short_iter or args.short_iter < 1:
         parser.error("need 1 <= --short-iter < --max-iter")
@@ -755,11 +906,14 @@ def start_spark(args):
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
-    spark = (SparkSession.builder.master(args.master).appName("bench_gmm")
-             .config("spark.ui.enabled", "false")
-             .config("spark.driver.memory", args.driver_memory)
-             .config("spark.sql.shuffle.partitions", str(args.partitions))
-             .getOrCreate())
+    spark = (
+        SparkSession.builder.master(args.master)
+        .appName("bench_gmm")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", args.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(args.partitions))
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -773,14 +927,17 @@ def source_state() -> Dict:
 
     def git(*cmd):
         try:
-            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True,
-                                  timeout=10).stdout.rstrip()
+            return subprocess.run(
+                ["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     changed = git("status", "--porcelain", "--", "spark_gmm")
-    return {"commit": git("rev-parse", "HEAD"),
-            "spark_gmm_uncommitted": changed.splitlines() if changed else []}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "spark_gmm_uncommitted": changed.splitlines() if changed else [],
+    }
 
 
 def jvm_pid(spark) -> Optional[int]:
@@ -809,49 +966,65 @@ def main(argv=None) -> int:
     monitor = MemoryMonitor(jvm_pid(spark))
     result = {
         "settings": {
-            "config": args.config, "rows": sizes, "features": d, "k": k,
-            "covariance_type": covariance_type, "max_iter": args.max_iter, "tol": 0.0,
-            "short_iter": args.short_iter, "repeats": args.repeats,
-            "warmup": not args.no_warmup, "init_mode": args.init_mode, "seed": args.seed,
-            "master": args.master, "cores": cores, "partitions": args.partitions,
+            "config": args.config,
+            "rows": sizes,
+            "features": d,
+            "k": k,
+            "covariance_type": covariance_type,
+            "max_iter": args.max_iter,
+            "tol": 0.0,
+            "short_iter": args.short_iter,
+            "repeats": args.repeats,
+            "warmup": not args.no_warmup,
+            "init_mode": args.init_mode,
+            "seed": args.seed,
+            "master": args.master,
+            "cores": cores,
+            "partitions": args.partitions,
             "driver_memory": args.driver_memory,
             "python_worker_reuse": spark.sparkContext.getConf().get(
-                "spark.python.worker.reuse", "true (default)"),
+                "spark.python.worker.reuse", "true (default)"
+            ),
         },
         "environment": {
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "pyspark": pyspark.__version__, "numpy": np.__version__,
-            "sklearn": sklearn.__version__, "source": source_state(),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "pyspark": pyspark.__version__,
+            "numpy": np.__version__,
+            "sklearn": sklearn.__version__,
+            "source": source_state(),
             "load_average_start": [round(x, 2) for x in os.getloadavg()],
         },
         "definitions": {
             "seconds_per_iteration": "(fit seconds at max_iter - at short_iter) / (iterations "
-                                     "the two fits ran: max_iter - short_iter unless an "
-                                     "implementation stopped early), after a warm-up fit",
+            "the two fits ran: max_iter - short_iter unless an "
+            "implementation stopped early), after a warm-up fit",
             "seconds_per_iteration_log": "spark_gmm only: mean of its logged per-iteration "
-                                         "seconds over the timed long fits (the data pass of "
-                                         "each EM iteration)",
+            "seconds over the timed long fits (the data pass of "
+            "each EM iteration)",
             "ratio_to_builtin": "seconds_per_iteration / the built-in's (below 1 = faster)",
             "ratio_to_kernel_ceiling": "seconds_per_iteration / (NumPy kernel seconds per "
-                                       "iteration on one core / cores)",
+            "iteration on one core / cores)",
             "log_likelihood_evaluated": "total log-likelihood of the returned model on the "
-                                        "collected data, by the same kernel code for all",
+            "collected data, by the same kernel code for all",
             "memory": "peak RSS (VmHWM) in MB during that implementation's fits, reset at "
-                      "its start; a process idle in the phase shows what it still holds. "
-                      "Order per size: built-in, spark_gmm, scikit-learn (driver only)",
+            "its start; a process idle in the phase shows what it still holds. "
+            "Order per size: built-in, spark_gmm, scikit-learn (driver only)",
         },
         "runs": [],
     }
     try:
         for rows in sizes:
             result["runs"].append(
-                bench_size(spark, monitor, args, rows, d, k, covariance_type, cores))
+                bench_size(spark, monitor, args, rows, d, k, covariance_type, cores)
+            )
     finally:
         spark.stop()
     result["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     # clear_refs resets this peak too: it covers the driver since the last phase started.
     result["environment"]["driver_ru_maxrss_mb_last_phase"] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
+    )
     result["environment"]["total_seconds"] = round(time.perf_counter() - started, 1)
     if args.output:
         write_outputs(result, Path(args.output))

@@ -10,12 +10,14 @@
    ``mapInArrow`` (how passes read on Spark Connect) and as the RDD of NumPy blocks that
    ``spark_gmm.engine.job_per_pass.pack_blocks`` gives on classic sessions; then one EM pass (full
    covariance, k components) over each packed form, and over the RDD packed from rows
-   coalesced by ``spark_gmm.engine.job_per_pass.limit_partitions`` (what a fit does on a classic session).
+   coalesced by ``spark_gmm.engine.partitions.limit_partitions`` (what a fit does on a
+   classic session).
 2. The NumPy kernel alone, one BLAS thread: ``kernel.accumulate_stats`` (the E-step and
    moments of one pass, full covariance) over the same number of rows for several block sizes.
 
 Prints one JSON object; each figure is the fastest of --repeats runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,17 +46,29 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     from pyspark.sql import functions as F
 
     from spark_gmm import kernel
-    from spark_gmm.engine.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, batch_to_numpy, pack, \
-        read_packed
+    from spark_gmm.engine.blocks import (
+        BLOCKS_SCHEMA,
+        FEATURES,
+        WEIGHT,
+        batch_to_numpy,
+        pack,
+        read_packed,
+    )
     from spark_gmm.engine.job_per_pass import JobPerPassEngine, pack_blocks
     from spark_gmm.engine.partitions import limit_partitions
 
-    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-             .config("spark.driver.memory", "4g").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
-    prepared = spark.range(rows, numPartitions=partitions).select(
-        F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT)
-    ).persist()
+    prepared = (
+        spark.range(rows, numPartitions=partitions)
+        .select(F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT))
+        .persist()
+    )
     arrow_blocks = prepared.mapInArrow(pack(d), BLOCKS_SCHEMA).persist()
     rdd_blocks = pack_blocks(prepared, d).persist()
     coalesced = pack_blocks(limit_partitions(prepared), d).persist()
@@ -69,17 +83,23 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
                 for X, _ in read(batch):
                     n += X.shape[0]
             yield pa.RecordBatch.from_pydict({"n": [n]})
+
         return run
 
     def job(df, read):
         return lambda: df.mapInArrow(reader(read), "n long").collect()
 
     def rdd_job(rdd):
-        return lambda: rdd.mapPartitions(lambda blocks: [sum(X.shape[0] for X, _ in blocks)]) \
-            .collect()
+        return lambda: rdd.mapPartitions(
+            lambda blocks: [sum(X.shape[0] for X, _ in blocks)]
+        ).collect()
 
-    params = kernel.MixtureParams(np.full(k, 1.0 / k), np.arange(k * d, dtype=float)
-                                  .reshape(k, d) % 3, np.repeat(np.eye(d)[None], k, 0), "full")
+    params = kernel.MixtureParams(
+        np.full(k, 1.0 / k),
+        np.arange(k * d, dtype=float).reshape(k, d) % 3,
+        np.repeat(np.eye(d)[None], k, 0),
+        "full",
+    )
 
     def em_pass(data):
         passes = JobPerPassEngine(data, d, packed=True)
@@ -89,10 +109,12 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
         "partitions": partitions,
         "partitions_coalesced": coalesced.getNumPartitions(),
         "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats),
-        "read_array_rows_seconds": _fastest(job(prepared, lambda b: [batch_to_numpy(b, d)]),
-                                            repeats),
+        "read_array_rows_seconds": _fastest(
+            job(prepared, lambda b: [batch_to_numpy(b, d)]), repeats
+        ),
         "read_packed_blocks_arrow_seconds": _fastest(
-            job(arrow_blocks, lambda b: read_packed(b, d)), repeats),
+            job(arrow_blocks, lambda b: read_packed(b, d)), repeats
+        ),
         "read_packed_blocks_rdd_seconds": _fastest(rdd_job(rdd_blocks), repeats),
         "em_pass_seconds_arrow_blocks": _fastest(em_pass(arrow_blocks), repeats),
         "em_pass_seconds_rdd_blocks": _fastest(em_pass(rdd_blocks), repeats),
@@ -109,13 +131,15 @@ def kernel_blocks(rows: int, d: int, k: int, repeats: int) -> dict:
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((rows, d)) + rng.integers(0, 5, size=(rows, 1))
-    params = kernel.MixtureParams(np.full(k, 1.0 / k), X[:k].copy(),
-                                  np.repeat(np.eye(d)[None], k, 0), "full")
+    params = kernel.MixtureParams(
+        np.full(k, 1.0 / k), X[:k].copy(), np.repeat(np.eye(d)[None], k, 0), "full"
+    )
     out = {}
     with threadpool_limits(limits=1, user_api="blas"):
         for block in sorted({256, 1024, kernel.default_block_rows(k, d), 4096, 16_384}):
             out[f"accumulate_stats_seconds_block_{block}"] = _fastest(
-                lambda: kernel.accumulate_stats(X, None, params, block), repeats)
+                lambda: kernel.accumulate_stats(X, None, params, block), repeats
+            )
     return out
 
 
@@ -127,8 +151,7 @@ def main(argv=None) -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    result = {"rows": args.rows, "features": args.features, "k": args.k,
-              "cores": os.cpu_count()}
+    result = {"rows": args.rows, "features": args.features, "k": args.k, "cores": os.cpu_count()}
     result.update(spark_reads(args.rows, args.features, args.k, args.partitions, args.repeats))
     result.update(kernel_blocks(args.rows, args.features, args.k, args.repeats))
     print(json.dumps(result, indent=1))

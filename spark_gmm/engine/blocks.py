@@ -1,6 +1,7 @@
 """A fit's rows as dense float64 blocks, without Spark: Arrow batches of prepared rows ->
 NumPy, and pass functions run over a partition's blocks. This is what every task of either
 pass engine imports, so it stays light (NumPy and pyarrow, no pyspark)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple
@@ -8,8 +9,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, 
 import numpy as np
 import pyarrow as pa
 
-from spark_gmm.hashing import row_hash
 from spark_gmm.engine.tasks import task_scope
+from spark_gmm.hashing import row_hash
 
 if TYPE_CHECKING:
     from spark_gmm.kernel import SufficientStats
@@ -106,11 +107,13 @@ def pack(n_features: int):
     block = block_rows(n_features)
 
     def record(X, w):
-        return pa.RecordBatch.from_pydict({
-            "n": pa.array([X.shape[0]], pa.int32()),
-            "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
-            "w": pa.array([w.tobytes()], pa.binary()),
-        })
+        return pa.RecordBatch.from_pydict(
+            {
+                "n": pa.array([X.shape[0]], pa.int32()),
+                "x": pa.array([np.ascontiguousarray(X).tobytes()], pa.binary()),
+                "w": pa.array([w.tobytes()], pa.binary()),
+            }
+        )
 
     def run(batches):
         with task_scope():
@@ -127,13 +130,14 @@ def pack(n_features: int):
                 return
             X, w = canonical(X, w)
             for start in range(0, X.shape[0], block):
-                yield record(X[start:start + block], w[start:start + block])
+                yield record(X[start : start + block], w[start : start + block])
 
     return run
 
 
-def partition_blocks(pid: np.ndarray, X: np.ndarray, w: np.ndarray, n_features: int
-                     ) -> List[Tuple[int, List[Tuple[np.ndarray, np.ndarray]]]]:
+def partition_blocks(
+    pid: np.ndarray, X: np.ndarray, w: np.ndarray, n_features: int
+) -> List[Tuple[int, List[Tuple[np.ndarray, np.ndarray]]]]:
     """Rows tagged with their partition (``pid``, any order) -> [(pid, [(X, w) blocks])] in
     pid order: each partition's rows in :func:`canonical` order, cut into
     :func:`block_rows` rows, the blocks :func:`pack` makes of that partition. What the
@@ -148,8 +152,9 @@ def partition_blocks(pid: np.ndarray, X: np.ndarray, w: np.ndarray, n_features: 
     held = []
     for a, b in zip(starts, ends):
         Xp, wp = canonical(X[a:b], w[a:b])
-        held.append((int(pid[a]), [(Xp[i:i + block], wp[i:i + block])
-                                   for i in range(0, b - a, block)]))
+        held.append(
+            (int(pid[a]), [(Xp[i : i + block], wp[i : i + block]) for i in range(0, b - a, block)])
+        )
     return held
 
 
@@ -162,8 +167,9 @@ def read_packed(batch: pa.RecordBatch, n_features: int):
         yield X, np.frombuffer(ws[i].as_buffer(), dtype=np.float64)
 
 
-def accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
-               passes: Sequence[PassFunction]) -> Optional[np.ndarray]:
+def accumulate(
+    blocks: Iterable[Tuple[np.ndarray, np.ndarray]], passes: Sequence[PassFunction]
+) -> Optional[np.ndarray]:
     """The statistics vectors of all ``passes`` over the (X, w) blocks of one partition,
     concatenated and summed in block order (None for a partition without rows). Callers
     limit BLAS to one thread: two tasks already share two cores."""
@@ -175,8 +181,9 @@ def accumulate(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
     return total
 
 
-def gather(blocks: Iterable[Tuple[np.ndarray, np.ndarray]],
-           function: GatherFunction) -> Optional[np.ndarray]:
+def gather(
+    blocks: Iterable[Tuple[np.ndarray, np.ndarray]], function: GatherFunction
+) -> Optional[np.ndarray]:
     """The rows ``function`` keeps of each (X, w) block of one partition, in block order
     (None when it keeps none)."""
     kept = [function(X, w) for X, w in blocks if X.shape[0]]

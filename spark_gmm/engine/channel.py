@@ -16,6 +16,7 @@ encrypted, ``AES-256-GCM(direction key, nonce = number, aad = length)(payload)``
 replayed, reordered or dropped message fails its check, and the receiver raises
 :class:`ChannelError`: never a wrong model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,11 @@ def tune(sock: socket.socket) -> None:
     """TCP_NODELAY (small messages go at once) and short keepalive probes."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
         if hasattr(socket, name):  # Linux; macOS has only some of them
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
@@ -157,13 +161,15 @@ class Channel:
             try:
                 return self._recv_aead.decrypt(number + b"\0" * 4, body, header)
             except InvalidTag:
-                raise ChannelError("a message failed its authentication (tampered, replayed "
-                                   "or out of order)") from None
+                raise ChannelError(
+                    "a message failed its authentication (tampered, replayed or out of order)"
+                ) from None
         payload, mac = body[:-MAC_BYTES], body[-MAC_BYTES:]
         expected = hmac.digest(self._recv_key, number + header + payload, hashlib.sha256)
         if not hmac.compare_digest(mac, expected):
-            raise ChannelError("a message failed its authentication (tampered, replayed or "
-                               "out of order)")
+            raise ChannelError(
+                "a message failed its authentication (tampered, replayed or out of order)"
+            )
         return payload
 
     def _overhead(self) -> int:
@@ -180,7 +186,7 @@ class Channel:
         end = _LENGTH.size + size
         if len(self._buffer) < end:
             return None
-        header, body = bytes(self._buffer[:_LENGTH.size]), bytes(self._buffer[_LENGTH.size:end])
+        header, body = bytes(self._buffer[: _LENGTH.size]), bytes(self._buffer[_LENGTH.size : end])
         del self._buffer[:end]
         return self._open(header, body)
 
@@ -218,8 +224,9 @@ class Channel:
             message = self._take(limit)
             if message is not None:
                 return message
-            wait_ms = None if deadline is None else \
-                max(0, int((deadline - time.monotonic()) * 1000))
+            wait_ms = (
+                None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            )
             if wait_ms == 0 or not self._poller.poll(wait_ms):
                 raise socket.timeout("timed out")
             self._fill()
@@ -246,10 +253,13 @@ def accept(sock: socket.socket, key: bytes, encrypt: bool) -> Channel:
     expected = hmac.digest(key, b"client" + server_nonce + client_nonce + flags, hashlib.sha256)
     if not hmac.compare_digest(mac, expected):
         raise ChannelError("the peer does not hold the fit's key")
-    sock.sendall(hmac.digest(key, b"server" + client_nonce + server_nonce + flags,
-                             hashlib.sha256))
-    return Channel(sock, _derive(key, b"server->client", server_nonce, client_nonce),
-                   _derive(key, b"client->server", server_nonce, client_nonce), encrypt)
+    sock.sendall(hmac.digest(key, b"server" + client_nonce + server_nonce + flags, hashlib.sha256))
+    return Channel(
+        sock,
+        _derive(key, b"server->client", server_nonce, client_nonce),
+        _derive(key, b"client->server", server_nonce, client_nonce),
+        encrypt,
+    )
 
 
 def connect(address: Tuple[str, int], key: bytes, encrypt: bool, timeout: float) -> Channel:
@@ -262,21 +272,25 @@ def connect(address: Tuple[str, int], key: bytes, encrypt: bool, timeout: float)
         deadline = time.monotonic() + min(timeout, HANDSHAKE_SECONDS)
         hello = _recv_exact(sock, len(MAGIC) + 1 + NONCE_BYTES, deadline)
         flags = _flags(encrypt)
-        if hello[:len(MAGIC)] != MAGIC or hello[len(MAGIC):len(MAGIC) + 1] != flags:
-            raise ChannelError("the coordinator speaks another protocol or disagrees on "
-                               "encryption")
-        server_nonce = hello[len(MAGIC) + 1:]
+        if hello[: len(MAGIC)] != MAGIC or hello[len(MAGIC) : len(MAGIC) + 1] != flags:
+            raise ChannelError("the coordinator speaks another protocol or disagrees on encryption")
+        server_nonce = hello[len(MAGIC) + 1 :]
         client_nonce = os.urandom(NONCE_BYTES)
-        sock.sendall(client_nonce + hmac.digest(
-            key, b"client" + server_nonce + client_nonce + flags, hashlib.sha256))
+        sock.sendall(
+            client_nonce
+            + hmac.digest(key, b"client" + server_nonce + client_nonce + flags, hashlib.sha256)
+        )
         proof = _recv_exact(sock, MAC_BYTES, deadline)
-        expected = hmac.digest(key, b"server" + client_nonce + server_nonce + flags,
-                               hashlib.sha256)
+        expected = hmac.digest(key, b"server" + client_nonce + server_nonce + flags, hashlib.sha256)
         if not hmac.compare_digest(proof, expected):
             raise ChannelError("the coordinator does not hold the fit's key")
         sock.settimeout(None)
-        return Channel(sock, _derive(key, b"client->server", server_nonce, client_nonce),
-                       _derive(key, b"server->client", server_nonce, client_nonce), encrypt)
+        return Channel(
+            sock,
+            _derive(key, b"client->server", server_nonce, client_nonce),
+            _derive(key, b"server->client", server_nonce, client_nonce),
+            encrypt,
+        )
     except BaseException:
         sock.close()
         raise

@@ -2,6 +2,7 @@
 fit in the driver's limit, else the resident engine where a barrier stage can run, else one
 Spark job per pass; ``driver``, ``resident`` and ``jobPerPass`` force one (an error saying
 why when it cannot run)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,13 +11,17 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 
 from spark_gmm.engine.base import PassEngine
-from spark_gmm.engine.driver import DriverEngine, driver_limit, driver_unavailable, \
-    packed_bytes
+from spark_gmm.engine.driver import DriverEngine, driver_limit, driver_unavailable, packed_bytes
 from spark_gmm.engine.job_per_pass import JobPerPassEngine
-from spark_gmm.engine.resident import ResidentEngine, ResidentUnavailable, plan, \
-    start_python_workers
+from spark_gmm.engine.resident import (
+    ResidentEngine,
+    ResidentUnavailable,
+    plan,
+    start_python_workers,
+)
 
 log = logging.getLogger("spark_gmm")
+
 
 @dataclass(frozen=True)
 class FitRows:
@@ -39,8 +44,9 @@ def say_once(level: int, message: str) -> None:
         log.log(level, message)
 
 
-def open_engine(data: FitRows, requested: str, aggregation_depth: int,
-                description: str) -> PassEngine:
+def open_engine(
+    data: FitRows, requested: str, aggregation_depth: int, description: str
+) -> PassEngine:
     """The started engine of a fit (its ``reason`` says why it was chosen), by ``requested``
     (one of ``ENGINES``). The choice and its reason are logged once per process."""
     spark = data.rows.sparkSession
@@ -49,14 +55,25 @@ def open_engine(data: FitRows, requested: str, aggregation_depth: int,
         why_not = driver_unavailable(spark, data.n_rows, data.n_features)
         if why_not is None:
             limit, what = driver_limit(spark, data.n_features)
-            reason = (f"its rows take {packed_bytes(data.n_rows, data.n_features) / 2**20:.2f}"
-                      f" MiB as float64 blocks, within the driver engine's limit of "
-                      f"{limit / 2**20:.1f} MiB ({what})") if requested == "auto" \
+            reason = (
+                (
+                    f"its rows take {packed_bytes(data.n_rows, data.n_features) / 2**20:.2f}"
+                    f" MiB as float64 blocks, within the driver engine's limit of "
+                    f"{limit / 2**20:.1f} MiB ({what})"
+                )
+                if requested == "auto"
                 else "engine='driver'"
+            )
             say_once(logging.INFO, f"the fit runs on the driver: {reason}")
-            engine = DriverEngine.collect(data.rows, data.n_rows, data.total_weight,
-                                          data.n_features, data.n_partitions,
-                                          aggregation_depth, description)
+            engine = DriverEngine.collect(
+                data.rows,
+                data.n_rows,
+                data.total_weight,
+                data.n_features,
+                data.n_partitions,
+                aggregation_depth,
+                description,
+            )
             engine.reason = reason
             return engine
         if requested == "driver":
@@ -65,25 +82,40 @@ def open_engine(data: FitRows, requested: str, aggregation_depth: int,
     start_python_workers(spark)
     reason = "engine='jobPerPass'"
     if requested != "jobPerPass":
-        resident, why = plan(data.rows, data.n_partitions,
-                             data.n_rows * (data.n_features + 1))
+        resident, why = plan(data.rows, data.n_partitions, data.n_rows * (data.n_features + 1))
         if resident is not None:
             try:
-                engine = ResidentEngine(data.rows, data.n_rows, data.total_weight,
-                                        data.n_features, data.n_partitions, aggregation_depth,
-                                        description, resident).start()
-                engine.reason = "engine='resident'" if requested == "resident" else \
-                    f"too large for the driver engine ({why_not})"
+                engine = ResidentEngine(
+                    data.rows,
+                    data.n_rows,
+                    data.total_weight,
+                    data.n_features,
+                    data.n_partitions,
+                    aggregation_depth,
+                    description,
+                    resident,
+                ).start()
+                engine.reason = (
+                    "engine='resident'"
+                    if requested == "resident"
+                    else f"too large for the driver engine ({why_not})"
+                )
                 return engine
             except ResidentUnavailable as exc:
                 why = str(exc)
         if requested == "resident":
             raise RuntimeError(f"engine='resident' cannot run here: {why}")
-        reason = f"too large for the driver engine ({why_not}), and the resident engine " \
-                 f"cannot run here ({why})"
-        say_once(logging.WARNING, "the fit runs one Spark job per pass (engine='auto' fell "
-                                   f"back from the resident engine): {why}")
-    engine = JobPerPassEngine.for_fit(data.rows, data.n_features, aggregation_depth,
-                                      description, data.n_partitions)
+        reason = (
+            f"too large for the driver engine ({why_not}), and the resident engine "
+            f"cannot run here ({why})"
+        )
+        say_once(
+            logging.WARNING,
+            "the fit runs one Spark job per pass (engine='auto' fell "
+            f"back from the resident engine): {why}",
+        )
+    engine = JobPerPassEngine.for_fit(
+        data.rows, data.n_features, aggregation_depth, description, data.n_partitions
+    )
     engine.reason = reason
     return engine

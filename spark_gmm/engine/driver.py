@@ -10,6 +10,7 @@ job-per-pass engines on the same partitioning. It needs no slots, no sockets and
 stage, so it runs the same on classic sessions, Spark Connect (local or remote) and under
 dynamic allocation; :func:`driver_limit` says up to what size it is chosen.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,13 +25,20 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_gmm.data import FeatureSource, InputReport, check_input, input_stats, \
-    unvalidated_rows
+from spark_gmm.data import FeatureSource, InputReport, check_input, input_stats, unvalidated_rows
 from spark_gmm.engine.base import PassEngine, in_order, ordered_sum, tree_scale
-from spark_gmm.engine.blocks import FEATURES, WEIGHT, GatherFunction, PassFunction, \
-    accumulate, gather, list_array_to_numpy, partition_blocks
-from spark_gmm.engine.spark_conf import conf_value, size_bytes
+from spark_gmm.engine.blocks import (
+    FEATURES,
+    WEIGHT,
+    GatherFunction,
+    PassFunction,
+    accumulate,
+    gather,
+    list_array_to_numpy,
+    partition_blocks,
+)
 from spark_gmm.engine.partitions import limited, set_job_description
+from spark_gmm.engine.spark_conf import conf_value, size_bytes
 
 log = logging.getLogger("spark_gmm")
 
@@ -64,23 +72,40 @@ def driver_limit(spark, n_features: int) -> Tuple[int, str]:
     driver's free memory (a third, for ``DRIVER_PEAK``)."""
     limits = []
     configured = conf_value(spark, DRIVER_MAX_BYTES_CONF)
-    limits.append((size_bytes(configured, "b") if configured else DRIVER_MAX_BYTES,
-                   f"{DRIVER_MAX_BYTES_CONF}={configured}" if configured
-                   else f"the default {DRIVER_MAX_BYTES_CONF} ({DRIVER_MAX_BYTES >> 20} MiB)"))
+    limits.append(
+        (
+            size_bytes(configured, "b") if configured else DRIVER_MAX_BYTES,
+            f"{DRIVER_MAX_BYTES_CONF}={configured}"
+            if configured
+            else f"the default {DRIVER_MAX_BYTES_CONF} ({DRIVER_MAX_BYTES >> 20} MiB)",
+        )
+    )
     # collected bytes -> packed bytes, for this many features
     to_packed = (8 * (n_features + 1)) / (8 * n_features + ARROW_ROW_BYTES)
     result = conf_value(spark, "spark.driver.maxResultSize")
     result_bytes = size_bytes(result or "1g", "b")
     if result_bytes > 0:  # 0: unlimited
-        limits.append((int(result_bytes / 2 * to_packed),
-                       f"half of spark.driver.maxResultSize ({result or '1g'})"))
+        limits.append(
+            (
+                int(result_bytes / 2 * to_packed),
+                f"half of spark.driver.maxResultSize ({result or '1g'})",
+            )
+        )
     heap = conf_value(spark, "spark.driver.memory")
-    limits.append((int(size_bytes(heap or "1g", "m") / 4 * to_packed),
-                   f"a quarter of spark.driver.memory ({heap or '1g'})"))
+    limits.append(
+        (
+            int(size_bytes(heap or "1g", "m") / 4 * to_packed),
+            f"a quarter of spark.driver.memory ({heap or '1g'})",
+        )
+    )
     free = _available_memory()
     if free:
-        limits.append((int(free / DRIVER_PEAK), f"a third of the driver's free memory "
-                                                 f"({free / 2**30:.1f} GiB)"))
+        limits.append(
+            (
+                int(free / DRIVER_PEAK),
+                f"a third of the driver's free memory ({free / 2**30:.1f} GiB)",
+            )
+        )
     return min(limits)
 
 
@@ -123,9 +148,14 @@ def estimated_bytes(df: DataFrame) -> Optional[int]:
     return None if size >= 1 << 62 else size  # spark.sql.defaultSizeInBytes: unknown
 
 
-def collect_small(dataset: DataFrame, source: FeatureSource, weight_col: Optional[str],
-                  handle_invalid: str, aggregation_depth: int, description: str
-                  ) -> Optional[Tuple["DriverEngine", InputReport, str]]:
+def collect_small(
+    dataset: DataFrame,
+    source: FeatureSource,
+    weight_col: Optional[str],
+    handle_invalid: str,
+    aggregation_depth: int,
+    description: str,
+) -> Optional[Tuple["DriverEngine", InputReport, str]]:
     """(engine, report, reason) of an input small enough for the driver engine, validated on
     the driver from one collect (one Spark job instead of a validation job and a collect);
     None when Spark's size estimate (:func:`estimated_bytes`) does not show it small, or the
@@ -139,8 +169,7 @@ def collect_small(dataset: DataFrame, source: FeatureSource, weight_col: Optiona
         return None
     max_rows = limit // (8 * (d_hint + 1))
     rows, n_partitions = limited(unvalidated_rows(dataset, source, weight_col))
-    tagged = rows.select(F.spark_partition_id().alias("pid"), FEATURES, WEIGHT) \
-        .limit(max_rows + 1)
+    tagged = rows.select(F.spark_partition_id().alias("pid"), FEATURES, WEIGHT).limit(max_rows + 1)
     set_job_description(dataset, f"{description}: rows to the driver")
     table = collect_arrow(tagged)
     n = 0 if table is None else table.num_rows
@@ -152,12 +181,17 @@ def collect_small(dataset: DataFrame, source: FeatureSource, weight_col: Optiona
         return None
     valid = held.valid
     X = held.values[np.repeat(valid, held.sizes)].reshape(-1, report.n_features)
-    engine = DriverEngine(partition_blocks(held.pid[valid], X, held.w[valid],
-                                           report.n_features),
-                          report.n_features, n_partitions, aggregation_depth)
-    reason = (f"its rows take {packed_bytes(report.n_rows, report.n_features) / 2**20:.2f} "
-              f"MiB as float64 blocks, within the driver engine's limit of "
-              f"{limit / 2**20:.1f} MiB ({what})")
+    engine = DriverEngine(
+        partition_blocks(held.pid[valid], X, held.w[valid], report.n_features),
+        report.n_features,
+        n_partitions,
+        aggregation_depth,
+    )
+    reason = (
+        f"its rows take {packed_bytes(report.n_rows, report.n_features) / 2**20:.2f} "
+        f"MiB as float64 blocks, within the driver engine's limit of "
+        f"{limit / 2**20:.1f} MiB ({what})"
+    )
     return engine, report, reason
 
 
@@ -175,23 +209,40 @@ def _validated(table: Optional[pa.Table], n: int) -> _Collected:
     """The collected rows (pid, FEATURES, WEIGHT) and what validation counts of them."""
     if table is None or n == 0:
         empty = np.empty(0)
-        return _Collected(np.empty(0, np.int64), empty, np.empty(0, np.int64), empty,
-                          np.empty(0, bool), {"n": 0, "invalid": 0, "nulls": 0})
+        return _Collected(
+            np.empty(0, np.int64),
+            empty,
+            np.empty(0, np.int64),
+            empty,
+            np.empty(0, bool),
+            {"n": 0, "invalid": 0, "nulls": 0},
+        )
     features = table.column(FEATURES).combine_chunks()
     row_null = features.is_null().to_numpy(zero_copy_only=False)
-    sizes = pc.fill_null(pc.list_value_length(features), 0).to_numpy(zero_copy_only=False) \
+    sizes = (
+        pc.fill_null(pc.list_value_length(features), 0)
+        .to_numpy(zero_copy_only=False)
         .astype(np.int64)
+    )
     flat = features.flatten()  # the elements of the non-null rows, in order
-    values = pc.fill_null(flat, float("nan")).to_numpy(zero_copy_only=False) \
+    values = (
+        pc.fill_null(flat, float("nan"))
+        .to_numpy(zero_copy_only=False)
         .astype(np.float64, copy=False)
+    )
     row_of_value = np.repeat(np.arange(n), sizes)
     bad_rows = np.bincount(row_of_value[~np.isfinite(values)], minlength=n) > 0
     valid = ~row_null & ~bad_rows
-    w = pc.fill_null(table.column(WEIGHT), float("nan")).to_numpy() \
-        .astype(np.float64, copy=False)
+    w = pc.fill_null(table.column(WEIGHT), float("nan")).to_numpy().astype(np.float64, copy=False)
     pid = table.column("pid").to_numpy().astype(np.int64, copy=False)
-    return _Collected(pid, values, sizes, w, valid,
-                      input_stats(valid, int(np.count_nonzero(row_null)), n, sizes, w))
+    return _Collected(
+        pid,
+        values,
+        sizes,
+        w,
+        valid,
+        input_stats(valid, int(np.count_nonzero(row_null)), n, sizes, w),
+    )
 
 
 class DriverEngine(PassEngine):
@@ -200,17 +251,29 @@ class DriverEngine(PassEngine):
 
     name = "driver"
 
-    def __init__(self, held: List[Tuple[int, list]], n_features: int, n_partitions: int,
-                 aggregation_depth: int):
+    def __init__(
+        self,
+        held: List[Tuple[int, list]],
+        n_features: int,
+        n_partitions: int,
+        aggregation_depth: int,
+    ):
         self.held = held
         self.n_features = n_features
         self.scale = tree_scale(n_partitions, aggregation_depth)
         self.data_passes = 0
 
     @classmethod
-    def collect(cls, rows: DataFrame, n_rows: int, total_weight: float, n_features: int,
-                n_partitions: int, aggregation_depth: int,
-                description: str) -> "DriverEngine":
+    def collect(
+        cls,
+        rows: DataFrame,
+        n_rows: int,
+        total_weight: float,
+        n_features: int,
+        n_partitions: int,
+        aggregation_depth: int,
+        description: str,
+    ) -> "DriverEngine":
         """The engine holding ``rows`` (the fit's prepared rows in their ``n_partitions``
         partitions, ``n_rows`` of ``total_weight`` as validated: anything else is an error,
         never a model)."""
@@ -224,36 +287,52 @@ class DriverEngine(PassEngine):
         w = table.column(WEIGHT).to_numpy().astype(np.float64, copy=False)
         del table
         weight = math.fsum(w)
-        if X.shape[0] != n_rows or not math.isclose(weight, total_weight, rel_tol=1e-9,
-                                                    abs_tol=1e-12):
+        if X.shape[0] != n_rows or not math.isclose(
+            weight, total_weight, rel_tol=1e-9, abs_tol=1e-12
+        ):
             raise RuntimeError(
                 f"the driver engine read {X.shape[0]} rows of total weight {weight!r}, but "
                 f"validation counted {n_rows} of {total_weight!r}: the input changed between "
-                "two reads (a non-deterministic source?)")
-        engine = cls(partition_blocks(pid, X, w, n_features), n_features, n_partitions,
-                     aggregation_depth)
-        log.info("driver engine: %d rows (%.1f MB) in %d partitions held by the driver",
-                 n_rows, packed_bytes(n_rows, n_features) / 1e6, len(engine.held))
+                "two reads (a non-deterministic source?)"
+            )
+        engine = cls(
+            partition_blocks(pid, X, w, n_features), n_features, n_partitions, aggregation_depth
+        )
+        log.info(
+            "driver engine: %d rows (%.1f MB) in %d partitions held by the driver",
+            n_rows,
+            packed_bytes(n_rows, n_features) / 1e6,
+            len(engine.held),
+        )
         return engine
 
     def close(self, failed: bool = False) -> None:
         """Frees the rows."""
         self.held = []
 
-    def run(self, passes: Sequence[PassFunction], label: str,
-            size: Optional[int] = None) -> np.ndarray:
+    def run(
+        self, passes: Sequence[PassFunction], label: str, size: Optional[int] = None
+    ) -> np.ndarray:
         """The summed statistics vectors of all ``passes``: per partition in block order,
         then over partitions in partition order."""
         self.data_passes += 1
         work = partial(accumulate, passes=list(passes))
-        pairs = [(pid, vector) for pid, blocks in self.held
-                 for vector in (work(blocks),) if vector is not None]
+        pairs = [
+            (pid, vector)
+            for pid, blocks in self.held
+            for vector in (work(blocks),)
+            if vector is not None
+        ]
         return ordered_sum(pairs, self.scale)
 
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
         self.data_passes += 1
-        pieces = [(pid, rows) for pid, blocks in self.held
-                  for rows in (gather(blocks, function),) if rows is not None]
+        pieces = [
+            (pid, rows)
+            for pid, blocks in self.held
+            for rows in (gather(blocks, function),)
+            if rows is not None
+        ]
         return in_order(pieces)
 
 
@@ -263,7 +342,8 @@ def driver_unavailable(spark, n_rows: int, n_features: int) -> Optional[str]:
     size = packed_bytes(n_rows, n_features)
     if size <= limit:
         return None
-    return (f"its rows take {size / 2**20:.1f} MiB as float64 blocks ({n_rows} x "
-            f"{n_features + 1}), beyond the driver engine's limit of {limit / 2**20:.1f} MiB "
-            f"set by {what}")
-
+    return (
+        f"its rows take {size / 2**20:.1f} MiB as float64 blocks ({n_rows} x "
+        f"{n_features + 1}), beyond the driver engine's limit of {limit / 2**20:.1f} MiB "
+        f"set by {what}"
+    )

@@ -32,6 +32,7 @@ Modes:
   (:func:`kill_stopped`). Only an executor JVM (``CoarseGrainedExecutorBackend``) is ever
   stopped: under a ``local[...]`` master (workers forked by the driver's JVM) this raises.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,7 +96,7 @@ def _stat(pid: int) -> Tuple[int, str, str]:
     pid and start time name a process for good (a pid alone may be reused)."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         text = fh.read().decode(errors="replace")
-    fields = text[text.rindex(")") + 2:].split()  # the name (in parentheses) may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the name (in parentheses) may hold spaces
     return int(fields[1]), fields[0], fields[19]
 
 
@@ -113,9 +114,11 @@ def executor_jvm(pid: Optional[int] = None) -> int:
         pid = _stat(pid)[0]
         if any(EXECUTOR_MAIN in arg for arg in _cmdline(pid)):
             return pid
-    raise RuntimeError(f"spark_gmm fault injection: process {seen} runs in no executor JVM "
-                       f"({EXECUTOR_MAIN}); stop-host-* modes need separate executor JVMs "
-                       "(local-cluster or a real cluster), not a local[...] master")
+    raise RuntimeError(
+        f"spark_gmm fault injection: process {seen} runs in no executor JVM "
+        f"({EXECUTOR_MAIN}); stop-host-* modes need separate executor JVMs "
+        "(local-cluster or a real cluster), not a local[...] master"
+    )
 
 
 def _children() -> Dict[int, List[int]]:
@@ -224,8 +227,10 @@ def stopped_pids(pids_file: str) -> List[Tuple[int, str]]:
     """The (pid, start time) pairs :func:`stop_host` recorded ([] when it never ran)."""
     try:
         with open(pids_file) as fh:
-            return [(int(pid), started) for pid, started in
-                    (line.split() for line in fh if line.strip())]
+            return [
+                (int(pid), started)
+                for pid, started in (line.split() for line in fh if line.strip())
+            ]
     except FileNotFoundError:
         return []
 

@@ -12,6 +12,7 @@ forbid them), a DataFrame of the same blocks as binary columns, read with ``mapI
 (the JVM converts the cached columns to Arrow on every pass: ``jobs/benchmarks/bench_pass_read.py``
 measures both). The blocks and their order are the same, so both give identical results.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,17 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.storagelevel import StorageLevel
 
-from spark_gmm.engine.blocks import BLOCKS_SCHEMA, GatherFunction, PassFunction, accumulate, \
-    batch_to_numpy, gather, pack, read_packed
 from spark_gmm.engine.base import PassEngine, in_order, ordered_sum, sum_buckets, tree_scale
+from spark_gmm.engine.blocks import (
+    BLOCKS_SCHEMA,
+    GatherFunction,
+    PassFunction,
+    accumulate,
+    batch_to_numpy,
+    gather,
+    pack,
+    read_packed,
+)
 from spark_gmm.engine.faults import FAULT_INJECTION
 from spark_gmm.engine.partitions import num_partitions, rdd_or_none, set_job_description
 from spark_gmm.engine.tasks import task_scope
@@ -61,8 +70,10 @@ def _in_task(compute):
     fault injection (a crashing Python worker on the task's first attempt)."""
     from pyspark import TaskContext
 
-    if os.environ.get(FAULT_INJECTION) == "exit-first-attempt" \
-            and TaskContext.get().attemptNumber() == 0:
+    if (
+        os.environ.get(FAULT_INJECTION) == "exit-first-attempt"
+        and TaskContext.get().attemptNumber() == 0
+    ):
         os._exit(3)  # a crashing Python worker, for the retry tests
     with task_scope():
         return compute()
@@ -76,9 +87,11 @@ def _arrow_task(n_features: int, work, packed: bool):
     def run(batches):
         from pyspark import TaskContext
 
-        total = _in_task(lambda: work(
-            block for batch in batches if batch.num_rows for block in read(batch, n_features)
-        ))
+        total = _in_task(
+            lambda: work(
+                block for batch in batches if batch.num_rows for block in read(batch, n_features)
+            )
+        )
         if total is not None:
             pid = TaskContext.get().partitionId()
             yield pa.RecordBatch.from_pydict(
@@ -104,15 +117,19 @@ def _sum_rows(scale: int):
     """The mapInArrow function of the tree level (DataFrame): statistics rows -> bucket sums."""
 
     def run(batches):
-        pairs = [(pid, np.frombuffer(blob)) for batch in batches
-                 for pid, blob in zip(batch.column("pid").to_pylist(),
-                                      batch.column("stats").to_pylist())]
+        pairs = [
+            (pid, np.frombuffer(blob))
+            for batch in batches
+            for pid, blob in zip(batch.column("pid").to_pylist(), batch.column("stats").to_pylist())
+        ]
         summed = sum_buckets(pairs, scale)
         if summed:
-            yield pa.RecordBatch.from_pydict({
-                "pid": pa.array([pid for pid, _ in summed], pa.int32()),
-                "stats": pa.array([total.tobytes() for _, total in summed]),
-            })
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "pid": pa.array([pid for pid, _ in summed], pa.int32()),
+                    "stats": pa.array([total.tobytes() for _, total in summed]),
+                }
+            )
 
     return run
 
@@ -145,13 +162,25 @@ class JobPerPassEngine(PassEngine):
         self._cached = None  # what close() unpersists
 
     @classmethod
-    def for_fit(cls, rows: DataFrame, n_features: int, aggregation_depth: int,
-                description: str, n_partitions: int) -> "JobPerPassEngine":
+    def for_fit(
+        cls,
+        rows: DataFrame,
+        n_features: int,
+        aggregation_depth: int,
+        description: str,
+        n_partitions: int,
+    ) -> "JobPerPassEngine":
         """The engine of a fit: its rows packed into blocks and cached for all its passes
         (about the size of the raw doubles), freed by :meth:`close`."""
         blocks = pack_blocks(rows, n_features).persist(StorageLevel.MEMORY_AND_DISK)
-        engine = cls(blocks, n_features, aggregation_depth, description, packed=True,
-                     n_partitions=n_partitions)
+        engine = cls(
+            blocks,
+            n_features,
+            aggregation_depth,
+            description,
+            packed=True,
+            n_partitions=n_partitions,
+        )
         engine._cached = blocks
         return engine
 
@@ -169,8 +198,11 @@ class JobPerPassEngine(PassEngine):
             self.prepared.context.setJobDescription(f"{self.description}: {label}")
             out = self.prepared.mapPartitionsWithIndex(_rdd_task(work))
             if scale:
-                out = out.keyBy(lambda pair: pair[0] % scale).partitionBy(scale) \
+                out = (
+                    out.keyBy(lambda pair: pair[0] % scale)
+                    .partitionBy(scale)
                     .mapPartitions(lambda keyed: sum_buckets((pair for _, pair in keyed), scale))
+                )
             return out.collect()
         out = self.prepared.mapInArrow(
             _arrow_task(self.n_features, work, self.packed), _STATS_SCHEMA
@@ -182,8 +214,9 @@ class JobPerPassEngine(PassEngine):
         set_job_description(self.prepared, f"{self.description}: {label}")
         return [(row["pid"], np.frombuffer(row["stats"])) for row in out.collect()]
 
-    def run(self, passes: Sequence[PassFunction], label: str,
-            size: Optional[int] = None) -> np.ndarray:
+    def run(
+        self, passes: Sequence[PassFunction], label: str, size: Optional[int] = None
+    ) -> np.ndarray:
         """One Spark job: the summed statistics vectors of all ``passes``, concatenated."""
         scale = tree_scale(self.n_partitions, self.aggregation_depth)
         pairs = self._collect(partial(accumulate, passes=list(passes)), label, scale)
@@ -193,5 +226,3 @@ class JobPerPassEngine(PassEngine):
         pieces = self._collect(partial(gather, function=function), label)
         width = self.n_features + 1
         return in_order((pid, rows.reshape(-1, width)) for pid, rows in pieces)
-
-

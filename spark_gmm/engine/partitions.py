@@ -1,5 +1,6 @@
 """Spark partitions as the engines see them: how many, at most how many per core, and the
 job description the Spark UI shows."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union

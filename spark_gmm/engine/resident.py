@@ -29,6 +29,7 @@ How it runs:
   and says so: the fit falls back to the job-per-pass engine, and later fits of the session
   do so at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,33 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_gmm.engine.base import PassEngine, in_order, ordered_sum, tree_scale
-from spark_gmm.engine.blocks import BLOCKS_SCHEMA, FEATURES, WEIGHT, GatherFunction, \
-    PassFunction, pack
-from spark_gmm.engine.channel import HANDSHAKE_SECONDS, Channel, ChannelError, accept, \
-    encryption_available
+from spark_gmm.engine.blocks import (
+    BLOCKS_SCHEMA,
+    FEATURES,
+    WEIGHT,
+    GatherFunction,
+    PassFunction,
+    pack,
+)
+from spark_gmm.engine.channel import (
+    HANDSHAKE_SECONDS,
+    Channel,
+    ChannelError,
+    accept,
+    encryption_available,
+)
 from spark_gmm.engine.faults import FAULT_INJECTION
 from spark_gmm.engine.partitions import set_job_description
+from spark_gmm.engine.resident_worker import (
+    MAX_COMMAND_BYTES,
+    MAX_HELLO_BYTES,
+    REPLY_HEADER,
+    RESULT_SCHEMA,
+    WorkerSettings,
+    warm_up,
+    worker_function,
+)
 from spark_gmm.engine.spark_conf import conf_seconds, conf_true, conf_value, size_bytes
-from spark_gmm.engine.resident_worker import MAX_COMMAND_BYTES, MAX_HELLO_BYTES, \
-    REPLY_HEADER, RESULT_SCHEMA, WorkerSettings, warm_up, worker_function
 
 log = logging.getLogger("spark_gmm")
 
@@ -155,8 +174,9 @@ class _Coordinator:
         self._accepted = 0
         self._lock = threading.Condition()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="spark_gmm-resident-accept",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._accept, name="spark_gmm-resident-accept", daemon=True
+        )
         self._thread.start()
 
     def _accept(self):
@@ -174,8 +194,12 @@ class _Coordinator:
                 else:
                     self._accepted += 1
                     self._pending[self._accepted] = sock
-                    threading.Thread(target=self._handshake, args=(self._accepted, sock),
-                                     name="spark_gmm-resident-handshake", daemon=True).start()
+                    threading.Thread(
+                        target=self._handshake,
+                        args=(self._accepted, sock),
+                        name="spark_gmm-resident-handshake",
+                        daemon=True,
+                    ).start()
             if full:
                 sock.close()
 
@@ -183,8 +207,11 @@ class _Coordinator:
         try:
             channel = accept(sock, self.key, self.encrypt)
             hello = json.loads(channel.recv(MAX_HELLO_BYTES, timeout=HANDSHAKE_SECONDS))
-            if not isinstance(hello, dict) or not isinstance(hello.get("partition"), int) \
-                    or not isinstance(hello.get("task"), int):
+            if (
+                not isinstance(hello, dict)
+                or not isinstance(hello.get("partition"), int)
+                or not isinstance(hello.get("task"), int)
+            ):
                 raise ValueError("malformed hello")
         except Exception:  # no key, too slow, malformed: closed without a word
             with self._lock:
@@ -243,8 +270,7 @@ def _bind(host: str, ports: Tuple[int, int]) -> socket.socket:
             return socket.create_server((host, port), family=family)
         except OSError as exc:
             error = exc
-    raise OSError(f"no free port for the coordinator on {host} in {lo}-{hi} ({PORT_CONF}): "
-                  f"{error}")
+    raise OSError(f"no free port for the coordinator on {host} in {lo}-{hi} ({PORT_CONF}): {error}")
 
 
 def _shutdown(sock: socket.socket):
@@ -267,9 +293,17 @@ class ResidentEngine(PassEngine):
 
     name = "resident"
 
-    def __init__(self, rows: DataFrame, n_rows: int, total_weight: float, n_features: int,
-                 n_partitions: int, aggregation_depth: int, description: str,
-                 settings: ResidentSettings):
+    def __init__(
+        self,
+        rows: DataFrame,
+        n_rows: int,
+        total_weight: float,
+        n_features: int,
+        n_partitions: int,
+        aggregation_depth: int,
+        description: str,
+        settings: ResidentSettings,
+    ):
         self.rows = rows
         self.n_rows = n_rows
         self.total_weight = total_weight
@@ -310,23 +344,35 @@ class ResidentEngine(PassEngine):
         except Exception as exc:  # bind errors, unresolvable hosts, a job that fails early
             self.close(failed=True)
             raise ResidentUnavailable(
-                f"the resident engine could not start: {type(exc).__name__}: {exc}") from exc
+                f"the resident engine could not start: {type(exc).__name__}: {exc}"
+            ) from exc
         except BaseException:  # KeyboardInterrupt
             self.close(failed=True)
             raise
-        log.info("resident engine: %d rows (%.1f MB) held in %d barrier tasks", self.rows_held,
-                 self.bytes_held / 1e6, self.settings.n_tasks)
+        log.info(
+            "resident engine: %d rows (%.1f MB) held in %d barrier tasks",
+            self.rows_held,
+            self.bytes_held / 1e6,
+            self.settings.n_tasks,
+        )
         return self
 
     def _launch(self):
         s = self.settings
         key = secrets.token_bytes(32)
         self._coordinator = _Coordinator(s.bind_host, s.ports, key, s.encrypt)
-        worker = worker_function(WorkerSettings(
-            address=(s.advertise_host, self._coordinator.port), key=key, encrypt=s.encrypt,
-            n_features=self.n_features, connect_timeout=s.connect_timeout,
-            # a worker waits for commands while the driver waits for the slowest peer
-            idle_timeout=s.pass_timeout + s.connect_timeout, fault=s.fault))
+        worker = worker_function(
+            WorkerSettings(
+                address=(s.advertise_host, self._coordinator.port),
+                key=key,
+                encrypt=s.encrypt,
+                n_features=self.n_features,
+                connect_timeout=s.connect_timeout,
+                # a worker waits for commands while the driver waits for the slowest peer
+                idle_timeout=s.pass_timeout + s.connect_timeout,
+                fault=s.fault,
+            )
+        )
         del key
         keys = F.array(*[F.lit(k) for k in task_keys(s.n_tasks)])
         if self.n_values >= PACK_VALUES:
@@ -337,12 +383,14 @@ class ResidentEngine(PassEngine):
             shuffled = self.rows.mapInArrow(pack(self.n_features), BLOCKS_SCHEMA).select(
                 F.spark_partition_id().alias("pid"),
                 F.monotonically_increasing_id().alias("seq"),  # the blocks' order
-                "n", "x", "w")
+                "n",
+                "x",
+                "w",
+            )
         else:  # each task puts each partition's rows in canonical order itself
             shuffled = self.rows.select(F.spark_partition_id().alias("pid"), FEATURES, WEIGHT)
         held = (
-            shuffled
-            .withColumn("task", F.element_at(keys, F.col("pid") % s.n_tasks + 1))
+            shuffled.withColumn("task", F.element_at(keys, F.col("pid") % s.n_tasks + 1))
             .repartition(s.n_tasks, "task")
             .mapInArrow(worker, RESULT_SCHEMA, barrier=True)
             # ending in a shuffle makes the barrier stage a shuffle-map stage: Spark retries it
@@ -357,8 +405,9 @@ class ResidentEngine(PassEngine):
                 _add_tag(spark, self._tag)
                 if self._abandoned:  # start() gave up before the job was submitted
                     return
-                set_job_description(self.rows, f"{self.description}: resident fit "
-                                                 f"({s.n_tasks} barrier tasks)")
+                set_job_description(
+                    self.rows, f"{self.description}: resident fit ({s.n_tasks} barrier tasks)"
+                )
                 self._job_results = [row[0] for row in held.collect()]
             except BaseException as exc:  # reported by the waiting driver
                 self._job_error = exc
@@ -368,11 +417,11 @@ class ResidentEngine(PassEngine):
         # the job's thread inherits the caller's job group and local properties (and, on
         # Spark Connect, its session's tags)
         try:
-            thread = InheritableThread(target=run_job, name="spark_gmm-resident-job",
-                                       daemon=True, session=spark)
+            thread = InheritableThread(
+                target=run_job, name="spark_gmm-resident-job", daemon=True, session=spark
+            )
         except TypeError:  # PySpark 3.5 takes no session
-            thread = InheritableThread(target=run_job, name="spark_gmm-resident-job",
-                                       daemon=True)
+            thread = InheritableThread(target=run_job, name="spark_gmm-resident-job", daemon=True)
         self._job_thread = thread
         thread.start()
 
@@ -393,8 +442,11 @@ class ResidentEngine(PassEngine):
                     except OSError:
                         pass
             self._drop_workers()
-            if not failed and self._job_thread is not None and \
-                    not self._job_done.wait(CLOSE_SECONDS):
+            if (
+                not failed
+                and self._job_thread is not None
+                and not self._job_done.wait(CLOSE_SECONDS)
+            ):
                 self._cancel()
         except BaseException:
             self._cancel()
@@ -431,12 +483,18 @@ class ResidentEngine(PassEngine):
             while len(found) < s.n_tasks:
                 if self._job_done.is_set():
                     raise self._job_failed(first)
-                if first_hello is not None and \
-                        time.monotonic() - first_hello > s.connect_timeout + HANDSHAKE_SECONDS:
-                    raise self._error(first, (
-                        f"only {len(found)} of {s.n_tasks} barrier tasks reached the "
-                        f"coordinator within {s.connect_timeout:g} s of the first "
-                        f"({CONNECT_TIMEOUT_CONF})"))
+                if (
+                    first_hello is not None
+                    and time.monotonic() - first_hello > s.connect_timeout + HANDSHAKE_SECONDS
+                ):
+                    raise self._error(
+                        first,
+                        (
+                            f"only {len(found)} of {s.n_tasks} barrier tasks reached the "
+                            f"coordinator within {s.connect_timeout:g} s of the first "
+                            f"({CONNECT_TIMEOUT_CONF})"
+                        ),
+                    )
                 item = self._coordinator.take(timeout=0.2)
                 if item is None:
                     continue
@@ -462,14 +520,21 @@ class ResidentEngine(PassEngine):
             self._drop_workers()
             self._load_losses += 1
             if self._load_losses > 1:
-                raise self._error(first, (
-                    f"workers were lost twice while reading their rows ({lost}): each of "
-                    f"{s.n_tasks} tasks holds ~{self.n_values * 8 / s.n_tasks / 1e6:.0f} MB "
-                    "of float64 rows in its Python worker; if they were killed for memory, "
-                    "raise spark.executor.pyspark.memory (or spark.executor.memoryOverhead) "
-                    f"or set {MAX_TASKS_CONF} higher / use more executors")) from None
-            log.warning("resident engine: a worker was lost while reading its rows (%s); "
-                        "waiting for Spark to retry the barrier stage", lost)
+                raise self._error(
+                    first,
+                    (
+                        f"workers were lost twice while reading their rows ({lost}): each of "
+                        f"{s.n_tasks} tasks holds ~{self.n_values * 8 / s.n_tasks / 1e6:.0f} MB "
+                        "of float64 rows in its Python worker; if they were killed for memory, "
+                        "raise spark.executor.pyspark.memory (or spark.executor.memoryOverhead) "
+                        f"or set {MAX_TASKS_CONF} higher / use more executors"
+                    ),
+                ) from None
+            log.warning(
+                "resident engine: a worker was lost while reading its rows (%s); "
+                "waiting for Spark to retry the barrier stage",
+                lost,
+            )
             return self._acquire(first)
         self._check_load(loaded, first)
 
@@ -481,28 +546,35 @@ class ResidentEngine(PassEngine):
         for partition, text in sorted(loaded.items()):
             info = json.loads(text)
             if "error" in info:
-                raise self._error(first, (
-                    f"worker {partition}: {info['error']}; raise spark.executor.pyspark.memory "
-                    f"(or spark.executor.memoryOverhead), or set {MAX_TASKS_CONF} higher"))
+                raise self._error(
+                    first,
+                    (
+                        f"worker {partition}: {info['error']}; raise spark.executor.pyspark.memory "
+                        f"(or spark.executor.memoryOverhead), or set {MAX_TASKS_CONF} higher"
+                    ),
+                )
             pids = [int(pid) for pid in info["pids"]]
             for pid in pids:
                 if pid in holder:
                     raise ResidentFailure(
                         f"resident engine: input partition {pid} is held by workers "
-                        f"{holder[pid]} and {partition}")
+                        f"{holder[pid]} and {partition}"
+                    )
                 holder[pid] = partition
             self._pids[partition] = pids
             self._rows[partition] = int(sum(info["rows"]))
             rows += self._rows[partition]
             weight += math.fsum(info["weights"])
             held_bytes += int(info["bytes"])
-        if rows != self.n_rows or not math.isclose(weight, self.total_weight, rel_tol=1e-9,
-                                                   abs_tol=1e-12):
+        if rows != self.n_rows or not math.isclose(
+            weight, self.total_weight, rel_tol=1e-9, abs_tol=1e-12
+        ):
             raise ResidentFailure(
                 f"resident engine: the workers hold {rows} rows of total weight {weight!r}, "
                 f"but validation counted {self.n_rows} rows of total weight "
                 f"{self.total_weight!r} (is the input deterministic? a source that changes "
-                "between reads, or a non-deterministic expression, gives other rows)")
+                "between reads, or a non-deterministic expression, gives other rows)"
+            )
         self.rows_held, self.bytes_held = rows, held_bytes
 
     def _job_failed(self, first: bool) -> RuntimeError:
@@ -511,15 +583,16 @@ class ResidentEngine(PassEngine):
         job's error (a cancelled job group, a stage Spark gave up retrying)."""
         unreachable = sorted({error for error in self._job_results if error})
         if unreachable:
-            reason = (f"the executors could not reach the coordinator on the driver: "
-                      f"{unreachable[0]} ({CONNECT_TIMEOUT_CONF}; open the port with "
-                      f"{PORT_CONF}, or set spark.driver.host to an address they reach)")
+            reason = (
+                f"the executors could not reach the coordinator on the driver: "
+                f"{unreachable[0]} ({CONNECT_TIMEOUT_CONF}; open the port with "
+                f"{PORT_CONF}, or set spark.driver.host to an address they reach)"
+            )
             error = self._error(first, reason)
             _remember_unreachable(self.rows.sparkSession, str(error))
             return error
         error = self._job_error
-        return self._error(first, "the barrier stage ended" if error is None
-                           else _describe(error))
+        return self._error(first, "the barrier stage ended" if error is None else _describe(error))
 
     # ------------------------------------------------------------------ exchanges
 
@@ -550,22 +623,27 @@ class ResidentEngine(PassEngine):
                 raise _Lost("the barrier stage ended")
             # messages already buffered (read along with an earlier one), then the sockets
             buffered = [p for p, channel in self._workers.items() if channel.has_message()]
-            ready = set(buffered) | {by_fd[fd] for fd, _ in poller.poll(
-                0 if buffered else int(min(remaining, 0.25) * 1000) + 1)}
+            ready = set(buffered) | {
+                by_fd[fd]
+                for fd, _ in poller.poll(0 if buffered else int(min(remaining, 0.25) * 1000) + 1)
+            }
             for partition in sorted(ready):
                 channel = self._workers[partition]
                 try:
                     message = channel.poll(limit_of(partition))
                 except ChannelError as exc:
-                    raise ResidentFailure(f"resident engine: worker {partition}: {exc}; the "
-                                          "fit's Spark job was cancelled") from None
+                    raise ResidentFailure(
+                        f"resident engine: worker {partition}: {exc}; the "
+                        "fit's Spark job was cancelled"
+                    ) from None
                 except (EOFError, OSError) as exc:
                     raise _Lost(f"worker {partition}: {exc or type(exc).__name__}") from None
                 if message is None:
                     continue
                 if partition not in pending:
-                    raise ResidentFailure(f"resident engine: worker {partition} answered "
-                                          f"'{label}' twice")
+                    raise ResidentFailure(
+                        f"resident engine: worker {partition} answered '{label}' twice"
+                    )
                 pending.discard(partition)
                 replies[partition] = message
         return replies
@@ -583,8 +661,12 @@ class ResidentEngine(PassEngine):
                         raise _Lost(f"sending: {exc or type(exc).__name__}") from None
                 return self._receive(label, limit_of)
             except _Lost as lost:
-                log.warning("resident engine: a worker was lost during '%s' (%s); waiting for "
-                            "Spark to retry the barrier stage", label, lost)
+                log.warning(
+                    "resident engine: a worker was lost during '%s' (%s); waiting for "
+                    "Spark to retry the barrier stage",
+                    label,
+                    lost,
+                )
                 self._drop_workers()
                 self._acquire(first=False)
 
@@ -596,8 +678,10 @@ class ResidentEngine(PassEngine):
         """[(pid, float64 values)] of a worker's reply, checked against what it holds."""
         tag, count = REPLY_HEADER.unpack_from(data)
         if tag == b"E":
-            raise ResidentFailure(f"resident worker {partition} failed: "
-                                  f"{data[REPLY_HEADER.size:].decode(errors='replace')}")
+            raise ResidentFailure(
+                f"resident worker {partition} failed: "
+                f"{data[REPLY_HEADER.size :].decode(errors='replace')}"
+            )
         malformed = ResidentFailure(f"resident worker {partition}: malformed reply")
         if tag != kind or count > len(self._pids[partition]):
             raise malformed
@@ -606,9 +690,13 @@ class ResidentEngine(PassEngine):
         pos += 4 * count
         sizes = np.frombuffer(data, np.int64, count, pos)
         pos += 8 * count
-        if len(set(pids.tolist())) != count or set(pids.tolist()) - set(self._pids[partition]) \
-                or np.any(sizes < 0) or pos + 8 * int(sizes.sum()) != len(data) or \
-                (width is not None and np.any(sizes != width)):
+        if (
+            len(set(pids.tolist())) != count
+            or set(pids.tolist()) - set(self._pids[partition])
+            or np.any(sizes < 0)
+            or pos + 8 * int(sizes.sum()) != len(data)
+            or (width is not None and np.any(sizes != width))
+        ):
             raise malformed
         out = []
         for pid, size in zip(pids.tolist(), sizes.tolist()):
@@ -616,19 +704,24 @@ class ResidentEngine(PassEngine):
             pos += 8 * size
         return out
 
-    def run(self, passes: Sequence[PassFunction], label: str,
-            size: Optional[int] = None) -> np.ndarray:
+    def run(
+        self, passes: Sequence[PassFunction], label: str, size: Optional[int] = None
+    ) -> np.ndarray:
         replies = self._exchange(
-            ("sum", list(passes)), label,
-            lambda part: self._reply_limit(part, size) if size else MAX_COMMAND_BYTES)
+            ("sum", list(passes)),
+            label,
+            lambda part: self._reply_limit(part, size) if size else MAX_COMMAND_BYTES,
+        )
         self.data_passes += 1
         pairs = []
         for partition, data in sorted(replies.items()):
             got = self._parse(partition, data, b"S", size)
             missing = set(self._pids[partition]) - {pid for pid, _ in got}
             if missing:  # every held partition has rows, so each must answer every pass
-                raise ResidentFailure(f"resident engine: worker {partition} sent no "
-                                      f"statistics for input partition(s) {sorted(missing)}")
+                raise ResidentFailure(
+                    f"resident engine: worker {partition} sent no "
+                    f"statistics for input partition(s) {sorted(missing)}"
+                )
             pairs.extend(got)
         if len({vector.size for _, vector in pairs}) > 1:
             raise ResidentFailure("resident engine: statistics of different sizes")
@@ -637,11 +730,16 @@ class ResidentEngine(PassEngine):
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
         width = self.n_features + 1
         replies = self._exchange(
-            ("gather", function), label,
-            lambda part: self._reply_limit(part, self._rows[part] * width))
+            ("gather", function),
+            label,
+            lambda part: self._reply_limit(part, self._rows[part] * width),
+        )
         self.data_passes += 1
-        pieces = [(pid, rows.reshape(-1, width)) for partition, data in sorted(replies.items())
-                  for pid, rows in self._parse(partition, data, b"G", None)]
+        pieces = [
+            (pid, rows.reshape(-1, width))
+            for partition, data in sorted(replies.items())
+            for pid, rows in self._parse(partition, data, b"G", None)
+        ]
         return in_order(pieces)
 
 
@@ -704,8 +802,10 @@ def _ports(spark) -> Tuple[int, int]:
     match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", value)
     lo, hi = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (-1, -1)
     if not (0 <= lo <= hi <= 65535) or (lo == 0 and hi != 0):
-        raise ValueError(f"{PORT_CONF} must be a port (0 for any free one) or a range "
-                         f"LO-HI of ports from 1 to 65535, got {value!r}")
+        raise ValueError(
+            f"{PORT_CONF} must be a port (0 for any free one) or a range "
+            f"LO-HI of ports from 1 to 65535, got {value!r}"
+        )
     return lo, hi
 
 
@@ -772,8 +872,9 @@ def _remember_unreachable(spark, reason: str) -> None:
         _UNREACHABLE[key] = reason
 
 
-def plan(rows: DataFrame, n_partitions: int, n_values: int
-         ) -> Tuple[Optional[ResidentSettings], str]:
+def plan(
+    rows: DataFrame, n_partitions: int, n_values: int
+) -> Tuple[Optional[ResidentSettings], str]:
     """(settings, "") where a barrier stage can hold these rows (``n_values`` float64 values
     in ``n_partitions`` partitions), else (None, why not)."""
     spark = rows.sparkSession
@@ -783,8 +884,10 @@ def plan(rows: DataFrame, n_partitions: int, n_values: int
     remote = _connect_host(spark)
     if remote is not None:
         if remote not in ("localhost", "127.0.0.1", "::1"):
-            return None, (f"the Spark Connect server ({remote}) runs its tasks where they "
-                          "cannot be assumed to reach this client")
+            return None, (
+                f"the Spark Connect server ({remote}) runs its tasks where they "
+                "cannot be assumed to reach this client"
+            )
         host = bind = "::1" if remote == "::1" else "127.0.0.1"
     else:
         if conf_true(spark, "spark.dynamicAllocation.enabled"):
@@ -793,16 +896,22 @@ def plan(rows: DataFrame, n_partitions: int, n_values: int
         bind = conf_value(spark, "spark.driver.bindAddress") or host
     slots = _slots(spark)
     if not slots:
-        return None, ("this session has no SparkContext (Spark Connect, or a shared access "
-                      "mode) and its master does not tell how many tasks the cluster runs at "
-                      "once, which a barrier stage must know")
+        return None, (
+            "this session has no SparkContext (Spark Connect, or a shared access "
+            "mode) and its master does not tell how many tasks the cluster runs at "
+            "once, which a barrier stage must know"
+        )
     n_tasks = max(1, min(n_partitions or slots, slots, _max_tasks(spark) or slots))
-    encrypt = conf_true(spark, "spark.network.crypto.enabled") or conf_true(spark, "spark.ssl.enabled")
+    encrypt = conf_true(spark, "spark.network.crypto.enabled") or conf_true(
+        spark, "spark.ssl.enabled"
+    )
     if encrypt:
         missing = encryption_available()
         if missing:
-            return None, ("Spark encrypts its own traffic (spark.network.crypto.enabled or "
-                          f"spark.ssl.enabled) and the coordinator's channel cannot: {missing}")
+            return None, (
+                "Spark encrypts its own traffic (spark.network.crypto.enabled or "
+                f"spark.ssl.enabled) and the coordinator's channel cannot: {missing}"
+            )
     settings = ResidentSettings(
         n_tasks=n_tasks,
         connect_timeout=conf_seconds(spark, CONNECT_TIMEOUT_CONF, CONNECT_TIMEOUT),
@@ -815,14 +924,15 @@ def plan(rows: DataFrame, n_partitions: int, n_values: int
     )
     memory = _python_memory(spark, conf_value(spark, "spark.master") or "")
     if memory is not None:
-        per_task = 8.0 * n_values * math.ceil(max(n_partitions, 1) / n_tasks) / \
-            max(n_partitions, 1)
+        per_task = 8.0 * n_values * math.ceil(max(n_partitions, 1) / n_tasks) / max(n_partitions, 1)
         budget, source = memory
         if per_task * READ_PEAK > budget:
-            return None, (f"each of {n_tasks} barrier tasks would hold ~{per_task / 1e6:.3g} MB "
-                          f"of rows (~{per_task * READ_PEAK / 1e6:.3g} MB at its peak while "
-                          f"reading) in its Python worker, beyond the {budget / 1e6:.3g} MB "
-                          f"per task from {source}")
+            return None, (
+                f"each of {n_tasks} barrier tasks would hold ~{per_task / 1e6:.3g} MB "
+                f"of rows (~{per_task * READ_PEAK / 1e6:.3g} MB at its peak while "
+                f"reading) in its Python worker, beyond the {budget / 1e6:.3g} MB "
+                f"per task from {source}"
+            )
     return settings, ""
 
 

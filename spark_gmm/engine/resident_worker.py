@@ -1,6 +1,7 @@
 """The resident engine's task side: what runs inside each barrier task, holding its share of
 the rows for the whole fit and answering the driver's commands (:mod:`spark_gmm.engine.resident`).
 It imports only light modules (no pyspark.ml): a fit's first tasks start cold workers."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from spark_gmm.engine.blocks import accumulate, batch_to_numpy, gather, partition_blocks, \
-    read_packed
+from spark_gmm.engine.blocks import (
+    accumulate,
+    batch_to_numpy,
+    gather,
+    partition_blocks,
+    read_packed,
+)
 from spark_gmm.engine.channel import Channel, ChannelError, connect
 from spark_gmm.engine.faults import inject
 from spark_gmm.engine.tasks import task_scope
@@ -60,8 +66,9 @@ def _blocks_of(batches, n_features: int):
             pids.append(batch.column("pid").to_numpy(zero_copy_only=False))
             if packed:
                 seqs.append(batch.column("seq").to_numpy(zero_copy_only=False))
-            pieces = read_packed(batch, n_features) if packed else \
-                [batch_to_numpy(batch, n_features)]
+            pieces = (
+                read_packed(batch, n_features) if packed else [batch_to_numpy(batch, n_features)]
+            )
             for X, w in pieces:  # owned copies: the Arrow batch can go
                 Xs.append(np.array(X))
                 ws.append(np.array(w))
@@ -69,7 +76,9 @@ def _blocks_of(batches, n_features: int):
         return []
     pid = np.concatenate(pids)
     if packed:  # one (pid, seq) per block
-        order = np.argsort(np.concatenate(seqs), kind="stable")  # seq orders blocks by partition, then block
+        order = np.argsort(
+            np.concatenate(seqs), kind="stable"
+        )  # seq orders blocks by partition, then block
         held: List[Tuple[int, list]] = []
         for i in order.tolist():
             if not held or held[-1][0] != int(pid[i]):
@@ -102,14 +111,16 @@ def _connect(settings: WorkerSettings, started: float) -> Channel:
     while True:
         remaining = deadline - time.monotonic()
         try:
-            return connect(settings.address, settings.key, settings.encrypt,
-                           max(min(remaining, 10.0), 0.5))
+            return connect(
+                settings.address, settings.key, settings.encrypt, max(min(remaining, 10.0), 0.5)
+            )
         except (OSError, EOFError) as exc:  # refused, unreachable, cut off, a failed handshake
             if time.monotonic() + 0.2 > deadline:
                 why = exc or type(exc).__name__
                 raise ConnectionError(
                     f"no coordinator reachable at {host}:{port} within "
-                    f"{settings.connect_timeout:g} s of the task's start ({why})") from None
+                    f"{settings.connect_timeout:g} s of the task's start ({why})"
+                ) from None
             time.sleep(0.2)
 
 
@@ -117,9 +128,10 @@ def encode_reply(kind: bytes, pieces: List[Tuple[int, np.ndarray]]) -> bytes:
     """Header, pids (int32), value counts (int64), then the float64 values of each piece."""
     pids = np.asarray([pid for pid, _ in pieces], dtype=np.int32)
     counts = np.asarray([piece.size for _, piece in pieces], dtype=np.int64)
-    return b"".join([REPLY_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
-                    + [np.ascontiguousarray(piece, dtype=np.float64).tobytes()
-                       for _, piece in pieces])
+    return b"".join(
+        [REPLY_HEADER.pack(kind, len(pieces)), pids.tobytes(), counts.tobytes()]
+        + [np.ascontiguousarray(piece, dtype=np.float64).tobytes() for _, piece in pieces]
+    )
 
 
 def _serve(channel: Channel, held, settings: WorkerSettings, partition: int):
@@ -155,12 +167,14 @@ def _serve(channel: Channel, held, settings: WorkerSettings, partition: int):
 
 def _load_report(held) -> bytes:
     """What the task holds, per partition: the driver checks it against the validated input."""
-    return json.dumps({
-        "pids": [pid for pid, _ in held],
-        "rows": [sum(X.shape[0] for X, _ in blocks) for _, blocks in held],
-        "weights": [float(sum(float(w.sum()) for _, w in blocks)) for _, blocks in held],
-        "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
-    }).encode()
+    return json.dumps(
+        {
+            "pids": [pid for pid, _ in held],
+            "rows": [sum(X.shape[0] for X, _ in blocks) for _, blocks in held],
+            "weights": [float(sum(float(w.sum()) for _, w in blocks)) for _, blocks in held],
+            "bytes": sum(X.nbytes + w.nbytes for _, blocks in held for X, w in blocks),
+        }
+    ).encode()
 
 
 def _result(error: str):
@@ -187,8 +201,9 @@ def worker_function(settings: WorkerSettings):
             return
         held = None
         try:
-            channel.send(json.dumps({"partition": partition,
-                                     "task": context.taskAttemptId()}).encode())
+            channel.send(
+                json.dumps({"partition": partition, "task": context.taskAttemptId()}).encode()
+            )
             try:
                 if settings.fault is not None and partition == 0:
                     inject(settings.fault, "load")
@@ -207,8 +222,10 @@ def worker_function(settings: WorkerSettings):
             # the driver dropped this worker (another task of this stage attempt was lost, or
             # the fit was cancelled): the task fails, so that Spark runs the whole stage again
             # rather than only the tasks that failed
-            raise RuntimeError("spark_gmm resident worker: the driver closed the connection "
-                               f"before the fit ended ({exc or type(exc).__name__})") from None
+            raise RuntimeError(
+                "spark_gmm resident worker: the driver closed the connection "
+                f"before the fit ended ({exc or type(exc).__name__})"
+            ) from None
         finally:
             channel.close()
             held = None  # the blocks are freed with the task, not kept in the worker

@@ -1,5 +1,6 @@
 """Spark settings as the engines read them: from the session's runtime or static
 configuration, on classic sessions and Spark Connect alike."""
+
 from __future__ import annotations
 
 import re

@@ -11,6 +11,7 @@ the objects alive now into the permanent generation, which collections skip (the
 freed when no longer referenced; only a reference cycle among them would stay). So the first
 task of a worker freezes what it imported, and a later task freezes again only if more modules
 were imported since: a bounded number of times per worker."""
+
 from __future__ import annotations
 
 import gc

@@ -1,5 +1,6 @@
 """The demo data set of ``--demo``: four Gaussian blobs in 3-D, generated, written and used as the
 input."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,6 @@ import numpy as np
 from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.job import Job
 from spark_gmm.jobs.outputs import write_frame
-
 
 DEMO_COLUMNS = ["x", "y", "z"]
 
@@ -56,7 +56,6 @@ def apply_demo(job: Job) -> None:
     cfg.values["input.path"], cfg.sources["input.path"] = path, "demo"
     cfg.values["input.format"], cfg.sources["input.format"] = "parquet", "demo"
     if not cfg.get("input.input_cols") and not cfg.get("input.features_col"):
-        cfg.values["input.input_cols"], cfg.sources["input.input_cols"] = \
-            list(DEMO_COLUMNS), "demo"
+        cfg.values["input.input_cols"], cfg.sources["input.input_cols"] = list(DEMO_COLUMNS), "demo"
     if cfg.sources.get("model.k") == "default":
         cfg.values["model.k"], cfg.sources["model.k"] = 4, "demo"

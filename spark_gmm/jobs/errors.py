@@ -1,11 +1,11 @@
 """How a job fails: :class:`JobError`, the exit codes, and the one-line message of any exception."""
+
 from __future__ import annotations
 
 import re
 from typing import Tuple
 
 from spark_gmm.config import ConfigError
-
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -24,8 +24,17 @@ def one_line(text: str, limit: int = 600) -> str:
 def is_expected(exc: BaseException) -> bool:
     from spark_gmm import CovarianceError, InvalidInputError, ModelFileError
 
-    return isinstance(exc, (JobError, ConfigError, InvalidInputError, ModelFileError,
-                            CovarianceError, FileExistsError))
+    return isinstance(
+        exc,
+        (
+            JobError,
+            ConfigError,
+            InvalidInputError,
+            ModelFileError,
+            CovarianceError,
+            FileExistsError,
+        ),
+    )
 
 
 def describe_error(exc: BaseException) -> Tuple[str, int]:

@@ -1,4 +1,5 @@
 """The Hadoop FileSystem of the running Spark, for the jobs' paths (local, hdfs://, s3a://, ...)."""
+
 from __future__ import annotations
 
 from typing import List

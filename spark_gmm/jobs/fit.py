@@ -1,5 +1,6 @@
 """The fit job: cluster a table, then write the model, the predictions, the training scores and
 the report."""
+
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,14 @@ from spark_gmm import config as _config
 from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.inputs import check_numeric, load_model, start_on_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
-from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, save_model, \
-    write_frame
-from spark_gmm.jobs.report import model_description, plot_sample, summary_description, \
-    write_report
+from spark_gmm.jobs.outputs import (
+    check_new_columns,
+    check_partition_by,
+    for_format,
+    save_model,
+    write_frame,
+)
+from spark_gmm.jobs.report import model_description, plot_sample, summary_description, write_report
 from spark_gmm.jobs.runner import run_job
 from spark_gmm.jobs.training_scores import TRAINING_SCORES, score_statistics
 
@@ -36,11 +41,20 @@ def run_fit(job: Job) -> None:
     df, desc, demo, input_cols, features_col = start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
-    pred_col, prob_col, ll_col = (cfg["output.prediction_col"], cfg["output.probability_col"],
-                                  cfg["output.log_likelihood_col"])
-    check_new_columns(df, desc, {"--prediction-col": pred_col,
-                                 "--probability-col": prob_col,
-                                 "--log-likelihood-col": ll_col})
+    pred_col, prob_col, ll_col = (
+        cfg["output.prediction_col"],
+        cfg["output.probability_col"],
+        cfg["output.log_likelihood_col"],
+    )
+    check_new_columns(
+        df,
+        desc,
+        {
+            "--prediction-col": pred_col,
+            "--probability-col": prob_col,
+            "--log-likelihood-col": ll_col,
+        },
+    )
     if len({pred_col, prob_col, ll_col}) < 3:
         raise JobError("prediction_col, probability_col and log_likelihood_col must differ")
     fmt = cfg["output.format"]
@@ -48,16 +62,26 @@ def run_fit(job: Job) -> None:
     if cfg.get("output.predictions"):
         from pyspark.sql import functions as F
 
-        probe = df.limit(0).withColumn(pred_col, F.lit(0)).withColumn(ll_col, F.lit(0.0)) \
+        probe = (
+            df.limit(0)
+            .withColumn(pred_col, F.lit(0))
+            .withColumn(ll_col, F.lit(0.0))
             .withColumn(prob_col, F.array(F.lit(0.0)))
+        )
         check_partition_by(probe, partition_by)
 
     params = dict(
-        k=int(cfg["model.k"]), covarianceType=cfg["model.covariance_type"],
-        maxIter=int(cfg["model.max_iter"]), tol=float(cfg["model.tol"]),
-        seed=int(cfg["model.seed"]), regCovar=float(cfg["model.reg_covar"]),
-        initMode=cfg["model.init_mode"], handleInvalid=cfg["input.handle_invalid"],
-        predictionCol=pred_col, probabilityCol=prob_col, logLikelihoodCol=ll_col,
+        k=int(cfg["model.k"]),
+        covarianceType=cfg["model.covariance_type"],
+        maxIter=int(cfg["model.max_iter"]),
+        tol=float(cfg["model.tol"]),
+        seed=int(cfg["model.seed"]),
+        regCovar=float(cfg["model.reg_covar"]),
+        initMode=cfg["model.init_mode"],
+        handleInvalid=cfg["input.handle_invalid"],
+        predictionCol=pred_col,
+        probabilityCol=prob_col,
+        logLikelihoodCol=ll_col,
         featuresCol=features_col,
     )
     if input_cols:
@@ -74,10 +98,15 @@ def run_fit(job: Job) -> None:
     with job.timed("fit"):
         model = gm.fit(df)
     s = model.summary
-    log.info("fitted: %d rows (%d skipped), %d iterations, %s, mean log-likelihood %.6g, "
-             "BIC %.6g", s.numRows, s.numSkippedRows, s.numIter,
-             "converged" if s.converged else "NOT converged (raise max_iter?)",
-             s.logLikelihood / s.totalWeight, s.bic)
+    log.info(
+        "fitted: %d rows (%d skipped), %d iterations, %s, mean log-likelihood %.6g, BIC %.6g",
+        s.numRows,
+        s.numSkippedRows,
+        s.numIter,
+        "converged" if s.converged else "NOT converged (raise max_iter?)",
+        s.logLikelihood / s.totalWeight,
+        s.bic,
+    )
 
     model_path = save_model(job, model)
 
@@ -89,29 +118,46 @@ def run_fit(job: Job) -> None:
     scores["model"] = model_path
     job.write_json(TRAINING_SCORES, scores)
 
-    X, labels = plot_sample(job, scored_source, model, pred_col, s.numRows,
-                            params["seed"])
+    X, labels = plot_sample(job, scored_source, model, pred_col, s.numRows, params["seed"])
     report = {
         "job": "fit",
         "spark": spark_info(job),
-        "input": {"source": desc, "rows": s.numRows + s.numSkippedRows,
-                  "skippedRows": s.numSkippedRows, "inputCols": input_cols,
-                  "featuresCol": None if input_cols else features_col,
-                  "weightCol": weight_col, "demo": demo},
+        "input": {
+            "source": desc,
+            "rows": s.numRows + s.numSkippedRows,
+            "skippedRows": s.numSkippedRows,
+            "inputCols": input_cols,
+            "featuresCol": None if input_cols else features_col,
+            "weightCol": weight_col,
+            "demo": demo,
+        },
         "model": model_description(model),
-        "fit": dict(summary_description(model), maxIter=params["maxIter"], tol=params["tol"],
-                    seed=params["seed"], initMode=params["initMode"]),
+        "fit": dict(
+            summary_description(model),
+            maxIter=params["maxIter"],
+            tol=params["tol"],
+            seed=params["seed"],
+            initMode=params["initMode"],
+        ),
         "trainingScores": {k: v for k, v in scores.items() if k != "model"},
-        "outputs": {"folder": job.output, "model": model_path, "predictions": pred_path,
-                    "trainingScores": job.out(TRAINING_SCORES),
-                    "config": job.out(RESOLVED_CONFIG)},
+        "outputs": {
+            "folder": job.output,
+            "model": model_path,
+            "predictions": pred_path,
+            "trainingScores": job.out(TRAINING_SCORES),
+            "config": job.out(RESOLVED_CONFIG),
+        },
     }
     write_report(job, report, model, X, labels)
     job.write_resolved_config()
     if tracker is not None:
         with job.timed("mlflow"):
-            tracker.log_fit(model, params, artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
-                            extra_params={"input": desc, "spark_version": job.spark.version})
+            tracker.log_fit(
+                model,
+                params,
+                artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
+                extra_params={"input": desc, "spark_version": job.spark.version},
+            )
     log.info("done in %.1f s: %s", time.time() - job.started, job.output)
 
 

@@ -1,5 +1,6 @@
 """What a job reads: the input table (or the demo data), its feature columns checked against the
 schema, and a saved model."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -25,9 +26,10 @@ def read_input(job: Job):
             raise JobError(f"cannot read table {table}: {one_line(str(exc))}") from None
         return df, f"table {table}"
     if not path:
-        raise JobError("no input: give --input PATH or --table NAME (input.path / "
-                       "input.table)" + (", or --demo" if "demo.enabled" in cfg.values
-                                         else ""))
+        raise JobError(
+            "no input: give --input PATH or --table NAME (input.path / "
+            "input.table)" + (", or --demo" if "demo.enabled" in cfg.values else "")
+        )
     fmt = cfg.get("input.format") or _guess_format(path)
     try:
         found = job.fs.glob_exists(path)
@@ -41,8 +43,7 @@ def read_input(job: Job):
     try:
         df = job.spark.read.format(fmt).options(**options).load(path)
     except Exception as exc:  # noqa: BLE001
-        raise JobError(f"cannot read input {path} as {fmt}: {spark_error_line(exc)}") \
-            from None
+        raise JobError(f"cannot read input {path} as {fmt}: {spark_error_line(exc)}") from None
     if not df.columns:
         raise JobError(f"input {path} has no columns (is it {fmt}?)")
     return df, f"{fmt} input {path}"
@@ -50,8 +51,15 @@ def read_input(job: Job):
 
 def _guess_format(path: str) -> str:
     base = path.rstrip("/").lower()
-    for ext, fmt in ((".csv", "csv"), (".tsv", "csv"), (".json", "json"), (".jsonl", "json"),
-                     (".ndjson", "json"), (".orc", "orc"), (".parquet", "parquet")):
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "csv"),
+        (".json", "json"),
+        (".jsonl", "json"),
+        (".ndjson", "json"),
+        (".orc", "orc"),
+        (".parquet", "parquet"),
+    ):
         if base.endswith(ext) or base.endswith(ext + ".gz"):
             return fmt
     return "parquet"
@@ -59,13 +67,16 @@ def _guess_format(path: str) -> str:
 
 def _type_hint(fmt_desc: str) -> str:
     if fmt_desc.startswith("csv"):
-        return (" (CSV is read with inferSchema=true: one non-numeric value makes the whole "
-                "column a string)")
+        return (
+            " (CSV is read with inferSchema=true: one non-numeric value makes the whole "
+            "column a string)"
+        )
     return ""
 
 
-def check_features(df, desc: str, input_cols: Optional[List[str]],
-                   features_col: Optional[str]) -> Tuple[Optional[List[str]], str]:
+def check_features(
+    df, desc: str, input_cols: Optional[List[str]], features_col: Optional[str]
+) -> Tuple[Optional[List[str]], str]:
     """Validates the feature columns against the schema: (input_cols or None, features_col)."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql.types import ArrayType, NumericType
@@ -101,8 +112,11 @@ def check_features(df, desc: str, input_cols: Optional[List[str]],
         isinstance(dtype, ArrayType) and isinstance(dtype.elementType, NumericType)
     )
     if not ok:
-        hint = " (a single numeric column is clustered with --input-cols " + col + ")" \
-            if isinstance(dtype, NumericType) else ""
+        hint = (
+            " (a single numeric column is clustered with --input-cols " + col + ")"
+            if isinstance(dtype, NumericType)
+            else ""
+        )
         raise JobError(
             f"features column '{col}' of {desc} is {dtype.simpleString()}, not a vector or "
             f"an array of numbers{hint}"
@@ -119,8 +133,10 @@ def check_numeric(df, desc: str, col: Optional[str], what: str) -> None:
     if col not in fields:
         raise JobError(f"{what} '{col}' not found in {desc}; its columns are: {columns_text(df)}")
     if not isinstance(fields[col], NumericType):
-        raise JobError(f"{what} '{col}' of {desc} is {fields[col].simpleString()}, not numeric"
-                       f"{_type_hint(desc)}")
+        raise JobError(
+            f"{what} '{col}' of {desc} is {fields[col].simpleString()}, not numeric"
+            f"{_type_hint(desc)}"
+        )
 
 
 def start_on_input(job: Job, outputs):
@@ -129,8 +145,9 @@ def start_on_input(job: Job, outputs):
     cfg = job.cfg
     demo = bool(cfg.get("demo.enabled"))
     if not demo and not (cfg.get("input.path") or cfg.get("input.table")):
-        raise JobError("no input: give --input PATH or --table NAME (input.path / "
-                       "input.table), or --demo")
+        raise JobError(
+            "no input: give --input PATH or --table NAME (input.path / input.table), or --demo"
+        )
     if not cfg.get("output.path"):
         raise JobError("no output folder: give --output PATH (output.path)")
     job.start_spark()
@@ -139,8 +156,9 @@ def start_on_input(job: Job, outputs):
         apply_demo(job)
     with job.timed("read"):
         df, desc = read_input(job)
-    input_cols, features_col = check_features(df, desc, cfg.get("input.input_cols"),
-                                              cfg.get("input.features_col"))
+    input_cols, features_col = check_features(
+        df, desc, cfg.get("input.input_cols"), cfg.get("input.features_col")
+    )
     return df, desc, demo, input_cols, features_col
 
 
@@ -152,8 +170,9 @@ def load_model(job: Job, path: str):
     try:
         if not fs.exists(path):
             raise JobError(f"model path {path} does not exist")
-        if not fs.exists(fs.join(path, "metadata")) and fs.exists(fs.join(path, "model",
-                                                                          "metadata")):
+        if not fs.exists(fs.join(path, "metadata")) and fs.exists(
+            fs.join(path, "model", "metadata")
+        ):
             path = fs.join(path, "model")
     except JobError:
         raise

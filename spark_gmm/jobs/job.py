@@ -1,4 +1,5 @@
 """The :class:`Job` of one run: its settings, Spark session, file system, outputs and timings."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -49,8 +50,13 @@ class Job:
         for key, value in JOB_SQL_CONF.items():
             self.set_sql_conf(key, value)
         sc = self.spark.sparkContext
-        log.info("Spark %s, master %s (%s), application %s", self.spark.version, sc.master,
-                 self.mode, sc.applicationId)
+        log.info(
+            "Spark %s, master %s (%s), application %s",
+            self.spark.version,
+            sc.master,
+            self.mode,
+            sc.applicationId,
+        )
         return self.spark
 
     def set_sql_conf(self, key: str, value: str) -> None:
@@ -162,8 +168,10 @@ class Job:
 def config_header(cfg: ResolvedConfig, job: Optional[Job]) -> List[str]:
     import spark_gmm
 
-    header = [f"spark_gmm {cfg.spec.name}: resolved configuration",
-              "(built-in defaults, then the --config file, then the command line)"]
+    header = [
+        f"spark_gmm {cfg.spec.name}: resolved configuration",
+        "(built-in defaults, then the --config file, then the command line)",
+    ]
     by_source: Dict[str, List[str]] = {}
     for key, source in cfg.sources.items():
         if source != "default" and cfg.values.get(key) is not None:
@@ -172,8 +180,10 @@ def config_header(cfg: ResolvedConfig, job: Optional[Job]) -> List[str]:
         header.append(f"from {source}: {', '.join(keys)}")
     if job is not None and job.spark is not None:
         now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        header.append(f"written {now} by spark_gmm {spark_gmm.__version__} "
-                      f"(Spark {job.spark.version}, master {job.spark.sparkContext.master})")
+        header.append(
+            f"written {now} by spark_gmm {spark_gmm.__version__} "
+            f"(Spark {job.spark.version}, master {job.spark.sparkContext.master})"
+        )
     script = {"select": "select_model"}.get(cfg.spec.name, cfg.spec.name)
     header.append(f"run again: python jobs/{script}.py --config <this file> --overwrite")
     return header
@@ -200,10 +210,16 @@ def spark_info(job: Job) -> Dict[str, Any]:
     import spark_gmm
 
     sc = job.spark.sparkContext
-    return {"version": job.spark.version, "master": sc.master, "mode": job.mode,
-            "applicationId": sc.applicationId, "spark_gmm": spark_gmm.__version__,
-            "spark_gmm_path": os.path.dirname(os.path.abspath(spark_gmm.__file__)),
-            "python": sys.version.split()[0], "executors": _executor_environment(job)}
+    return {
+        "version": job.spark.version,
+        "master": sc.master,
+        "mode": job.mode,
+        "applicationId": sc.applicationId,
+        "spark_gmm": spark_gmm.__version__,
+        "spark_gmm_path": os.path.dirname(os.path.abspath(spark_gmm.__file__)),
+        "python": sys.version.split()[0],
+        "executors": _executor_environment(job),
+    }
 
 
 def _probe_python(_rows):
@@ -212,10 +228,14 @@ def _probe_python(_rows):
 
     import spark_gmm
 
-    yield {"host": socket.gethostname(), "python": sys.version.split()[0],
-           "executable": sys.executable, "spark_gmm": spark_gmm.__version__,
-           "spark_gmm_path": os.path.dirname(os.path.abspath(spark_gmm.__file__)),
-           "blasThreads": {var: os.environ.get(var) for var in BLAS_THREAD_VARS}}
+    yield {
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "spark_gmm": spark_gmm.__version__,
+        "spark_gmm_path": os.path.dirname(os.path.abspath(spark_gmm.__file__)),
+        "blasThreads": {var: os.environ.get(var) for var in BLAS_THREAD_VARS},
+    }
 
 
 def _executor_environment(job: Job) -> List[Dict[str, Any]]:

@@ -1,4 +1,5 @@
 """Writing a job's outputs: output column checks, the file formats' column types, the writers."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -11,8 +12,10 @@ from spark_gmm.jobs.job import Job
 def check_new_columns(df, desc: str, names: Dict[str, str]) -> None:
     taken = [f"{name} ({flag})" for flag, name in names.items() if name and name in df.columns]
     if taken:
-        raise JobError(f"{desc} already has column(s) {', '.join(taken)}: choose other output "
-                       "names with those flags")
+        raise JobError(
+            f"{desc} already has column(s) {', '.join(taken)}: choose other output "
+            "names with those flags"
+        )
 
 
 def check_partition_by(df, cols: Sequence[str]) -> None:
@@ -21,11 +24,15 @@ def check_partition_by(df, cols: Sequence[str]) -> None:
     fields = {f.name: f.dataType for f in df.schema.fields}
     for c in cols:
         if c not in fields:
-            raise JobError(f"partition_by column '{c}' is not in the output; its columns are: "
-                           f"{columns_text(df)}")
+            raise JobError(
+                f"partition_by column '{c}' is not in the output; its columns are: "
+                f"{columns_text(df)}"
+            )
         if isinstance(fields[c], (ArrayType, MapType, StructType, UserDefinedType)):
-            raise JobError(f"cannot partition the output by '{c}' "
-                           f"({fields[c].simpleString()}): choose a column of plain values")
+            raise JobError(
+                f"cannot partition the output by '{c}' "
+                f"({fields[c].simpleString()}): choose a column of plain values"
+            )
 
 
 def for_format(df, fmt: str, probability_col: Optional[str], k: int):
@@ -37,8 +44,7 @@ def for_format(df, fmt: str, probability_col: Optional[str], k: int):
     from pyspark.sql.types import ArrayType, MapType, StructType
 
     if probability_col and probability_col in df.columns:
-        df = df.withColumn(probability_col,
-                           vector_to_array(F.col(quote_name(probability_col))))
+        df = df.withColumn(probability_col, vector_to_array(F.col(quote_name(probability_col))))
     if fmt != "csv":
         return df
     cols = []
@@ -55,15 +61,20 @@ def for_format(df, fmt: str, probability_col: Optional[str], k: int):
     return df.select(*cols)
 
 
-def write_frame(job: Job, df, path: str, fmt: str, partition_by: Sequence[str] = (),
-                num_files: int = 0) -> None:
+def write_frame(
+    job: Job, df, path: str, fmt: str, partition_by: Sequence[str] = (), num_files: int = 0
+) -> None:
     from pyspark.sql import functions as F
 
     if num_files:
-        df = df.repartition(num_files, *[F.col(quote_name(c)) for c in partition_by]) \
-            if partition_by else df.repartition(num_files)
-    writer = df.write.format(fmt).mode("overwrite" if job.cfg.get("output.overwrite")
-                                       else "errorifexists")
+        df = (
+            df.repartition(num_files, *[F.col(quote_name(c)) for c in partition_by])
+            if partition_by
+            else df.repartition(num_files)
+        )
+    writer = df.write.format(fmt).mode(
+        "overwrite" if job.cfg.get("output.overwrite") else "errorifexists"
+    )
     if fmt == "csv":
         writer = writer.option("header", "true")
     if partition_by:

@@ -1,5 +1,6 @@
 """Running a job: settings resolved from defaults, ``--config`` and flags, the job's log, and any
 failure turned into one error line and an exit code."""
+
 from __future__ import annotations
 
 import logging
@@ -9,14 +10,15 @@ from typing import Callable, Optional, Sequence
 
 from spark_gmm import config as _config
 from spark_gmm.config import ConfigError, JobSpec
-from spark_gmm.jobs.errors import EXIT_CONFIG, EXIT_FAILED, is_expected, describe_error, one_line
+from spark_gmm.jobs.errors import EXIT_CONFIG, EXIT_FAILED, describe_error, is_expected, one_line
 from spark_gmm.jobs.job import Job, config_header
 
 log = logging.getLogger("spark_gmm")
 
 
-def run_job(spec: JobSpec, runner: Callable[["Job"], None],
-            argv: Optional[Sequence[str]] = None) -> int:
+def run_job(
+    spec: JobSpec, runner: Callable[["Job"], None], argv: Optional[Sequence[str]] = None
+) -> int:
     """Resolve the configuration, run the job, turn any failure into one stderr line + code."""
     prog = f"spark-gmm {spec.name}"
     try:
@@ -68,9 +70,11 @@ def _setup_logging(level: str):
         if isinstance(handler, _JobLogHandler):
             log.removeHandler(handler)
     handler = _JobLogHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%y/%m/%d %H:%M:%S"
-    ))
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%y/%m/%d %H:%M:%S"
+        )
+    )
     log.addHandler(handler)
     log.setLevel(getattr(logging, level))
     log.propagate = False

@@ -1,4 +1,5 @@
 """The sample job: draw synthetic rows from a saved model and write them."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,14 @@ def run_sample(job: Job) -> None:
     path = job.out("samples")
     job.describe(f"writing {n:,} sampled rows ({fmt}) to {path}")
     with job.timed("write"):
-        write_frame(job, for_format(df, fmt, None, model.getK()), path, fmt, (),
-                    int(cfg.get("output.num_files") or 0))
+        write_frame(
+            job,
+            for_format(df, fmt, None, model.getK()),
+            path,
+            fmt,
+            (),
+            int(cfg.get("output.num_files") or 0),
+        )
     back = job.spark.read.format(fmt).load(path) if fmt in ("parquet", "orc") else df
     counts_rows = back.groupBy("component").count().collect()
     counts = [0] * model.getK()

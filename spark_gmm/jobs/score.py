@@ -1,5 +1,6 @@
 """The score job: apply a saved model to new data, with the anomaly flag below a log-likelihood
 threshold (absolute, or a quantile of the training scores)."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,7 @@ from spark_gmm.jobs.inputs import check_features, load_model, model_features, re
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
 from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, write_frame
 from spark_gmm.jobs.runner import run_job
-from spark_gmm.jobs.training_scores import TRAINING_SCORES, quantile_threshold, \
-    read_training_scores
+from spark_gmm.jobs.training_scores import TRAINING_SCORES, quantile_threshold, read_training_scores
 
 log = logging.getLogger("spark_gmm")
 
@@ -52,33 +52,54 @@ def run_score(job: Job) -> None:
         q = float(cfg["anomaly.threshold_quantile"])
         scores_path = cfg.get("anomaly.training_scores") or job.fs.join(
             model_path.rstrip("/").rsplit("/", 1)[0] if "/" in model_path.rstrip("/") else ".",
-            TRAINING_SCORES)
+            TRAINING_SCORES,
+        )
         scores = read_training_scores(job, scores_path)
         threshold, interpolated = quantile_threshold(scores, q)
-        threshold_info = {"threshold": threshold, "quantile": q, "trainingScores": scores_path,
-                          "interpolated": interpolated,
-                          "source": f"quantile {q:g} of the training log-likelihoods"}
-        log.info("anomaly threshold: log-likelihood < %.6g (%s quantile of the training "
-                 "scores%s)", threshold, f"{q:g}", ", interpolated" if interpolated else "")
+        threshold_info = {
+            "threshold": threshold,
+            "quantile": q,
+            "trainingScores": scores_path,
+            "interpolated": interpolated,
+            "source": f"quantile {q:g} of the training log-likelihoods",
+        }
+        log.info(
+            "anomaly threshold: log-likelihood < %.6g (%s quantile of the training scores%s)",
+            threshold,
+            f"{q:g}",
+            ", interpolated" if interpolated else "",
+        )
 
     with job.timed("read"):
         df, desc = read_input(job)
     model_cols, model_features_col = model_features(model)
     if cfg.get("input.input_cols") or cfg.get("input.features_col"):
-        input_cols, features_col = check_features(df, desc, cfg.get("input.input_cols"),
-                                                  cfg.get("input.features_col"))
+        input_cols, features_col = check_features(
+            df, desc, cfg.get("input.input_cols"), cfg.get("input.features_col")
+        )
     else:
         input_cols, features_col = check_features(df, desc, model_cols, model_features_col)
     if input_cols and len(input_cols) != d:
-        raise JobError(f"the model expects {d} features but input_cols lists {len(input_cols)} "
-                       f"({', '.join(input_cols)})")
-    pred_col, prob_col, ll_col = (cfg["output.prediction_col"], cfg["output.probability_col"],
-                                  cfg["output.log_likelihood_col"])
+        raise JobError(
+            f"the model expects {d} features but input_cols lists {len(input_cols)} "
+            f"({', '.join(input_cols)})"
+        )
+    pred_col, prob_col, ll_col = (
+        cfg["output.prediction_col"],
+        cfg["output.probability_col"],
+        cfg["output.log_likelihood_col"],
+    )
     anomaly_col = cfg["anomaly.column"] if threshold is not None else None
-    check_new_columns(df, desc, {"--prediction-col": pred_col,
-                                 "--probability-col": prob_col,
-                                 "--log-likelihood-col": ll_col,
-                                 "--anomaly-column": anomaly_col})
+    check_new_columns(
+        df,
+        desc,
+        {
+            "--prediction-col": pred_col,
+            "--probability-col": prob_col,
+            "--log-likelihood-col": ll_col,
+            "--anomaly-column": anomaly_col,
+        },
+    )
     if len({pred_col, prob_col, ll_col, anomaly_col or ""}) < 4:
         raise JobError("the output column names must differ")
 
@@ -97,8 +118,11 @@ def run_score(job: Job) -> None:
         source = resolve_features(df, features_col, input_cols)
         _, report = prepare(df, source, None, cfg["input.handle_invalid"], expected_features=d)
     if report.n_skipped:
-        log.warning("skipping %d of %d rows with null, NaN or infinite features",
-                    report.n_skipped, report.n_input_rows)
+        log.warning(
+            "skipping %d of %d rows with null, NaN or infinite features",
+            report.n_skipped,
+            report.n_input_rows,
+        )
 
     scored = model.transform(df)
     if anomaly_col:
@@ -109,19 +133,22 @@ def run_score(job: Job) -> None:
     path = job.out("predictions")
     job.describe(f"scoring {desc} and writing the predictions ({fmt}) to {path}")
     with job.timed("predictions"):
-        write_frame(job, for_format(scored, fmt, prob_col, model.getK()), path, fmt,
-                    partition_by, int(cfg.get("output.num_files") or 0))
+        write_frame(
+            job,
+            for_format(scored, fmt, prob_col, model.getK()),
+            path,
+            fmt,
+            partition_by,
+            int(cfg.get("output.num_files") or 0),
+        )
     source_df = job.spark.read.format(fmt).load(path) if fmt in ("parquet", "orc") else scored
 
     job.describe("summarising the scores")
     with job.timed("summary"):
-        aggs = [F.count(F.lit(1)).alias("rows"),
-                F.sum(F.col(quote_name(ll_col))).alias("ll")]
+        aggs = [F.count(F.lit(1)).alias("rows"), F.sum(F.col(quote_name(ll_col))).alias("ll")]
         if anomaly_col:
-            aggs.append(
-                F.sum(F.col(quote_name(anomaly_col)).cast("long")).alias("anomalies"))
-        per_cluster = source_df.groupBy(F.col(quote_name(pred_col)).alias("c")) \
-            .agg(*aggs).collect()
+            aggs.append(F.sum(F.col(quote_name(anomaly_col)).cast("long")).alias("anomalies"))
+        per_cluster = source_df.groupBy(F.col(quote_name(pred_col)).alias("c")).agg(*aggs).collect()
     counts = [0] * model.getK()
     anomalies = [0] * model.getK()
     total_ll = 0.0
@@ -135,22 +162,38 @@ def run_score(job: Job) -> None:
         "job": "score",
         "spark": spark_info(job),
         "model": model_path,
-        "input": {"source": desc, "rows": report.n_input_rows, "skippedRows": report.n_skipped,
-                  "inputCols": input_cols, "featuresCol": None if input_cols else features_col},
+        "input": {
+            "source": desc,
+            "rows": report.n_input_rows,
+            "skippedRows": report.n_skipped,
+            "inputCols": input_cols,
+            "featuresCol": None if input_cols else features_col,
+        },
         "rows": n,
         "meanLogLikelihood": total_ll / n if n else None,
         "clusterSizes": counts,
-        "anomaly": None if not anomaly_col else dict(
-            threshold_info, column=anomaly_col, rows=sum(anomalies),
-            fraction=sum(anomalies) / n if n else None, perCluster=anomalies),
+        "anomaly": None
+        if not anomaly_col
+        else dict(
+            threshold_info,
+            column=anomaly_col,
+            rows=sum(anomalies),
+            fraction=sum(anomalies) / n if n else None,
+            perCluster=anomalies,
+        ),
         "outputs": {"predictions": path, "config": job.out(RESOLVED_CONFIG)},
         "seconds": dict(job.timings, total=time.time() - job.started),
     }
     job.write_json("summary.json", summary)
     job.write_resolved_config()
     if anomaly_col:
-        log.info("scored %d rows: %d anomalies (%.2f%%) below log-likelihood %.6g", n,
-                 sum(anomalies), 100.0 * sum(anomalies) / max(n, 1), threshold)
+        log.info(
+            "scored %d rows: %d anomalies (%.2f%%) below log-likelihood %.6g",
+            n,
+            sum(anomalies),
+            100.0 * sum(anomalies) / max(n, 1),
+            threshold,
+        )
     else:
         log.info("scored %d rows, mean log-likelihood %.6g", n, total_ll / max(n, 1))
     log.info("done in %.1f s: %s", time.time() - job.started, job.output)

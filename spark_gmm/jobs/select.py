@@ -1,5 +1,6 @@
 """The select job: BIC/AIC over a grid of k and covariance types, then the table, the best model
 and its report."""
+
 from __future__ import annotations
 
 import logging
@@ -10,16 +11,21 @@ from spark_gmm import config as _config
 from spark_gmm.jobs.inputs import start_on_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
 from spark_gmm.jobs.outputs import save_model
-from spark_gmm.jobs.report import model_description, plot_sample, summary_description, \
-    write_report
+from spark_gmm.jobs.report import model_description, plot_sample, summary_description, write_report
 from spark_gmm.jobs.runner import run_job
 from spark_gmm.jobs.training_scores import TRAINING_SCORES, score_statistics
 
 log = logging.getLogger("spark_gmm")
 
 
-SELECT_OUTPUTS = ("model", "report", "selection.csv", "selection.json", TRAINING_SCORES,
-                  RESOLVED_CONFIG)
+SELECT_OUTPUTS = (
+    "model",
+    "report",
+    "selection.csv",
+    "selection.json",
+    TRAINING_SCORES,
+    RESOLVED_CONFIG,
+)
 
 
 def main_select(argv: Optional[Sequence[str]] = None) -> int:
@@ -39,8 +45,10 @@ def run_select(job: Job) -> None:
         criterion=cfg["selection.criterion"],
     )
     estimator = GaussianMixture(
-        seed=int(cfg["selection.seed"]), maxIter=int(cfg["selection.max_iter"]),
-        tol=float(cfg["selection.tol"]), regCovar=float(cfg["selection.reg_covar"]),
+        seed=int(cfg["selection.seed"]),
+        maxIter=int(cfg["selection.max_iter"]),
+        tol=float(cfg["selection.tol"]),
+        regCovar=float(cfg["selection.reg_covar"]),
         handleInvalid=cfg["input.handle_invalid"],
     )
     if input_cols:
@@ -48,8 +56,10 @@ def run_select(job: Job) -> None:
     else:
         estimator.setFeaturesCol(features_col)
     selector = GaussianMixtureSelector(estimator=estimator, **params)
-    job.describe(f"selecting among k in {params['kValues']} x {params['covarianceTypes']} "
-                 f"by {params['criterion'].upper()} on {desc}")
+    job.describe(
+        f"selecting among k in {params['kValues']} x {params['covarianceTypes']} "
+        f"by {params['criterion'].upper()} on {desc}"
+    )
     with job.timed("select"):
         result = selector.fit(df)
     table = result.table
@@ -75,16 +85,25 @@ def run_select(job: Job) -> None:
     report = {
         "job": "select",
         "spark": spark_info(job),
-        "input": {"source": desc, "rows": scores["rows"], "inputCols": input_cols,
-                  "featuresCol": None if input_cols else features_col, "demo": demo},
+        "input": {
+            "source": desc,
+            "rows": scores["rows"],
+            "inputCols": input_cols,
+            "featuresCol": None if input_cols else features_col,
+            "demo": demo,
+        },
         "criterion": params["criterion"],
         "table": table.to_dict(orient="records"),
         "best": {"k": best.getK(), "covarianceType": best.getCovarianceType()},
         "model": model_description(best),
         "fit": summary_description(best),
         "trainingScores": {k: v for k, v in scores.items() if k != "model"},
-        "outputs": {"folder": job.output, "model": model_path,
-                    "table": job.out("selection.csv"), "config": job.out(RESOLVED_CONFIG)},
+        "outputs": {
+            "folder": job.output,
+            "model": model_path,
+            "table": job.out("selection.csv"),
+            "config": job.out(RESOLVED_CONFIG),
+        },
     }
     write_report(job, report, best, X, labels, table=table)
     job.write_resolved_config()

@@ -1,5 +1,6 @@
 """Starting Spark for a job (or joining spark-submit's or a notebook's session), with the
 environment and logging a local-mode run needs."""
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,10 @@ def start_session(cfg: ResolvedConfig, temp_files: List[str]):
         if cfg.get("spark.master"):
             log.warning("spark.master is ignored under spark-submit (its --master wins)")
         if cfg.get("spark.properties_file"):
-            log.warning("spark.properties_file is ignored under spark-submit: pass "
-                        "--properties-file to spark-submit")
+            log.warning(
+                "spark.properties_file is ignored under spark-submit: pass "
+                "--properties-file to spark-submit"
+            )
         from pyspark import SparkConf, SparkContext
 
         SparkContext._ensure_initialized()  # attach to spark-submit's JVM to read its conf
@@ -92,11 +95,18 @@ def start_session(cfg: ResolvedConfig, temp_files: List[str]):
         mode = "spark-submit"
     else:
         conf["spark.ui.showConsoleProgress"] = "false"
-        props = read_properties(cfg["spark.properties_file"]) \
-            if cfg.get("spark.properties_file") else {}
+        props = (
+            read_properties(cfg["spark.properties_file"])
+            if cfg.get("spark.properties_file")
+            else {}
+        )
         # the master: --master / spark.master, else the properties file's, else local[*]
-        master = cfg.get("spark.master") or (cfg.get("spark.conf") or {}).get("spark.master") \
-            or props.get("spark.master") or "local[*]"
+        master = (
+            cfg.get("spark.master")
+            or (cfg.get("spark.conf") or {}).get("spark.master")
+            or props.get("spark.master")
+            or "local[*]"
+        )
         _local_environment(master)
         if master.startswith("local"):
             conf["spark.driver.host"] = "127.0.0.1"
@@ -121,8 +131,9 @@ def start_session(cfg: ResolvedConfig, temp_files: List[str]):
         temp_files.append(log4j)
         java_opts = conf.get("spark.driver.extraJavaOptions", "")
         if "log4j2.configurationFile" not in java_opts:
-            conf["spark.driver.extraJavaOptions"] = \
+            conf["spark.driver.extraJavaOptions"] = (
                 f"{java_opts} -Dlog4j2.configurationFile=file:{log4j}".strip()
+            )
     builder = SparkSession.builder.appName(cfg["spark.app_name"])
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -183,8 +194,9 @@ def read_properties(path: str) -> Dict[str, str]:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except OSError as exc:
-        raise ConfigError(f"Spark properties file {path} cannot be read: "
-                          f"{exc.strerror or exc}") from None
+        raise ConfigError(
+            f"Spark properties file {path} cannot be read: {exc.strerror or exc}"
+        ) from None
     out: Dict[str, str] = {}
     for number, raw in enumerate(lines, 1):
         line = raw.strip()

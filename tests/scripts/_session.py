@@ -64,8 +64,9 @@ def _private_spark_home() -> str:
     return str(home)
 
 
-def make_session(master: str | None = None, remote: str | None = None,
-                 app_name: str = "spark-gmm-test-script"):
+def make_session(
+    master: str | None = None, remote: str | None = None, app_name: str = "spark-gmm-test-script"
+):
     """Return ``(spark, mode)`` where mode is 'classic' or 'connect'."""
     from pyspark.sql import SparkSession
 

@@ -5,6 +5,7 @@ persistence).
 
     python tests/scripts/class_archive_app.py ARCHIVE
 """
+
 import os
 import shutil
 import sys
@@ -19,14 +20,18 @@ def main(archive: str) -> int:
     from spark_gmm import GaussianMixture
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master("local[2]").appName("spark-gmm-class-archive")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.driver.extraJavaOptions", f"-XX:ArchiveClassesAtExit={archive}")
-             .getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("spark-gmm-class-archive")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.extraJavaOptions", f"-XX:ArchiveClassesAtExit={archive}")
+        .getOrCreate()
+    )
     work = tempfile.mkdtemp(prefix="class-archive-")
-    df = spark.createDataFrame([(float(i % 7), float(i % 5)) for i in range(200)],
-                               "x double, y double")
+    df = spark.createDataFrame(
+        [(float(i % 7), float(i % 5)) for i in range(200)], "x double, y double"
+    )
     df.write.parquet(os.path.join(work, "p"))
     df.write.csv(os.path.join(work, "c"), header=True)
     df = spark.read.parquet(os.path.join(work, "p"))

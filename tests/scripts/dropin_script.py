@@ -32,9 +32,8 @@ import tempfile
 import time
 import traceback
 
-import numpy as np
-
 import _session  # noqa: E402  (also puts the repo root on sys.path)
+import numpy as np
 
 N_PER_BLOB = 100
 CENTERS = [(-10.0, -10.0), (0.0, 10.0), (10.0, -5.0)]
@@ -61,8 +60,9 @@ def schema_facts(df):
     """[(name, simpleString, dataType class name)] of a DataFrame, sorted by
     name: column *order* is recorded separately (``info``), see
     test_dropin.test_output_column_order_matches_builtin."""
-    return sorted([f.name, f.dataType.simpleString(), type(f.dataType).__name__]
-                  for f in df.schema.fields)
+    return sorted(
+        [f.name, f.dataType.simpleString(), type(f.dataType).__name__] for f in df.schema.fields
+    )
 
 
 def nullability(df):
@@ -109,7 +109,7 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
     from pyspark.ml.linalg import Vectors
 
     rec = Recorder()
-    S, I = rec.structural, rec.info
+    S, I = rec.structural, rec.info  # noqa: E741  (S: structural facts, I: informational)
     out = {"module": module_name, "import_error": None}
     try:
         mod = importlib.import_module(module_name)
@@ -242,7 +242,9 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
             "probability_py_type": type_name(probs[0]),
             "probability_len": len(probs[0]),
             "probability_sums_to_1": all(abs(float(sum(p)) - 1.0) < 1e-6 for p in probs),
-            "argmax_is_prediction": all(int(np.argmax(p.toArray())) == c for p, c in zip(probs, preds)),
+            "argmax_is_prediction": all(
+                int(np.argmax(p.toArray())) == c for p, c in zip(probs, preds)
+            ),
             "prediction_range": [min(preds), max(preds)],
             "partition_matches_labels": partition_matches(labels, preds),
             "_preds": preds,
@@ -375,7 +377,9 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
     def save_load():
         model.save(mpath)
         loaded = GaussianMixtureModel.load(mpath)
-        lp = [r.prediction for r in loaded.transform(df).orderBy("id").select("prediction").collect()]
+        lp = [
+            r.prediction for r in loaded.transform(df).orderBy("id").select("prediction").collect()
+        ]
         return {
             "class": type_name(loaded),
             "uid_same": loaded.uid == model.uid,
@@ -384,7 +388,11 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
             "weights_close": bool(np.allclose(sorted(loaded.weights), sorted(model.weights))),
             "predictions_equal": lp == preds,
             "hasSummary": loaded.hasSummary,
-            "params_kept": [loaded.getFeaturesCol(), loaded.getPredictionCol(), loaded.getProbabilityCol()],
+            "params_kept": [
+                loaded.getFeaturesCol(),
+                loaded.getPredictionCol(),
+                loaded.getProbabilityCol(),
+            ],
         }
 
     S["save_load"] = rec.step("save_load", save_load)
@@ -401,7 +409,9 @@ def run_module(spark, module_name: str, workdir: str) -> dict:
     def overwrite():
         model.write().overwrite().save(mpath)
         loaded = GaussianMixtureModel.load(mpath)
-        lp = [r.prediction for r in loaded.transform(df).orderBy("id").select("prediction").collect()]
+        lp = [
+            r.prediction for r in loaded.transform(df).orderBy("id").select("prediction").collect()
+        ]
         return {"class": type_name(loaded), "predictions_equal": lp == preds}
 
     S["overwrite"] = rec.step("overwrite", overwrite)
@@ -448,7 +458,9 @@ def harness_facts(spark) -> dict:
     from pyspark.ml.linalg import Vectors
 
     facts = {}
-    df = spark.createDataFrame([(Vectors.dense([1.0, 2.0]),), (Vectors.sparse(2, [1], [3.0]),)], ["v"])
+    df = spark.createDataFrame(
+        [(Vectors.dense([1.0, 2.0]),), (Vectors.sparse(2, [1], [3.0]),)], ["v"]
+    )
 
     def worker_env(it):
         import importlib.util
@@ -500,7 +512,10 @@ def harness_facts(spark) -> dict:
         def plus1(a: pa.Array) -> pa.Array:
             return pc.add(a, 1.0)
 
-        return [r[0] for r in spark.range(3).selectExpr("cast(id as double) x").select(plus1("x")).collect()]
+        return [
+            r[0]
+            for r in spark.range(3).selectExpr("cast(id as double) x").select(plus1("x")).collect()
+        ]
 
     check("arrow_udf", arrow_udf_probe)
     check("toArrow_num_rows", lambda: df.toArrow().num_rows)
@@ -527,8 +542,12 @@ def harness_facts(spark) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--module", action="append", required=True,
-                   help="module providing GaussianMixture / GaussianMixtureModel (repeatable)")
+    p.add_argument(
+        "--module",
+        action="append",
+        required=True,
+        help="module providing GaussianMixture / GaussianMixtureModel (repeatable)",
+    )
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--workdir", default=None, help="directory for saved models")
     p.add_argument("--no-harness", action="store_true", help="skip worker-env probes")

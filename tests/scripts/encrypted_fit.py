@@ -2,6 +2,7 @@
 (spark.authenticate, spark.network.crypto.enabled): writes JSON saying which engine ran,
 whether the resident engine's channel was encrypted, and whether any of the pickled commands
 crossed it in clear. Used by tests/test_resident_faults.py."""
+
 import argparse
 import json
 import os
@@ -15,7 +16,8 @@ def main():
     args = parser.parse_args()
     os.environ["PYSPARK_SUBMIT_ARGS"] = (
         "--conf spark.authenticate=true --conf spark.authenticate.secret=test-secret "
-        "--conf spark.network.crypto.enabled=true pyspark-shell")
+        "--conf spark.network.crypto.enabled=true pyspark-shell"
+    )
     spark, _ = make_session(args.master, args.remote)
 
     from _pytest.monkeypatch import MonkeyPatch
@@ -31,12 +33,16 @@ def main():
     proxy = created[-1].proxy
     wire = bytes(proxy.upstream) + bytes(proxy.downstream)
     with open(args.out, "w") as fh:
-        json.dump({"engine": model.summary.engine,
-                   "sparkEncrypts": spark.sparkContext.getConf().get(
-                       "spark.network.crypto.enabled"),
-                   "channelEncrypted": created[-1].encrypt,
-                   "wireBytes": len(wire),
-                   "commandsInClear": b"accumulate_stats" in wire}, fh)
+        json.dump(
+            {
+                "engine": model.summary.engine,
+                "sparkEncrypts": spark.sparkContext.getConf().get("spark.network.crypto.enabled"),
+                "channelEncrypted": created[-1].encrypt,
+                "wireBytes": len(wire),
+                "commandsInClear": b"accumulate_stats" in wire,
+            },
+            fh,
+        )
     spark.stop()
 
 

@@ -23,6 +23,7 @@ Spark retried, and for a disturbed fit the stopped pids, the seconds from the st
 of the fit, what became of the stopped processes, and a timeline from Spark's event log
 (when the executor was declared lost, when its replacement came, the stage attempts).
 """
+
 import argparse
 import atexit
 import glob
@@ -92,8 +93,9 @@ def _wait_for_executors(sc, n: int, seconds: float) -> float:
     start = time.monotonic()
     while len(_executor_ids(sc)) < n:
         if time.monotonic() - start > seconds:
-            raise TimeoutError(f"executors {_executor_ids(sc)} after {seconds:.0f} s "
-                               f"(waited for {n})")
+            raise TimeoutError(
+                f"executors {_executor_ids(sc)} after {seconds:.0f} s (waited for {n})"
+            )
         time.sleep(0.25)
     return time.monotonic() - start
 
@@ -146,35 +148,62 @@ class EventLog:
             if kind == "SparkListenerExecutorAdded" and e["Timestamp"] >= start_ms:
                 out.append((e["Timestamp"], f"executor {e['Executor ID']} added"))
             elif kind == "SparkListenerExecutorRemoved" and e["Timestamp"] >= start_ms:
-                out.append((e["Timestamp"], f"executor {e['Executor ID']} removed: "
-                                            f"{e.get('Removed Reason', '')}"))
+                out.append(
+                    (
+                        e["Timestamp"],
+                        f"executor {e['Executor ID']} removed: {e.get('Removed Reason', '')}",
+                    )
+                )
             elif kind == "SparkListenerStageSubmitted":
                 info = e["Stage Info"]
                 at = info.get("Submission Time")
                 if at and at >= start_ms:
-                    out.append((at, f"stage {info['Stage ID']}.{info['Stage Attempt ID']} "
-                                    f"submitted ({info.get('Number of Tasks')} tasks)"))
+                    out.append(
+                        (
+                            at,
+                            f"stage {info['Stage ID']}.{info['Stage Attempt ID']} "
+                            f"submitted ({info.get('Number of Tasks')} tasks)",
+                        )
+                    )
             elif kind == "SparkListenerStageCompleted":
                 info = e["Stage Info"]
                 at = info.get("Completion Time")
                 if at and at >= start_ms:
                     failed = info.get("Failure Reason")
-                    out.append((at, f"stage {info['Stage ID']}.{info['Stage Attempt ID']} "
-                                    + (f"failed: {failed.splitlines()[0][:200]}" if failed
-                                       else "completed")))
+                    out.append(
+                        (
+                            at,
+                            f"stage {info['Stage ID']}.{info['Stage Attempt ID']} "
+                            + (
+                                f"failed: {failed.splitlines()[0][:200]}" if failed else "completed"
+                            ),
+                        )
+                    )
             elif kind == "SparkListenerTaskEnd":
                 reason = e.get("Task End Reason", {})
                 info = e.get("Task Info", {})
                 at = info.get("Finish Time", 0)
                 if reason.get("Reason") != "Success" and at >= start_ms:
-                    text = reason.get("Loss Reason") or reason.get("Description") or \
-                        reason.get("Kill Reason") or reason.get("Class Name") or ""
-                    out.append((at, f"task {info.get('Task ID')} of stage {e.get('Stage ID')}"
-                                    f".{e.get('Stage Attempt ID')} on executor "
-                                    f"{info.get('Executor ID')}: {reason.get('Reason')} "
-                                    f"{str(text).splitlines()[0][:200] if text else ''}"))
-        return [{"at": round(ms / 1000 - origin, 3), "what": what}
-                for ms, what in sorted(out, key=lambda p: p[0])]
+                    text = (
+                        reason.get("Loss Reason")
+                        or reason.get("Description")
+                        or reason.get("Kill Reason")
+                        or reason.get("Class Name")
+                        or ""
+                    )
+                    out.append(
+                        (
+                            at,
+                            f"task {info.get('Task ID')} of stage {e.get('Stage ID')}"
+                            f".{e.get('Stage Attempt ID')} on executor "
+                            f"{info.get('Executor ID')}: {reason.get('Reason')} "
+                            f"{str(text).splitlines()[0][:200] if text else ''}",
+                        )
+                    )
+        return [
+            {"at": round(ms / 1000 - origin, 3), "what": what}
+            for ms, what in sorted(out, key=lambda p: p[0])
+        ]
 
 
 class PidWatch:
@@ -201,8 +230,10 @@ class PidWatch:
     def close(self, origin: float) -> list:
         self._stop.set()
         self._thread.join()
-        return [{"at": round(t - origin, 3), "pid": pid, "state": state}
-                for t, pid, state in self.changes]
+        return [
+            {"at": round(t - origin, 3), "pid": pid, "state": state}
+            for t, pid, state in self.changes
+        ]
 
 
 def _data(spark, n_rows: int, n_features: int):
@@ -224,8 +255,13 @@ def _fit(spark, data, max_iter: int, init_mode: str, group: str):
     sc.setJobGroup(group, group)
     start = time.time()
     try:
-        model = GaussianMixture(inputCols=list(data.columns), maxIter=max_iter,
-                                initMode=init_mode, engine="resident", **FIT).fit(data)
+        model = GaussianMixture(
+            inputCols=list(data.columns),
+            maxIter=max_iter,
+            initMode=init_mode,
+            engine="resident",
+            **FIT,
+        ).fit(data)
         error = None
     except Exception as exc:  # recorded: the test reports it
         model, error = None, "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -239,34 +275,47 @@ def _fit(spark, data, max_iter: int, init_mode: str, group: str):
         for stage in info.stageIds if info else []:
             s = tracker.getStageInfo(stage)
             if s is not None:
-                stages.append({"stage": stage, "name": s.name, "attempt": s.currentAttemptId,
-                               "tasks": s.numTasks, "failedTasks": s.numFailedTasks})
+                stages.append(
+                    {
+                        "stage": stage,
+                        "name": s.name,
+                        "attempt": s.currentAttemptId,
+                        "tasks": s.numTasks,
+                        "failedTasks": s.numFailedTasks,
+                    }
+                )
     out["retriedStages"] = sum(1 for s in stages if s["attempt"] > 0)
     out["failedTasks"] = sum(s["failedTasks"] for s in stages)
     out["retried"] = [s for s in stages if s["attempt"] > 0 or s["failedTasks"]]
     if model is not None:
         summary = model.summary
-        out.update({
-            "engine": summary.engine,
-            "numIter": summary.numIter,
-            "numDataPasses": summary.numDataPasses,
-            "weights": _hex(list(model.weights)),
-            "means": _hex(model.means.tolist()),
-            "covariances": _hex(model.covariances.tolist()),
-            "history": _hex(list(summary.logLikelihoodHistory)),
-            "logLikelihood": _hex(summary.logLikelihood),
-        })
+        out.update(
+            {
+                "engine": summary.engine,
+                "numIter": summary.numIter,
+                "numDataPasses": summary.numDataPasses,
+                "weights": _hex(list(model.weights)),
+                "means": _hex(model.means.tolist()),
+                "covariances": _hex(model.covariances.tolist()),
+                "history": _hex(list(summary.logLikelihoodHistory)),
+                "logLikelihood": _hex(summary.logLikelihood),
+            }
+        )
     return out
 
 
 def main():
     parser = add_session_args(argparse.ArgumentParser())
     parser.add_argument("--out", required=True)
-    parser.add_argument("--fault-dir", help="where the fault markers, .pids files and the "
-                                            "event log go")
+    parser.add_argument(
+        "--fault-dir", help="where the fault markers, .pids files and the event log go"
+    )
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--one-task-modes", default="",
-                        help="modes to run again on the input coalesced to 1 partition")
+    parser.add_argument(
+        "--one-task-modes",
+        default="",
+        help="modes to run again on the input coalesced to 1 partition",
+    )
     parser.add_argument("--rows", type=int, default=30000)
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--max-iter", type=int, default=12)
@@ -277,8 +326,11 @@ def main():
     parser.add_argument("--pass-timeout", type=float, default=600.0)
     parser.add_argument("--replace-timeout", type=float, default=180.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     logging.getLogger("py4j").setLevel(logging.WARNING)
     fault_dir = os.path.abspath(args.fault_dir or tempfile.mkdtemp(prefix="host-loss-"))
     event_dir = os.path.join(fault_dir, "eventlog")
@@ -298,8 +350,13 @@ def main():
     sc = spark.sparkContext
     events = EventLog(event_dir)
     n_executors = 2
-    result = {"master": sc.master, "conf": {k: sc.getConf().get(k) for k in conf},
-              "passTimeout": args.pass_timeout, "faultDir": fault_dir, "fits": {}}
+    result = {
+        "master": sc.master,
+        "conf": {k: sc.getConf().get(k) for k in conf},
+        "passTimeout": args.pass_timeout,
+        "faultDir": fault_dir,
+        "fits": {},
+    }
     result["clusterStartSeconds"] = time.time() - t0 + _wait_for_executors(sc, n_executors, 120)
 
     data = _data(spark, args.rows, args.features).cache()
@@ -311,8 +368,9 @@ def main():
     # worker has no sibling whose connection closes when Spark ends the failed stage attempt,
     # so only the new attempt's workers can tell the driver)
     inputs = {"": data, ONE_TASK: data.coalesce(1)}
-    scenarios = [("", m) for m in args.modes.split(",") if m] + \
-        [(ONE_TASK, m) for m in args.one_task_modes.split(",") if m]
+    scenarios = [("", m) for m in args.modes.split(",") if m] + [
+        (ONE_TASK, m) for m in args.one_task_modes.split(",") if m
+    ]
     for variant in sorted({variant for variant, _ in scenarios}):
         name = "reference" + variant
         result["fits"][name] = _fit(spark, inputs[variant], args.max_iter, args.init_mode, name)
@@ -331,8 +389,11 @@ def main():
         finally:
             tempfile.tempdir = saved_tempdir
             os.environ.pop(FAULT, None)
-        markers = [m for m in glob.glob(os.path.join(scenario, "spark_gmm-fault-*"))
-                   if "." not in os.path.basename(m)]
+        markers = [
+            m
+            for m in glob.glob(os.path.join(scenario, "spark_gmm-fault-*"))
+            if "." not in os.path.basename(m)
+        ]
         pids_files = glob.glob(os.path.join(scenario, "*.pids"))
         stopped = [pid for f in pids_files for pid, _ in stopped_pids(f)]
         fit["markers"] = len(markers)
@@ -350,8 +411,7 @@ def main():
         fit["killed"] = [pid for f in pids_files for pid in kill_stopped(f)]
         fit["stoppedStates"] = watch.close(stop_time or fit["start"])
         try:
-            fit["replaceWaitSeconds"] = _wait_for_executors(sc, n_executors,
-                                                            args.replace_timeout)
+            fit["replaceWaitSeconds"] = _wait_for_executors(sc, n_executors, args.replace_timeout)
         except TimeoutError as exc:
             fit["replaceWaitSeconds"] = None
             fit["replaceError"] = str(exc)
@@ -359,9 +419,18 @@ def main():
         fit["executorsAfter"] = _executor_ids(sc)
         fit["timeline"] = events.since(fit["start"] * 1000, stop_time or fit["start"])
         result["fits"][name] = fit
-        log.info("%s: %s", name, json.dumps(
-            {k: v for k, v in fit.items()
-             if k not in ("weights", "means", "covariances", "history")}, indent=1))
+        log.info(
+            "%s: %s",
+            name,
+            json.dumps(
+                {
+                    k: v
+                    for k, v in fit.items()
+                    if k not in ("weights", "means", "covariances", "history")
+                },
+                indent=1,
+            ),
+        )
     result["cachedBlocksAtEnd"] = events.cached_blocks()
     result["totalSeconds"] = time.time() - t0
     with open(args.out, "w") as fh:

@@ -5,6 +5,7 @@ interpreter of the other PySpark line): load the models the test saved, save our
 
 The helpers are imported by the test too, so both sides fit, save and predict the same way.
 """
+
 import argparse
 import json
 import sys
@@ -34,8 +35,12 @@ def fit_and_save(spark, folder: Path) -> dict:
     df = frame(spark)
     model = GaussianMixture(k=3, seed=4, inputCols=COLUMNS, tol=1e-6).fit(df)
     model.save(str(folder / "model"))
-    pipeline = Pipeline(stages=[VectorAssembler(inputCols=COLUMNS, outputCol="features"),
-                                GaussianMixture(k=3, seed=4, covarianceType="diag")]).fit(df)
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=COLUMNS, outputCol="features"),
+            GaussianMixture(k=3, seed=4, covarianceType="diag"),
+        ]
+    ).fit(df)
     pipeline.save(str(folder / "pipeline"))
     return predict(spark, model, pipeline)
 
@@ -45,8 +50,11 @@ def load_and_predict(spark, folder: Path) -> dict:
 
     from spark_gmm import GaussianMixtureModel
 
-    return predict(spark, GaussianMixtureModel.load(str(folder / "model")),
-                   PipelineModel.load(str(folder / "pipeline")))
+    return predict(
+        spark,
+        GaussianMixtureModel.load(str(folder / "model")),
+        PipelineModel.load(str(folder / "pipeline")),
+    )
 
 
 def predict(spark, model, pipeline) -> dict:

@@ -3,6 +3,7 @@
 Used by tests/test_reliability.py: killed mid-fit and started again (checkpoints), or run
 under ``--master local[2,3]`` with SPARK_GMM_FAULT_INJECTION set (task retries).
 """
+
 import argparse
 import json
 import logging
@@ -33,19 +34,29 @@ def main():
     sc.setJobGroup("fit", "fit")
     model = gm.fit(spark.read.parquet(args.parquet))
     tracker = sc.statusTracker()
-    stages = [tracker.getStageInfo(stage)
-              for job in tracker.getJobIdsForGroup("fit")
-              for stage in tracker.getJobInfo(job).stageIds]
+    stages = [
+        tracker.getStageInfo(stage)
+        for job in tracker.getJobIdsForGroup("fit")
+        for stage in tracker.getJobInfo(job).stageIds
+    ]
     stages = [info for info in stages if info is not None]
     failed = sum(info.numFailedTasks for info in stages)
     retried = sum(1 for info in stages if info.currentAttemptId > 0)  # stages run again
     with open(args.out, "w") as fh:
-        json.dump({"weights": model.weights, "means": model.means.tolist(),
-                   "covariances": model.covariances.tolist(),
-                   "numIter": model.summary.numIter,
-                   "history": model.summary.logLikelihoodHistory,
-                   "logLikelihood": model.summary.logLikelihood,
-                   "failedTasks": failed, "retriedStages": retried, "engine": model.summary.engine}, fh)
+        json.dump(
+            {
+                "weights": model.weights,
+                "means": model.means.tolist(),
+                "covariances": model.covariances.tolist(),
+                "numIter": model.summary.numIter,
+                "history": model.summary.logLikelihoodHistory,
+                "logLikelihood": model.summary.logLikelihood,
+                "failedTasks": failed,
+                "retriedStages": retried,
+                "engine": model.summary.engine,
+            },
+            fh,
+        )
     spark.stop()
 
 
