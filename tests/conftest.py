@@ -84,6 +84,17 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleScheduling(config, log)
 
 
+# The integration tier (`pytest -m integration`, README "Tests"): whatever needs separate
+# executor JVMs (the `cluster` marker: local-cluster, a standalone cluster, the wheel in a fresh
+# venv on local-cluster, host loss), and these modules: the PySpark 3.5 environment's
+# round trip, the benchmarks' smoke runs, the soak test. The default run leaves them out
+# (pyproject addopts: -m "not integration").
+INTEGRATION_MODULES = frozenset(
+    {"tests/test_cross_version.py", "tests/test_benchmarks.py", "tests/test_soak.py"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection reads the markers
 def pytest_collection_modifyitems(config, items):
     connect_modules = set()
     for item in items:
@@ -95,6 +106,10 @@ def pytest_collection_modifyitems(config, items):
         if "local_cluster_master" in names:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("cluster") or (
+            item.nodeid.split("::")[0] in INTEGRATION_MODULES
+        ):
+            item.add_marker(pytest.mark.integration)
     if connect_modules - CONNECT_SERVER_MODULES:
         warnings.warn(
             pytest.PytestWarning(
