@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 
 from spark_gmm.engine.base import PassEngine
-from spark_gmm.engine.driver import DriverEngine, driver_limit, driver_unavailable, packed_bytes
+from spark_gmm.engine.driver import (
+    DriverEngine,
+    driver_limit,
+    driver_unavailable,
+    within_limit,
+)
 from spark_gmm.engine.job_per_pass import JobPerPassEngine
 from spark_gmm.engine.resident import (
     ResidentEngine,
@@ -56,11 +61,7 @@ def open_engine(
         if why_not is None:
             limit, what = driver_limit(spark, data.n_features)
             reason = (
-                (
-                    f"its rows take {packed_bytes(data.n_rows, data.n_features) / 2**20:.2f}"
-                    f" MiB as float64 blocks, within the driver engine's limit of "
-                    f"{limit / 2**20:.1f} MiB ({what})"
-                )
+                within_limit(data.n_rows, data.n_features, limit, what)
                 if requested == "auto"
                 else "engine='driver'"
             )

@@ -64,6 +64,14 @@ def packed_bytes(n_rows: int, n_features: int) -> int:
     return 8 * n_rows * (n_features + 1)
 
 
+def within_limit(n_rows: int, n_features: int, limit: int, what: str) -> str:
+    """Why ``engine='auto'`` runs a fit of this size on the driver."""
+    return (
+        f"its rows take {packed_bytes(n_rows, n_features) / 2**20:.2f} MiB as float64 "
+        f"blocks, within the driver engine's limit of {limit / 2**20:.1f} MiB ({what})"
+    )
+
+
 def driver_limit(spark, n_features: int) -> Tuple[int, str]:
     """(packed bytes up to which a fit runs on the driver, what sets that limit): the smallest
     of ``spark.gmm.driver.maxBytes`` (default ``DRIVER_MAX_BYTES``), what the collect may
@@ -187,12 +195,7 @@ def collect_small(
         n_partitions,
         aggregation_depth,
     )
-    reason = (
-        f"its rows take {packed_bytes(report.n_rows, report.n_features) / 2**20:.2f} "
-        f"MiB as float64 blocks, within the driver engine's limit of "
-        f"{limit / 2**20:.1f} MiB ({what})"
-    )
-    return engine, report, reason
+    return engine, report, within_limit(report.n_rows, report.n_features, limit, what)
 
 
 @dataclass
