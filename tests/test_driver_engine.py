@@ -141,7 +141,7 @@ def test_the_limit_follows_what_the_driver_can_hold(monkeypatch):
 def test_it_needs_no_python_worker(weighted, monkeypatch):
     """The rows come as Arrow from the JVM (a plan without a Python node) and every pass runs
     here; the background start of Python workers is left to the fits that need them."""
-    from spark_gmm.engine import choose
+    from spark_gmm import fitting
 
     plans = []
     original = driver.collect_arrow
@@ -154,7 +154,7 @@ def test_it_needs_no_python_worker(weighted, monkeypatch):
         raise AssertionError("the driver engine started Python workers")
 
     monkeypatch.setattr(driver, "collect_arrow", collect)
-    monkeypatch.setattr(choose, "start_python_workers", no_workers)
+    monkeypatch.setattr(fitting, "start_python_workers", no_workers)
     model = GaussianMixture(k=3, weightCol="w", seed=1, maxIter=3).fit(weighted)
     assert model.summary.engine == "driver" and len(plans) == 1
     assert "InMemoryTableScan" in plans[0]  # the plan is the cached input's ...

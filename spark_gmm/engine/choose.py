@@ -22,7 +22,6 @@ from spark_gmm.engine.resident import (
     ResidentEngine,
     ResidentUnavailable,
     plan,
-    start_python_workers,
 )
 
 log = logging.getLogger("spark_gmm")
@@ -79,8 +78,6 @@ def open_engine(
             return engine
         if requested == "driver":
             raise ValueError(f"engine='driver' cannot run this fit: {why_not}")
-    # the driver engine would need no Python workers; every other one does
-    start_python_workers(spark)
     reason = "engine='jobPerPass'"
     if requested != "jobPerPass":
         resident, why = plan(data.rows, data.n_partitions, data.n_rows * (data.n_features + 1))
