@@ -185,6 +185,8 @@ def collect_small(
         return None
     held = _validated(table, n)
     report = check_input(held.stats, source, weight_col, handle_invalid)
+    if report.n_features != d_hint:  # the limit as the other path computes it
+        limit, what = driver_limit(spark, report.n_features)
     if packed_bytes(report.n_rows, report.n_features) > limit:
         return None
     valid = held.valid
