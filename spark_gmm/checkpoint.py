@@ -44,6 +44,9 @@ def local_dir(path: Optional[str]) -> Optional[str]:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """The checkpoint file of one fit: its ``path`` and the ``fingerprint`` of the settings and
+    data that determine the fit, which a saved state must match to be resumed."""
+
     path: str
     fingerprint: str
 

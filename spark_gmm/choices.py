@@ -1,7 +1,42 @@
-"""The choices of the estimator's string parameters that the batch jobs offer too, in one
-light module (no pyspark): spark_gmm.params validates the estimator's params with them and
-spark_gmm.config the jobs' settings. The covariance types are the kernel's
-(``kernel.COVARIANCE_TYPES``), the engines the engine package's (``engine.ENGINES``)."""
+"""The defaults and choices of the estimators' parameters, in one light module (no pyspark):
+``spark_gmm.params`` and ``spark_gmm.selection`` set their Params' defaults from here and
+validate with these choices, and ``spark_gmm.config`` derives the batch jobs' settings from the
+same values. The covariance types are the kernel's (``kernel.COVARIANCE_TYPES``), the engines
+the engine package's (``engine.ENGINES``)."""
+
+import zlib
 
 INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 HANDLE_INVALID = ("error", "skip")
+CRITERIA = ("bic", "aic")
+
+# GaussianMixture's defaults (its keyword arguments repeat them, as pyspark.ml's do:
+# tests/test_estimator.py checks that the signatures agree with this).
+GAUSSIAN_MIXTURE_DEFAULTS = {
+    "featuresCol": "features",
+    "predictionCol": "prediction",
+    "probabilityCol": "probability",
+    "k": 2,
+    "maxIter": 100,
+    "tol": 1e-3,
+    # A stable default: Spark hashes the class name too, but Python's str hash is randomised
+    # per process, which would make default runs unrepeatable.
+    "seed": zlib.crc32(b"GaussianMixture"),
+    "aggregationDepth": 2,
+    "covarianceType": "full",
+    "regCovar": 1e-6,
+    "logLikelihoodCol": "",
+    "handleInvalid": "error",
+    "initMode": "kmeans",
+    "nInit": 1,
+    "recoverCollapsed": True,
+    "checkpointInterval": 10,
+    "engine": "auto",
+}
+
+# GaussianMixtureSelector's defaults.
+SELECTOR_DEFAULTS = {
+    "kValues": [1, 2, 3, 4, 5, 6],
+    "covarianceTypes": ["full"],
+    "criterion": "bic",
+}

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
+from spark_gmm.choices import (
+    CRITERIA,
+    GAUSSIAN_MIXTURE_DEFAULTS,
+    HANDLE_INVALID,
+    INIT_MODES,
+    SELECTOR_DEFAULTS,
+)
 from spark_gmm.kernel import COVARIANCE_TYPES
 from spark_gmm.toml_flags import (
     ConfigError,
@@ -36,6 +42,8 @@ from spark_gmm.toml_flags import (
 
 INPUT_FORMATS = ("parquet", "csv", "json", "orc")
 OUTPUT_FORMATS = ("parquet", "csv", "json", "orc")
+# The estimators' defaults, which the jobs' model and selection settings share.
+_ESTIMATOR = GAUSSIAN_MIXTURE_DEFAULTS
 
 
 # --------------------------------------------------------------------------- options
@@ -80,7 +88,7 @@ def _input_options(features_help: str, cols_help: str) -> List[Option]:
         Option(
             "input.handle_invalid",
             "str",
-            "error",
+            _ESTIMATOR["handleInvalid"],
             "Rows with null, NaN or infinite features: 'error' stops the job naming the "
             "column, 'skip' drops them (the report counts them).",
             choices=HANDLE_INVALID,
@@ -151,11 +159,16 @@ def _output_options(what: str, predictions: bool) -> List[Option]:
                 "partitioning.",
                 minimum=0,
             ),
-            Option("output.prediction_col", "str", "prediction", "Name of the cluster column."),
+            Option(
+                "output.prediction_col",
+                "str",
+                _ESTIMATOR["predictionCol"],
+                "Name of the cluster column.",
+            ),
             Option(
                 "output.probability_col",
                 "str",
-                "probability",
+                _ESTIMATOR["probabilityCol"],
                 "Name of the component-probabilities column (array<double>).",
             ),
             Option(
@@ -170,19 +183,25 @@ def _output_options(what: str, predictions: bool) -> List[Option]:
 
 def _model_options(prefix: str = "model") -> List[Option]:
     return [
-        Option(f"{prefix}.max_iter", "int", 100, "Maximum number of EM iterations.", minimum=0),
+        Option(
+            f"{prefix}.max_iter",
+            "int",
+            _ESTIMATOR["maxIter"],
+            "Maximum number of EM iterations.",
+            minimum=0,
+        ),
         Option(
             f"{prefix}.tol",
             "float",
-            1e-3,
+            _ESTIMATOR["tol"],
             "Convergence tolerance on the change of the mean per-row log-likelihood.",
             minimum=0.0,
         ),
-        Option(f"{prefix}.seed", "int", 42, "Random seed (initialisation)."),
+        Option(f"{prefix}.seed", "int", _ESTIMATOR["seed"], "Random seed (initialisation)."),
         Option(
             f"{prefix}.reg_covar",
             "float",
-            1e-6,
+            _ESTIMATOR["regCovar"],
             "Added to every covariance diagonal so components stay positive definite.",
             minimum=0.0,
         ),
@@ -351,11 +370,11 @@ FIT = JobSpec(
             )
         ]
         + [
-            Option("model.k", "int", 3, "Number of components.", minimum=1),
+            Option("model.k", "int", _ESTIMATOR["k"], "Number of components.", minimum=1),
             Option(
                 "model.covariance_type",
                 "str",
-                "full",
+                _ESTIMATOR["covarianceType"],
                 "full, tied, diag or spherical.",
                 choices=COVARIANCE_TYPES,
             ),
@@ -365,7 +384,7 @@ FIT = JobSpec(
             Option(
                 "model.init_mode",
                 "str",
-                "kmeans",
+                _ESTIMATOR["initMode"],
                 f"Initialisation: {', '.join(INIT_MODES)} (the estimator's initMode).",
                 choices=INIT_MODES,
             ),
@@ -464,23 +483,23 @@ SELECT = JobSpec(
             Option(
                 "selection.k_values",
                 "int_list",
-                [1, 2, 3, 4, 5, 6],
+                list(SELECTOR_DEFAULTS["kValues"]),
                 "Numbers of components to try (--k-values 1-6 or 2,4,8).",
                 metavar="K,K|A-B",
             ),
             Option(
                 "selection.covariance_types",
                 "str_list",
-                ["full", "diag"],
+                list(SELECTOR_DEFAULTS["covarianceTypes"]),
                 "Covariance types to try.",
                 metavar="TYPE,TYPE",
             ),
             Option(
                 "selection.criterion",
                 "str",
-                "bic",
+                SELECTOR_DEFAULTS["criterion"],
                 "What picks the best model.",
-                choices=("bic", "aic"),
+                choices=CRITERIA,
             ),
         ]
         + _model_options("selection")

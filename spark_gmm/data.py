@@ -85,6 +85,8 @@ def resolve_features(
 
 
 def quote_name(name: str) -> str:
+    """``name`` quoted with backticks for :func:`pyspark.sql.functions.col`, so that dots and
+    other special characters are taken literally."""
     return "`" + name.replace("`", "``") + "`"
 
 
@@ -105,6 +107,7 @@ class InputReport:
 
     @property
     def n_rows(self) -> int:
+        """The number of valid rows: input rows minus skipped ones."""
         return self.n_input_rows - self.n_skipped
 
 

@@ -54,21 +54,27 @@ class _ParamSetters:
     """setX methods shared by estimator and model (each returns self)."""
 
     def setFeaturesCol(self, value: str):
+        """Sets the value of :py:attr:`featuresCol`."""
         return self._set(featuresCol=value)
 
     def setPredictionCol(self, value: str):
+        """Sets the value of :py:attr:`predictionCol`."""
         return self._set(predictionCol=value)
 
     def setProbabilityCol(self, value: str):
+        """Sets the value of :py:attr:`probabilityCol`."""
         return self._set(probabilityCol=value)
 
     def setLogLikelihoodCol(self, value: str):
+        """Sets the value of :py:attr:`logLikelihoodCol`."""
         return self._set(logLikelihoodCol=value)
 
     def setInputCols(self, value: List[str]):
+        """Sets the value of :py:attr:`inputCols`."""
         return self._set(inputCols=value)
 
     def setHandleInvalid(self, value: str):
+        """Sets the value of :py:attr:`handleInvalid`."""
         return self._set(handleInvalid=value)
 
 
@@ -141,60 +147,79 @@ class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, Persiste
         checkpointDir: Optional[str] = None,
         engine: str = "auto",
     ) -> "GaussianMixture":
+        """Sets params for GaussianMixture."""
         return self._set(**self._input_kwargs)
 
     def setK(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`k`."""
         return self._set(k=value)
 
     def setMaxIter(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`maxIter`."""
         return self._set(maxIter=value)
 
     def setTol(self, value: float) -> "GaussianMixture":
+        """Sets the value of :py:attr:`tol`."""
         return self._set(tol=value)
 
     def setSeed(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`seed`."""
         return self._set(seed=value)
 
     def setWeightCol(self, value: str) -> "GaussianMixture":
+        """Sets the value of :py:attr:`weightCol`."""
         return self._set(weightCol=value)
 
     def setAggregationDepth(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`aggregationDepth`."""
         return self._set(aggregationDepth=value)
 
     def setCovarianceType(self, value: str) -> "GaussianMixture":
+        """Sets the value of :py:attr:`covarianceType`."""
         return self._set(covarianceType=value)
 
     def setRegCovar(self, value: float) -> "GaussianMixture":
+        """Sets the value of :py:attr:`regCovar`."""
         return self._set(regCovar=value)
 
     def setInitMode(self, value: str) -> "GaussianMixture":
+        """Sets the value of :py:attr:`initMode`."""
         return self._set(initMode=value)
 
     def setInitialModel(self, value: "GaussianMixtureModel") -> "GaussianMixture":
+        """Sets the value of :py:attr:`initialModel`."""
         return self._set(initialModel=value)
 
     def setNInit(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`nInit`."""
         return self._set(nInit=value)
 
     def setRecoverCollapsed(self, value: bool) -> "GaussianMixture":
+        """Sets the value of :py:attr:`recoverCollapsed`."""
         return self._set(recoverCollapsed=value)
 
     def setInitialWeights(self, value: List[float]) -> "GaussianMixture":
+        """Sets the value of :py:attr:`initialWeights`."""
         return self._set(initialWeights=value)
 
     def setInitialMeans(self, value: List[List[float]]) -> "GaussianMixture":
+        """Sets the value of :py:attr:`initialMeans`."""
         return self._set(initialMeans=value)
 
     def setInitialCovariances(self, value: list) -> "GaussianMixture":
+        """Sets the value of :py:attr:`initialCovariances`."""
         return self._set(initialCovariances=value)
 
     def setCheckpointInterval(self, value: int) -> "GaussianMixture":
+        """Sets the value of :py:attr:`checkpointInterval`."""
         return self._set(checkpointInterval=value)
 
     def setCheckpointDir(self, value: str) -> "GaussianMixture":
+        """Sets the value of :py:attr:`checkpointDir`."""
         return self._set(checkpointDir=value)
 
     def setEngine(self, value: str) -> "GaussianMixture":
+        """Sets the value of :py:attr:`engine`."""
         return self._set(engine=value)
 
     # ------------------------------------------------------------------ fit

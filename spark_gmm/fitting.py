@@ -30,6 +30,9 @@ log = logging.getLogger("spark_gmm")
 
 @dataclass(frozen=True)
 class FitSettings:
+    """How to fit, the same for every candidate: the input columns and the handling of invalid
+    rows, the initialisation, the EM stopping rule, checkpointing and the pass engine."""
+
     features_col: str
     input_cols: Optional[List[str]]
     weight_col: Optional[str]
@@ -50,6 +53,10 @@ class FitSettings:
 
 @dataclass
 class FitOutcome:
+    """What :func:`fit_candidates` returns: the EM result of every candidate (in the order of
+    ``candidates``), the report of the input validation, the number of passes over the data and
+    the engine the fit ran on, with why."""
+
     candidates: List[Candidate]
     results: List[kernel.EMResult]
     report: InputReport
@@ -66,6 +73,31 @@ class FitOutcome:
 def fit_candidates(
     dataset: DataFrame, candidates: Sequence[Candidate], settings: FitSettings
 ) -> FitOutcome:
+    """Fits every candidate (restarts, grid points) to ``dataset`` together: validates and
+    prepares the input once, opens the pass engine, initialises the candidates (or resumes
+    them from a checkpoint) and runs EM on all of them, one pass per iteration. The engine is
+    closed at the end, cancelling what still runs after an error or an interrupt."""
+    engine, report = _open_fit_engine(dataset, settings)
+    # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
+    # wake-ups there (with several, a tiny triangular solve took milliseconds).
+    limits = threadpool_limits(limits=1, user_api="blas")
+    failed = True
+    try:
+        results = _initialise_and_run_em(engine, candidates, settings, report)
+        failed = False
+    finally:
+        limits.restore_original_limits()
+        engine.close(failed=failed)  # an error or an interrupt cancels what still runs
+    return FitOutcome(
+        list(candidates), results, report, engine.data_passes, engine.name, engine.reason
+    )
+
+
+def _open_fit_engine(dataset: DataFrame, settings: FitSettings):
+    """(engine, report): the pass engine of the fit and the report of the input validation.
+    With engine 'auto' or 'driver', an input that Spark estimates small is collected to the
+    driver engine and validated there in one Spark job; otherwise Spark validates the rows and
+    :func:`_open_spark_engine` opens the engine over them."""
     source = resolve_features(dataset, settings.features_col, settings.input_cols)
     small = (
         collect_small(
@@ -94,83 +126,94 @@ def fit_candidates(
             report.n_input_rows,
         )
     if small is None:
-        # Every pass reads the rows packed in dense float64 blocks (about the size of the
-        # raw doubles), in at most two partitions per core, coalesced before packing so that
-        # packing too runs one Python task per new partition.
-        rows, n_partitions = limited(prepared)
-        data = FitRows(rows, report.n_rows, report.n_features, report.total_weight, n_partitions)
-        engine = open_engine(
-            data, settings.engine, settings.aggregation_depth, settings.description
-        )
-    # The driver's linear algebra is on small matrices (k x d x d): BLAS threads only cost
-    # wake-ups there (with several, a tiny triangular solve took milliseconds).
-    limits = threadpool_limits(limits=1, user_api="blas")
-    failed = True
-    try:
-        checkpoint = Checkpoint.for_fit(settings, candidates, report)
-        resume = checkpoint.load() if checkpoint else None
-        init = None
-        if resume is None:
-            init = initial_params(
-                engine,
-                report.n_rows,
-                report.n_features,
-                candidates,
-                settings.init_mode,
-                settings.reg_covar,
-                weighted=bool(settings.weight_col),
-                fixed=settings.fixed,
-                explicit=settings.explicit,
-            )
-        pass_number = itertools.count(1)
-        multiple = len(candidates) > 1
+        engine = _open_spark_engine(prepared, report, settings)
+    return engine, report
 
-        def on_iteration(iteration, i, mean_ll, change, seconds):
-            who = (
-                f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]"
-                if multiple
-                else ""
-            )
-            log.info(
-                "EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
-                iteration,
-                who,
-                mean_ll,
-                change,
-                seconds,
-            )
 
-        def on_recovery(iteration, i, components):
-            log.warning(
-                "EM iteration %d: component(s) %s of candidate %d collapsed (too few rows); "
-                "re-seeded by splitting the heaviest component",
-                iteration,
-                components,
-                i,
-            )
+def _open_spark_engine(prepared: DataFrame, report: InputReport, settings: FitSettings):
+    """The engine of a fit whose rows Spark validated (``prepared``), chosen by
+    :func:`open_engine` from ``settings.engine``."""
+    # Every pass reads the rows packed in dense float64 blocks (about the size of the raw
+    # doubles), in at most two partitions per core, coalesced before packing so that packing
+    # too runs one Python task per new partition.
+    rows, n_partitions = limited(prepared)
+    data = FitRows(rows, report.n_rows, report.n_features, report.total_weight, n_partitions)
+    return open_engine(data, settings.engine, settings.aggregation_depth, settings.description)
 
-        def on_state(state):
-            if state.iteration % settings.checkpoint_interval == 0 or not state.active:
-                checkpoint.save(state)
 
-        results = kernel.run_em(
-            lambda params: engine.em_stats(params, f"EM pass {next(pass_number)}"),
-            init,
-            settings.max_iter,
-            settings.tol,
+def _initialise_and_run_em(
+    engine, candidates: Sequence[Candidate], settings: FitSettings, report: InputReport
+) -> List[kernel.EMResult]:
+    """EM for every candidate, from its initial parameters or, when a checkpoint of the same
+    fit exists, from the saved state; the checkpoint is saved every
+    ``settings.checkpoint_interval`` iterations and removed once EM completes."""
+    checkpoint = Checkpoint.for_fit(settings, candidates, report)
+    resume = checkpoint.load() if checkpoint else None
+    init = None
+    if resume is None:
+        init = initial_params(
+            engine,
+            report.n_rows,
+            report.n_features,
+            candidates,
+            settings.init_mode,
             settings.reg_covar,
-            on_iteration=on_iteration,
-            recover_collapsed=settings.recover_collapsed,
-            on_recovery=on_recovery,
-            resume=resume,
-            on_state=on_state if checkpoint else None,
+            weighted=bool(settings.weight_col),
+            fixed=settings.fixed,
+            explicit=settings.explicit,
         )
-        if checkpoint:
-            checkpoint.remove()  # the fit is complete: nothing to resume
-        failed = False
-    finally:
-        limits.restore_original_limits()
-        engine.close(failed=failed)  # an error or an interrupt cancels what still runs
-    return FitOutcome(
-        list(candidates), results, report, engine.data_passes, engine.name, engine.reason
+    pass_number = itertools.count(1)
+
+    def on_state(state):
+        if state.iteration % settings.checkpoint_interval == 0 or not state.active:
+            checkpoint.save(state)
+
+    results = kernel.run_em(
+        lambda params: engine.em_stats(params, f"EM pass {next(pass_number)}"),
+        init,
+        settings.max_iter,
+        settings.tol,
+        settings.reg_covar,
+        on_iteration=_iteration_logger(candidates),
+        recover_collapsed=settings.recover_collapsed,
+        on_recovery=_log_recovery,
+        resume=resume,
+        on_state=on_state if checkpoint else None,
+    )
+    if checkpoint:
+        checkpoint.remove()  # the fit is complete: nothing to resume
+    return results
+
+
+def _iteration_logger(candidates: Sequence[Candidate]):
+    """The ``on_iteration`` callback of EM: logs each iteration's mean log-likelihood, its
+    change and time, naming the candidate when there are several."""
+    multiple = len(candidates) > 1
+
+    def on_iteration(iteration, i, mean_ll, change, seconds):
+        who = (
+            f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]"
+            if multiple
+            else ""
+        )
+        log.info(
+            "EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
+            iteration,
+            who,
+            mean_ll,
+            change,
+            seconds,
+        )
+
+    return on_iteration
+
+
+def _log_recovery(iteration, i, components):
+    """The ``on_recovery`` callback of EM: warns which components of a candidate collapsed."""
+    log.warning(
+        "EM iteration %d: component(s) %s of candidate %d collapsed (too few rows); "
+        "re-seeded by splitting the heaviest component",
+        iteration,
+        components,
+        i,
     )

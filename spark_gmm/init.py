@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,6 +160,109 @@ def _lloyd(engine: PassEngine, centers: Dict[Tuple[int, int], np.ndarray], scale
     return centers
 
 
+def _sample_and_distinct(engine: PassEngine, n_rows: int, candidates: Sequence[Candidate]):
+    """The driver sample (rows and weights, by the first candidate's seed) and its distinct
+    rows, topped up from all the rows when the sample has fewer than the largest k."""
+    X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
+    distinct = _check_distinct(engine, X, max(c.k for c in candidates), w)
+    return X, w, distinct
+
+
+def _random_responsibilities_init(
+    engine: PassEngine, n_rows: int, candidates: Sequence[Candidate], reg_covar: float
+) -> List[kernel.MixtureParams]:
+    """'random': random responsibilities for every row, then one M-step per candidate."""
+    X, _, _ = _sample_and_distinct(engine, n_rows, candidates)
+    origin = X[0]
+    functions = [
+        partial(
+            kernel.random_resp_stats,
+            origin=origin,
+            k=c.k,
+            covariance_type=c.covariance_type,
+            seed=c.seed,
+        )
+        for c in candidates
+    ]
+    shifts = [
+        kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type) for c in candidates
+    ]
+    stats = engine.stats(
+        functions, shifts, [c.covariance_type for c in candidates], "random responsibilities"
+    )
+    return [kernel.m_step(s, reg_covar) for s in stats]
+
+
+def _random_rows_init(
+    engine: PassEngine, n_rows: int, candidates: Sequence[Candidate], reg_covar: float
+) -> List[kernel.MixtureParams]:
+    """'randomFromData': k distinct rows as means, equal weights and the data covariance for
+    every component."""
+    X, _, distinct = _sample_and_distinct(engine, n_rows, candidates)
+    full = any(c.covariance_type in ("full", "tied") for c in candidates)
+    _, cov = data_moments(engine, X[0], full)
+    out = []
+    for c in candidates:
+        rng = np.random.default_rng(c.seed)
+        means = distinct[np.sort(rng.choice(len(distinct), size=c.k, replace=False))]
+        out.append(
+            kernel.MixtureParams(
+                np.full(c.k, 1.0 / c.k),
+                means,
+                _covariances_from_data(cov, c.k, c.covariance_type, reg_covar),
+                c.covariance_type,
+            )
+        )
+    return out
+
+
+def _kmeans_plus_plus_centers(engine: PassEngine, n_rows: int, candidates: Sequence[Candidate]):
+    """k-means++ centers per (k, seed) on the driver sample, and the scale of the distances
+    (the standard deviation of each feature of the sample)."""
+    X, w, distinct = _sample_and_distinct(engine, n_rows, candidates)
+    if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
+        X, w = distinct, np.ones(len(distinct))
+    scale = kernel.feature_scale(X, w)  # distances in standard deviations of each feature
+    centers: Dict[Tuple[int, int], np.ndarray] = {
+        (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w, scale)
+        for k, seed in sorted({(c.k, c.seed) for c in candidates})
+    }
+    return centers, scale
+
+
+def _hard_assignment_init(
+    engine: PassEngine,
+    n_rows: int,
+    candidates: Sequence[Candidate],
+    reg_covar: float,
+    mode: str,
+    lloyd: bool,
+) -> List[kernel.MixtureParams]:
+    """'kmeans' (``lloyd``) and 'k-means++': centers per (k, seed), refined by Lloyd
+    iterations if ``lloyd``, then one assignment pass for all the candidates and one M-step
+    from the hard assignments per candidate."""
+    centers, scale = _kmeans_plus_plus_centers(engine, n_rows, candidates)
+    if lloyd:
+        centers = _lloyd(engine, centers, scale)
+    stats = engine.hard_assignment_stats(
+        [centers[(c.k, c.seed)] for c in candidates],
+        [c.covariance_type for c in candidates],
+        f"{mode} assignment",
+        scale,
+    )
+    return [kernel.m_step(s, reg_covar) for s in stats]
+
+
+# The initialisation of each mode of spark_gmm.choices.INIT_MODES, called with
+# (engine, n_rows, candidates, reg_covar).
+_INIT_BY_MODE: Dict[str, Callable[..., List[kernel.MixtureParams]]] = {
+    "kmeans": partial(_hard_assignment_init, mode="kmeans", lloyd=True),
+    "k-means++": partial(_hard_assignment_init, mode="k-means++", lloyd=False),
+    "random": _random_responsibilities_init,
+    "randomFromData": _random_rows_init,
+}
+
+
 def initial_params(
     engine: PassEngine,
     n_rows: int,
@@ -179,69 +282,7 @@ def initial_params(
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
     if explicit is not None:
         return [_explicit_params(engine, explicit, c, n_features, reg_covar) for c in candidates]
-
-    if init_mode == "random":
-        X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        _check_distinct(engine, X, k_max, w)
-        origin = X[0]
-        functions = [
-            partial(
-                kernel.random_resp_stats,
-                origin=origin,
-                k=c.k,
-                covariance_type=c.covariance_type,
-                seed=c.seed,
-            )
-            for c in candidates
-        ]
-        shifts = [
-            kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type)
-            for c in candidates
-        ]
-        stats = engine.stats(
-            functions, shifts, [c.covariance_type for c in candidates], "random responsibilities"
-        )
-        return [kernel.m_step(s, reg_covar) for s in stats]
-
-    if init_mode == "randomFromData":
-        X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
-        distinct = _check_distinct(engine, X, k_max, w)
-        full = any(c.covariance_type in ("full", "tied") for c in candidates)
-        _, cov = data_moments(engine, X[0], full)
-        out = []
-        for c in candidates:
-            rng = np.random.default_rng(c.seed)
-            means = distinct[np.sort(rng.choice(len(distinct), size=c.k, replace=False))]
-            out.append(
-                kernel.MixtureParams(
-                    np.full(c.k, 1.0 / c.k),
-                    means,
-                    _covariances_from_data(cov, c.k, c.covariance_type, reg_covar),
-                    c.covariance_type,
-                )
-            )
-        return out
-
-    # Hard-assignment modes: centers per (k, seed), one assignment pass for all candidates.
-    pairs = sorted({(c.k, c.seed) for c in candidates})
-    X, w = _sample_rows(engine, n_rows, candidates[0].seed, SAMPLE_ROWS)
-    distinct = _check_distinct(engine, X, k_max, w)
-    if len(distinct) > len(np.unique(X[w > 0], axis=0)):  # topped up from all the rows
-        X, w = distinct, np.ones(len(distinct))
-    scale = kernel.feature_scale(X, w)  # distances in standard deviations of each feature
-    centers: Dict[Tuple[int, int], np.ndarray] = {
-        (k, seed): kernel.kmeans_plus_plus(X, k, np.random.default_rng(seed), w, scale)
-        for k, seed in pairs
-    }
-    if init_mode == "kmeans":
-        centers = _lloyd(engine, centers, scale)
-    stats = engine.hard_assignment_stats(
-        [centers[(c.k, c.seed)] for c in candidates],
-        [c.covariance_type for c in candidates],
-        f"{init_mode} assignment",
-        scale,
-    )
-    return [kernel.m_step(s, reg_covar) for s in stats]
+    return _INIT_BY_MODE[init_mode](engine, n_rows, candidates, reg_covar)
 
 
 def _explicit_params(

@@ -60,6 +60,7 @@ class CovarianceError(ValueError):
 
 
 def check_covariance_type(covariance_type: str) -> str:
+    """``covariance_type`` if it is one of ``COVARIANCE_TYPES``, else a ValueError."""
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
             f"covarianceType must be one of {', '.join(COVARIANCE_TYPES)}, got {covariance_type!r}"
@@ -68,6 +69,8 @@ def check_covariance_type(covariance_type: str) -> str:
 
 
 def covariance_shape(k: int, d: int, covariance_type: str) -> tuple:
+    """The shape of the covariances of k components of d features: full (k, d, d), tied
+    (d, d), diag (k, d), spherical (k,)."""
     return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
         check_covariance_type(covariance_type)
     ]
@@ -181,10 +184,12 @@ class MixtureParams:
 
     @property
     def k(self) -> int:
+        """The number of components."""
         return self.means.shape[0]
 
     @property
     def d(self) -> int:
+        """The number of features."""
         return self.means.shape[1]
 
     def full_covariances(self) -> np.ndarray:
@@ -199,6 +204,7 @@ class MixtureParams:
         return np.einsum("kd,de->kde", variances, np.eye(d))
 
     def n_parameters(self) -> int:
+        """The mixture's free parameters (:func:`n_parameters`: what BIC and AIC count)."""
         return n_parameters(self.k, self.d, self.covariance_type)
 
     def derived(self, name: str, compute: Callable[["MixtureParams"], Any]) -> Any:
@@ -513,6 +519,7 @@ class SufficientStats:
 
     @classmethod
     def zeros(cls, shift: np.ndarray, covariance_type: str) -> "SufficientStats":
+        """Empty statistics around ``shift`` (k, d): every sum zero."""
         k, d = shift.shape
         second_shape = (k, d, d) if covariance_type in ("full", "tied") else (k, d)
         return cls(
@@ -556,6 +563,8 @@ class SufficientStats:
 
     @classmethod
     def from_vector(cls, vector: np.ndarray, shift: np.ndarray, covariance_type: str):
+        """The statistics of a :meth:`to_vector` vector, accumulated around ``shift`` (k, d);
+        a ValueError when its length does not match."""
         out = cls.zeros(shift, covariance_type)
         k, d = shift.shape
         sizes = [k, k, k * d, out.second.size]
@@ -959,6 +968,7 @@ class EMResult:
 
     @property
     def mean_log_likelihood(self) -> float:
+        """Mean per-row (weighted) log-likelihood at the returned parameters."""
         return self.final_stats.log_likelihood / self.final_stats.weight_sum
 
 
@@ -973,9 +983,13 @@ class EMState:
 
     @classmethod
     def start(cls, initial: Sequence[MixtureParams]) -> "EMState":
+        """The state before the first iteration: every candidate at its ``initial``
+        parameters, all running."""
         return cls(0, [EMResult(params) for params in initial], list(range(len(initial))))
 
     def to_dict(self) -> dict:
+        """The state as plain JSON-serialisable values (results without their final
+        statistics)."""
         return {
             "iteration": self.iteration,
             "active": list(self.active),
@@ -993,6 +1007,7 @@ class EMState:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EMState":
+        """The state of a :meth:`to_dict` dictionary."""
         results = [
             EMResult(
                 params_from_dict(r["params"]),
@@ -1018,6 +1033,7 @@ def params_to_dict(params: MixtureParams) -> dict:
 
 
 def params_from_dict(data: dict) -> MixtureParams:
+    """The mixture parameters of a :func:`params_to_dict` dictionary."""
     return MixtureParams(
         np.asarray(data["weights"], dtype=np.float64),
         np.asarray(data["means"], dtype=np.float64),

@@ -7,8 +7,6 @@ the rest. ``tol`` differs from Spark on purpose: see its doc.
 
 from __future__ import annotations
 
-import zlib
-
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasAggregationDepth,
@@ -23,12 +21,15 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
-from spark_gmm.choices import HANDLE_INVALID, INIT_MODES
+from spark_gmm.choices import GAUSSIAN_MIXTURE_DEFAULTS, HANDLE_INVALID, INIT_MODES
 from spark_gmm.engine import ENGINES
 from spark_gmm.kernel import COVARIANCE_TYPES
 
 
 def one_of(name, allowed):
+    """A type converter accepting the strings in ``allowed``; any other value is a ValueError
+    naming the param ``name`` and the choices."""
+
     def convert(value):
         value = TypeConverters.toString(value)
         if value not in allowed:
@@ -185,65 +186,62 @@ class _GaussianMixtureParams(
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(
-            k=2,
-            maxIter=100,
-            tol=1e-3,
-            # A stable default: Spark hashes the class name too, but Python's str hash is
-            # randomised per process, which would make default runs unrepeatable.
-            seed=zlib.crc32(b"GaussianMixture"),
-            aggregationDepth=2,
-            covarianceType="full",
-            regCovar=1e-6,
-            logLikelihoodCol="",
-            handleInvalid="error",
-            initMode="kmeans",
-            nInit=1,
-            recoverCollapsed=True,
-            checkpointInterval=10,
-            engine="auto",
-        )
+        self._setDefault(**GAUSSIAN_MIXTURE_DEFAULTS)
 
     def getK(self) -> int:
+        """Gets the value of :py:attr:`k` or its default value."""
         return self.getOrDefault(self.k)
 
     def getCovarianceType(self) -> str:
+        """Gets the value of :py:attr:`covarianceType` or its default value."""
         return self.getOrDefault(self.covarianceType)
 
     def getRegCovar(self) -> float:
+        """Gets the value of :py:attr:`regCovar` or its default value."""
         return self.getOrDefault(self.regCovar)
 
     def getLogLikelihoodCol(self) -> str:
+        """Gets the value of :py:attr:`logLikelihoodCol` or its default value."""
         return self.getOrDefault(self.logLikelihoodCol)
 
     def getHandleInvalid(self) -> str:
+        """Gets the value of :py:attr:`handleInvalid` or its default value."""
         return self.getOrDefault(self.handleInvalid)
 
     def getInitMode(self) -> str:
+        """Gets the value of :py:attr:`initMode` or its default value."""
         return self.getOrDefault(self.initMode)
 
     def getInitialModel(self):
+        """Gets the value of :py:attr:`initialModel` or its default value."""
         return self.getOrDefault(self.initialModel)
 
     def getNInit(self) -> int:
+        """Gets the value of :py:attr:`nInit` or its default value."""
         return self.getOrDefault(self.nInit)
 
     def getRecoverCollapsed(self) -> bool:
+        """Gets the value of :py:attr:`recoverCollapsed` or its default value."""
         return self.getOrDefault(self.recoverCollapsed)
 
     def getEngine(self) -> str:
+        """Gets the value of :py:attr:`engine` or its default value."""
         return self.getOrDefault(self.engine)
 
     def getCheckpointDir(self) -> str:
+        """Gets the value of :py:attr:`checkpointDir` or its default value."""
         return self.getOrDefault(self.checkpointDir)
 
     def getInitialWeights(self):
+        """Gets the value of :py:attr:`initialWeights` or its default value."""
         return self.getOrDefault(self.initialWeights)
 
     def getInitialMeans(self):
+        """Gets the value of :py:attr:`initialMeans` or its default value."""
         return self.getOrDefault(self.initialMeans)
 
     def getInitialCovariances(self):
+        """Gets the value of :py:attr:`initialCovariances` or its default value."""
         return self.getOrDefault(self.initialCovariances)
 
     def _opt(self, param):

@@ -74,6 +74,8 @@ class StageWriter(MLWriter):
         self.instance = instance
 
     def save(self, path: str) -> None:
+        """Saves the stage to ``path``: its metadata, its data and its child stages. An
+        existing path is a FileExistsError unless :meth:`overwrite` was called."""
         spark = self.sparkSession
         if not self.shouldOverwrite and _path_exists(spark, path):
             raise FileExistsError(
@@ -96,10 +98,13 @@ class StageWriter(MLWriter):
             writer.save(os.path.join(path, name))
 
     def saveImpl(self, path: str) -> None:  # pragma: no cover - save() does the work
+        """Saves the stage to ``path``, as :meth:`save` does."""
         self.save(path)
 
 
 def read_metadata(spark: SparkSession, path: str, cls) -> Dict[str, Any]:
+    """The metadata of the stage saved at ``path``, checked to be a complete one of class
+    ``cls`` in this format version; a ModelFileError otherwise."""
     expected = _class_name(cls)
     try:
         lines = spark.read.text(os.path.join(path, "metadata")).collect()
@@ -161,6 +166,7 @@ class StageReader(MLReader):
         self.cls = cls
 
     def load(self, path: str):
+        """The stage saved at ``path``, with its saved uid and params."""
         spark = self.sparkSession
         metadata = read_metadata(spark, path, self.cls)
         instance = self.cls._from_saved(spark, path, metadata)
@@ -170,6 +176,8 @@ class StageReader(MLReader):
 
 
 def load_child(cls, path: str, name: str, metadata: Dict[str, Any]) -> Optional[Any]:
+    """The child stage ``name`` (of class ``cls``) saved with the stage at ``path``, or None
+    when its ``metadata`` lists no such child."""
     if name not in metadata.get("children", []):
         return None
     return cls.load(os.path.join(path, name))
@@ -180,8 +188,10 @@ class PersistentStage(MLReadable, MLWritable):
     ``_from_saved(spark, path, metadata)`` (see StageWriter and StageReader)."""
 
     def write(self) -> StageWriter:
+        """A StageWriter for this stage."""
         return StageWriter(self)
 
     @classmethod
     def read(cls) -> StageReader:
+        """A StageReader for this class."""
         return StageReader(cls)

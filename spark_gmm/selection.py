@@ -8,6 +8,7 @@ restarts) and advances all of them together: one Spark job per EM iteration for 
 
 from __future__ import annotations
 
+import copy
 from typing import List, Optional
 
 import pandas as pd
@@ -21,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
 from spark_gmm import kernel
+from spark_gmm.choices import CRITERIA, SELECTOR_DEFAULTS
 from spark_gmm.data import InvalidInputError, quote_name
 from spark_gmm.estimator import (
     NUM_PARAMETERS_METADATA,
@@ -34,7 +36,6 @@ from spark_gmm.fitting import FitOutcome, fit_candidates
 from spark_gmm.params import one_of
 from spark_gmm.persistence import PersistentStage, load_child, read_data
 
-CRITERIA = ("bic", "aic")
 TABLE_COLUMNS = [
     "k",
     "covarianceType",
@@ -86,15 +87,18 @@ class _SelectorParams(Params):
 
     def __init__(self):
         super().__init__()
-        self._setDefault(kValues=[1, 2, 3, 4, 5, 6], covarianceTypes=["full"], criterion="bic")
+        self._setDefault(**copy.deepcopy(SELECTOR_DEFAULTS))
 
     def getKValues(self) -> List[int]:
+        """Gets the value of :py:attr:`kValues` or its default value."""
         return self.getOrDefault(self.kValues)
 
     def getCovarianceTypes(self) -> List[str]:
+        """Gets the value of :py:attr:`covarianceTypes` or its default value."""
         return self.getOrDefault(self.covarianceTypes)
 
     def getCriterion(self) -> str:
+        """Gets the value of :py:attr:`criterion` or its default value."""
         return self.getOrDefault(self.criterion)
 
 
@@ -129,6 +133,7 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
         covarianceTypes: Optional[List[str]] = None,
         criterion: str = "bic",
     ) -> "GaussianMixtureSelector":
+        """Sets params for GaussianMixtureSelector; ``estimator`` as :meth:`setEstimator` does."""
         kwargs = dict(self._input_kwargs)
         if kwargs.get("estimator") is not None:
             self.setEstimator(kwargs["estimator"])
@@ -137,24 +142,32 @@ class GaussianMixtureSelector(Estimator, _SelectorParams, PersistentStage):
         return self._set(**kwargs)
 
     def setEstimator(self, value: GaussianMixture) -> "GaussianMixtureSelector":
+        """Sets the GaussianMixture that supplies every setting of the grid's fits but k and
+        covarianceType (a TypeError for any other estimator)."""
         if not isinstance(value, GaussianMixture):
             raise TypeError(f"estimator must be a spark_gmm.GaussianMixture, got {type(value)}")
         self._estimator = value
         return self
 
     def getEstimator(self) -> GaussianMixture:
+        """Gets the GaussianMixture that supplies the settings of the grid's fits."""
         return self._estimator
 
     def setKValues(self, value: List[int]) -> "GaussianMixtureSelector":
+        """Sets the value of :py:attr:`kValues`."""
         return self._set(kValues=value)
 
     def setCovarianceTypes(self, value: List[str]) -> "GaussianMixtureSelector":
+        """Sets the value of :py:attr:`covarianceTypes`."""
         return self._set(covarianceTypes=value)
 
     def setCriterion(self, value: str) -> "GaussianMixtureSelector":
+        """Sets the value of :py:attr:`criterion`."""
         return self._set(criterion=value)
 
     def copy(self, extra=None) -> "GaussianMixtureSelector":
+        """A copy of this selector with the same uid and the ``extra`` params applied, holding
+        a copy of its estimator."""
         new = super().copy(extra)
         new._estimator = self._estimator.copy()
         return new
@@ -243,6 +256,8 @@ class GaussianMixtureSelectionModel(Model, _SelectorParams, PersistentStage):
         return self.bestModel.transform(dataset)
 
     def copy(self, extra=None) -> "GaussianMixtureSelectionModel":
+        """A copy of this model with the same uid and the ``extra`` params applied, holding
+        copies of its best model and its table."""
         new = super().copy(extra)
         new.bestModel, new.table = self.bestModel.copy(), self.table.copy()
         return new
@@ -307,25 +322,32 @@ class GaussianMixtureEvaluator(Evaluator, HasWeightCol, PersistentStage):
         logLikelihoodCol: str = "logLikelihood",
         weightCol: Optional[str] = None,
     ) -> "GaussianMixtureEvaluator":
+        """Sets params for GaussianMixtureEvaluator."""
         kwargs = {name: value for name, value in self._input_kwargs.items() if value is not None}
         return self._set(**kwargs)
 
     def setMetricName(self, value: str) -> "GaussianMixtureEvaluator":
+        """Sets the value of :py:attr:`metricName`."""
         return self._set(metricName=value)
 
     def getMetricName(self) -> str:
+        """Gets the value of :py:attr:`metricName` or its default value."""
         return self.getOrDefault(self.metricName)
 
     def setLogLikelihoodCol(self, value: str) -> "GaussianMixtureEvaluator":
+        """Sets the value of :py:attr:`logLikelihoodCol`."""
         return self._set(logLikelihoodCol=value)
 
     def getLogLikelihoodCol(self) -> str:
+        """Gets the value of :py:attr:`logLikelihoodCol` or its default value."""
         return self.getOrDefault(self.logLikelihoodCol)
 
     def setWeightCol(self, value: str) -> "GaussianMixtureEvaluator":
+        """Sets the value of :py:attr:`weightCol`."""
         return self._set(weightCol=value)
 
     def isLargerBetter(self) -> bool:
+        """Whether a larger metric is better: True for logLikelihood, False for bic and aic."""
         return self.getMetricName() == "logLikelihood"
 
     def _evaluate(self, dataset: DataFrame) -> float:

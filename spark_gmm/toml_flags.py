@@ -49,10 +49,13 @@ class Option:
 
     @property
     def cli_flag(self) -> str:
+        """The command-line flag: ``flag`` when given, else ``--`` and the key's last part with
+        dashes for underscores."""
         return self.flag or "--" + self.key.split(".")[-1].replace("_", "-")
 
     @property
     def dest(self) -> str:
+        """The attribute name argparse stores the flag's value under."""
         return "opt_" + self.key.replace(".", "__")
 
 
@@ -67,6 +70,7 @@ class JobSpec:
     epilog: str = ""
 
     def option(self, key: str) -> Option:
+        """The option of dotted key ``key`` (a KeyError when the job has none)."""
         for opt in self.options:
             if opt.key == key:
                 return opt
@@ -74,6 +78,7 @@ class JobSpec:
 
     @property
     def keys(self) -> List[str]:
+        """The dotted keys of the job's options, in declaration order."""
         return [o.key for o in self.options]
 
 
@@ -276,6 +281,8 @@ class _KeyValue(argparse.Action):
 
 
 def build_parser(spec: JobSpec, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The job's argument parser: ``--config``, ``--print-config``, ``--traceback`` and one
+    flag per option (each defaulting to None, so that unset flags can be told apart)."""
     parser = _OneLineParser(
         prog=prog or f"spark-gmm {spec.name}",
         description=spec.description
@@ -324,10 +331,13 @@ class ResolvedConfig:
         return self.values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is unset (None)."""
         value = self.values.get(key)
         return default if value is None else value
 
     def nested(self) -> Dict[str, Any]:
+        """The set values as nested tables by the parts of their dotted keys (unset ones
+        left out)."""
         out: Dict[str, Any] = {}
         for key, value in self.values.items():
             if value is None:
@@ -340,6 +350,7 @@ class ResolvedConfig:
         return out
 
     def to_toml(self, header: Sequence[str] = ()) -> str:
+        """The set values as TOML text, after the ``header`` lines as comments."""
         lines = [f"# {h}" if h else "#" for h in header]
         if lines:
             lines.append("")
@@ -360,6 +371,8 @@ def _toml_key(key: str) -> str:
 
 
 def toml_value(value: Any) -> str:
+    """``value`` (a bool, number, string, list or dict) written as a TOML value; a TypeError
+    for anything else."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -68,7 +68,9 @@ if str(REPO_ROOT) not in _pp.split(os.pathsep):
 # process, so the run starts one server, not one per process.
 # (xdist's own `--dist loadgroup` cannot do this under pytest 9: it renames `item._nodeid`,
 # which pytest 9 no longer reports.)
-CONNECT_SERVER_MODULES = frozenset({"tests/test_dropin.py", "tests/test_benchmarks.py"})
+CONNECT_SERVER_MODULES = frozenset(
+    {"tests/test_dropin.py", "tests/test_connect.py", "tests/test_benchmarks.py"}
+)
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -1,28 +1,12 @@
-"""Generated data sets shared by the Spark-layer tests (no downloads)."""
+"""The tests' data: the package's generated sets (spark_gmm.datasets) and the DataFrames the
+Spark-layer tests build from them."""
 
 from __future__ import annotations
 
 import numpy as np
 from pyspark.ml.linalg import Vectors
 
-
-def blobs(n_per: int, d: int, k: int = 3, separation: float = 10.0, seed: int = 0):
-    """k well-separated spherical blobs in d dimensions: (X (k*n_per, d), labels)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0.0, separation, size=(k, d))
-    X = np.vstack([rng.normal(c, 1.0, size=(n_per, d)) for c in centers])
-    labels = np.repeat(np.arange(k), n_per)
-    order = rng.permutation(len(X))
-    return X[order], labels[order]
-
-
-def one_d_mixture(seed: int = 0):
-    """N(-0.5, 0.2) x 2000, N(-0.1, 0.07) x 5000, N(0.2, 0.13) x 10000 (stds)."""
-    rng = np.random.default_rng(seed)
-    x = np.concatenate(
-        [rng.normal(-0.5, 0.2, 2000), rng.normal(-0.1, 0.07, 5000), rng.normal(0.2, 0.13, 10000)]
-    )
-    return rng.permutation(x)[:, None]
+from spark_gmm.datasets import blobs, one_d_mixture  # noqa: F401  (the tests import them here)
 
 
 def vector_df(spark, X, partitions: int = 2, extra=None):
@@ -33,12 +17,14 @@ def vector_df(spark, X, partitions: int = 2, extra=None):
 
 
 def array_df(spark, X, partitions: int = 2, dtype: str = "double"):
+    """A DataFrame with an `id` column and an array<dtype> `features` column."""
     rows = [(i, [float(v) for v in x]) for i, x in enumerate(np.asarray(X, dtype=float))]
     df = spark.createDataFrame(rows, f"id long, features array<{dtype}>")
     return df.repartition(partitions, "id").sortWithinPartitions("id")
 
 
 def adjusted_rand_index(a, b) -> float:
+    """scikit-learn's adjusted Rand index of two labelings."""
     from sklearn.metrics import adjusted_rand_score
 
     return float(adjusted_rand_score(np.asarray(a), np.asarray(b)))

@@ -1,6 +1,5 @@
 """A fresh machine: the README's first quickstart command in a fresh copy of the repository
-(its tracked files), then the built wheel in that environment, and the README's cluster recipe
-with the wheel on ``local-cluster``.
+(its tracked files), then the built wheel in that environment.
 
 * The first quickstart command, verbatim (taken from the README), makes its own ``.venv``
   (dependencies from the package index, as a user gets them) and writes the demo report with
@@ -8,9 +7,8 @@ with the wheel on ``local-cluster``.
 * ``pip wheel --no-deps -w dist .`` builds the wheel; it replaces the editable install in that
   environment (``pip install`` checks its dependencies), and its console script
   ``spark-gmm-fit`` runs the fit job from a folder outside the copy.
-* The same wheel, copied to ``spark_gmm.zip``, ships with ``spark-submit --py-files`` (the
-  README's recipe) and the fit job runs on ``local-cluster`` with the executors importing
-  spark_gmm from it.
+(The README's cluster recipe, the wheel shipped as ``spark_gmm.zip`` with ``spark-submit
+--py-files`` to separate executor JVMs: tests/test_standalone_cluster.py.)
 
 Nothing of this checkout is on PYTHONPATH in these runs.
 """
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_CLUSTER_MASTER, REPO_ROOT, SCRIPT_TIMEOUT, TEST_JVM_OPTIONS, _tail
+from tests.conftest import REPO_ROOT, SCRIPT_TIMEOUT, TEST_JVM_OPTIONS, _tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -183,67 +181,3 @@ def test_the_wheel_installs_and_its_fit_job_runs(installed, tmp_path):
     assert all(Path(e["spark_gmm_path"]).is_relative_to(site) for e in _executors(report))
     assert report["fit"]["numRows"] == 3000 and report["model"]["k"] == 3
     assert (out / "model" / "metadata").is_dir() and report["plots"]["status"].endswith("written")
-
-
-def test_readme_cluster_recipe_with_the_wheel_on_local_cluster(installed, wheel, tmp_path):
-    """README: ``pip wheel --no-deps -w dist .`` and the wheel copied to ``spark_gmm.zip``
-    (Spark puts only .zip/.egg/.jar files of --py-files on the Python path), then
-    spark-submit with ``--py-files spark_gmm.zip``."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert "cp dist/spark_gmm-*.whl spark_gmm.zip" in readme
-    package = tmp_path / "spark_gmm.zip"
-    shutil.copyfile(wheel, package)
-    env = _clean_env(tmp_path)
-    spark_home = Path(
-        _run(
-            [installed, "-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"],
-            cwd=tmp_path,
-            env=env,
-        ).stdout.strip()
-    )
-    env.update(
-        SPARK_HOME=str(spark_home),  # local-cluster's work/ goes into that venv
-        PYSPARK_PYTHON=str(installed),
-        PYSPARK_DRIVER_PYTHON=str(installed),
-    )
-    out = tmp_path / "out"
-    cmd = [
-        spark_home / "bin" / "spark-submit",
-        "--master",
-        LOCAL_CLUSTER_MASTER,
-        "--properties-file",
-        REPO_ROOT / "conf" / "spark-cluster.properties",
-        # local-cluster[2,1,1024]: executors must fit into a worker
-        "--conf",
-        "spark.executor.memory=512m",
-        "--conf",
-        "spark.executor.cores=1",
-        "--conf",
-        "spark.executor.memoryOverhead=384m",
-        "--conf",
-        "spark.driver.memory=1g",
-        "--conf",
-        "spark.driver.host=127.0.0.1",
-        "--conf",
-        "spark.ui.enabled=false",
-        "--conf",
-        f"spark.pyspark.python={installed}",
-        "--py-files",
-        package,
-        REPO_ROOT / "jobs" / "fit.py",
-        "--demo",
-        "--demo-rows",
-        "3000",
-        "--k",
-        "3",
-        "--output",
-        out,
-        "--no-plots",
-    ]
-    _run(cmd, cwd=tmp_path, env=env)
-    report = json.loads((out / "report" / "report.json").read_text())
-    assert report["spark"]["master"] == LOCAL_CLUSTER_MASTER
-    # each executor's copy of the shipped file (in its work folder)
-    paths = [e["spark_gmm_path"] for e in _executors(report)]
-    assert all("/spark_gmm.zip/" in p for p in paths), paths
-    assert report["fit"]["numRows"] == 3000 and (out / "model" / "metadata").is_dir()

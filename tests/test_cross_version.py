@@ -3,7 +3,7 @@ a ``PipelineModel``, and predicts the same.
 
 This process saves, the other line's interpreter (a subprocess) loads what we saved and saves
 its own, which this process loads. The other interpreter: ``SPARK_GMM_OTHER_PYTHON``, else
-``.venv-spark35/bin/python`` or ``.venv/bin/python`` of this checkout, whichever runs another
+``.venv-oldest/bin/python`` or ``.venv/bin/python`` of this checkout, whichever runs another
 PySpark line than this one (``bash .ci/run`` builds both; under CI a missing one fails).
 """
 
@@ -46,7 +46,7 @@ def other_python():
         [given]
         if given
         else [
-            str(REPO_ROOT / ".venv-spark35" / "bin" / "python"),
+            str(REPO_ROOT / ".venv-oldest" / "bin" / "python"),
             str(REPO_ROOT / ".venv" / "bin" / "python"),
         ]
     )
@@ -57,7 +57,7 @@ def other_python():
                 return python, version
     reason = (
         f"no interpreter with another PySpark line than {pyspark.__version__} among "
-        f"{candidates} (bash .ci/run builds .venv-spark35)"
+        f"{candidates} (bash .ci/run builds .venv-oldest)"
     )
     if os.environ.get("CI"):
         pytest.fail(reason, pytrace=False)

@@ -65,6 +65,7 @@ def _assert_same_bits(outcome, reference):
         assert result.log_likelihood == expected.log_likelihood
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("init_mode", INIT_MODES)
 def test_bit_identical_to_the_resident_engine(weighted, init_mode):
     on_driver = _outcome(weighted, init_mode, "driver")
@@ -96,6 +97,7 @@ def test_the_selector_chooses_the_same_on_every_engine(weighted):
     assert tables["driver"].equals(tables["resident"])
 
 
+@pytest.mark.compat
 def test_auto_takes_it_for_a_small_table_and_says_why(weighted, caplog):
     with caplog.at_level(logging.INFO, logger="spark_gmm"):
         model = GaussianMixture(k=3, weightCol="w", seed=1, maxIter=3).fit(weighted)
@@ -138,6 +140,7 @@ def test_the_limit_follows_what_the_driver_can_hold(monkeypatch):
     assert driver_limit(None, 3) == (1 << 20, "a third of the driver's free memory (0.0 GiB)")
 
 
+@pytest.mark.compat
 def test_it_needs_no_python_worker(weighted, monkeypatch):
     """The rows come as Arrow from the JVM (a plan without a Python node) and every pass runs
     here; the background start of Python workers is left to the fits that need them."""
@@ -183,6 +186,7 @@ def _frame(spark, rows, repeat=20):
     return spark.createDataFrame(data, "features array<double>, w double").repartition(2).cache()
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("handle_invalid", ["error", "skip"])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_the_driver_validates_as_spark_does(spark, case, handle_invalid):
@@ -211,6 +215,7 @@ def test_the_driver_validates_as_spark_does(spark, case, handle_invalid):
         assert auto == per_pass and per_pass[0] == "InvalidInputError", outcomes
 
 
+@pytest.mark.compat
 def test_an_input_spark_estimates_large_is_validated_in_spark(spark, weighted, monkeypatch):
     """Where Spark's size estimate is unknown or large (Spark Connect, big files), the input
     is validated by Spark's aggregation first; a small one still runs on the driver."""

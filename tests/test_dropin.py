@@ -2,13 +2,14 @@
 ``pyspark.ml.clustering.GaussianMixture`` must behave the same, structurally,
 when ``GaussianMixture``/``GaussianMixtureModel`` come from ``spark_gmm``.
 
-The script (tests/scripts/dropin_script.py) runs in a subprocess:
+The script (tests/scripts/dropin_script.py) runs twice:
 
-* local[2]      -- built-in and spark_gmm in one process (one JVM start);
-* Spark Connect -- built-in and spark_gmm through ``--remote`` against the
-                   session's Connect server;
-* local-cluster -- spark_gmm only (separate executor JVMs, ~30 s to start),
-                   compared with the built-in's local[2] facts.
+* local[2]      -- built-in and spark_gmm on the test session, in this process;
+* Spark Connect -- built-in and spark_gmm in a subprocess, through ``--remote`` against the
+                   session's Connect server.
+
+(The package on separate executor JVMs: tests/test_standalone_cluster.py, the fit job on a
+standalone cluster with the wheel shipped; tests/test_host_loss.py on local-cluster.)
 
 Each run writes JSON; ``structural`` facts must be equal between modules,
 ``info`` facts are free to differ (numbers, nullability, column order, ...).
@@ -32,9 +33,7 @@ MODES = [  # compat: local and Connect also run on PySpark 3.5 (.ci/run)
     pytest.param(
         "connect", marks=[pytest.mark.connect, pytest.mark.slow, pytest.mark.compat], id="connect"
     ),
-    pytest.param("cluster", marks=[pytest.mark.cluster, pytest.mark.slow], id="cluster"),
 ]
-BUILTIN_MODES = MODES[:2]  # the built-in is not re-run on local-cluster
 
 VECTOR = ["vector", "VectorUDT"]
 VECTOR_ARROW = (
@@ -57,10 +56,15 @@ def _dropin(run_json_script, tmp_path_factory, name, modules, *session_args):
 
 
 @pytest.fixture(scope="session")
-def dropin_local(run_json_script, tmp_path_factory):
-    return _dropin(
-        run_json_script, tmp_path_factory, "local", [BUILTIN, OURS], "--master", "local[2]"
-    )
+def dropin_local(spark, tmp_path_factory):
+    """The script's facts on the test session (local[2], this process): the same user script,
+    without a Spark application of its own."""
+    from tests.scripts.dropin_script import collect_facts
+
+    work = tmp_path_factory.mktemp("dropin-local")
+    facts = {"mode": "classic", "master": spark.sparkContext.master, "remote": None}
+    facts.update(collect_facts(spark, [BUILTIN, OURS], str(work)))
+    return json.loads(json.dumps(facts, sort_keys=True, default=repr))  # as the script writes
 
 
 @pytest.fixture(scope="session")
@@ -70,17 +74,9 @@ def dropin_connect(run_json_script, tmp_path_factory, connect_url):
     )
 
 
-@pytest.fixture(scope="session")
-def dropin_cluster(run_json_script, tmp_path_factory, local_cluster_master):
-    return _dropin(
-        run_json_script, tmp_path_factory, "cluster", [OURS], "--master", local_cluster_master
-    )
-
-
 def _builtin_reference(request, mode):
-    """Built-in facts to compare with: same mode, local[2] for local-cluster."""
-    ref_mode = "local" if mode == "cluster" else mode
-    return request.getfixturevalue(f"dropin_{ref_mode}")["runs"][BUILTIN]
+    """Built-in facts to compare with, of the same mode."""
+    return request.getfixturevalue(f"dropin_{mode}")["runs"][BUILTIN]
 
 
 # --------------------------------------------------------------------------
@@ -254,17 +250,13 @@ def test_harness_python_workers(request, mode):
     assert h["worker_omp_num_threads"] == "1"
     # VectorUDT reaches mapInArrow as its sqlType struct (type 1 = dense)
     assert h["mapInArrow_vector_arrow_type"] == VECTOR_ARROW
-    if PYSPARK_MAJOR >= 4:  # Spark 4 features, probed but not used by the package
-        assert h["arrow_udf"] == [1.0, 2.0, 3.0]
+    if PYSPARK_MAJOR >= 4:  # the driver engine reads rows with toArrow on PySpark 4
         assert h["toArrow_num_rows"] == 2
-    assert h["cache_storageLevel"] == [
-        "Disk Memory Deserialized 1x Replicated",
-        "Serialized 1x Replicated",
-    ]
+    assert h["persist_unpersist"] == [True, False]
     assert h["vector_to_array_roundtrip"] == [[1.0, 2.0], [0.0, 3.0]]
 
 
-@pytest.mark.parametrize("mode", BUILTIN_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_builtin_baseline(request, mode):
     """Spark's own GaussianMixture passes the script: validates the script."""
     run = _require_run(request.getfixturevalue(f"dropin_{mode}"), BUILTIN)
@@ -307,7 +299,7 @@ def test_spark_gmm_matches_builtin(request, mode):
     assert not lines, f"spark_gmm differs from {BUILTIN} ({mode}):\n" + "\n".join(lines)
 
 
-@pytest.mark.parametrize("mode", BUILTIN_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_spark_gmm_params_superset(request, mode):
     f = request.getfixturevalue(f"dropin_{mode}")
     ours = _require_run(f, OURS)
@@ -343,7 +335,7 @@ def test_output_column_order_matches_builtin(dropin_local):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ours_fits_small_tables_on_the_driver_everywhere(request, mode):
-    """On local[2], through a local Connect server and on local-cluster (separate executor
-    JVMs), the default fit of the drop-in script's small table runs on the driver engine."""
+    """On local[2] and through a local Connect server, the default fit of the drop-in
+    script's small table runs on the driver engine."""
     ours = _require_run(request.getfixturevalue(f"dropin_{mode}"), OURS)
     assert ours["info"]["engine"] == "driver"

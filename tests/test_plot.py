@@ -1,6 +1,7 @@
 """spark_gmm.plot: the numbers behind the pictures (component curves, ellipses, samples)."""
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -167,7 +168,14 @@ def test_spark_dataframe_is_sampled_on_spark_with_a_bound(spark):
     ax = plot.plot_clusters_2d(model, df, n=200)
     assert 0 < len(ax.collections[0].get_offsets()) <= 200
     ax = plot.plot_density_1d(model, df, feature="c", n=400)
-    assert "400 rows" in ax.lines[0].get_label() or ax.patches
+    # the histogram is of column c, of at most 400 rows sampled on Spark, drawn as a density
+    data_label = next(x for x in ax.get_legend_handles_labels()[1] if x.startswith("data ("))
+    rows = int(re.fullmatch(r"data \(([\d,]+) rows\)", data_label).group(1).replace(",", ""))
+    assert 0 < rows <= 400 and ax.get_xlabel() == "c"
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert sum(b.get_height() * b.get_width() for b in bars) == pytest.approx(1.0, rel=1e-6)
+    left, right = min(b.get_x() for b in bars), max(b.get_x() + b.get_width() for b in bars)
+    assert X[:, 2].min() - 1e-9 <= left and right <= X[:, 2].max() + 1e-9
 
 
 def test_log_likelihood_and_criteria_plots():

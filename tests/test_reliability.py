@@ -219,13 +219,13 @@ def test_killed_driver_resumes_from_its_checkpoint(spark, parquet_data, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["resident", "jobPerPass"])
 def test_crashing_python_workers_are_retried_to_the_same_result(
-    spark, parquet_data, tmp_path, run_script, engine
+    spark, parquet_data, tmp_path, run_script
 ):
-    """jobPerPass: every first attempt of a statistics task crashes, and Spark retries the
-    task. resident: one worker crashes mid-fit (its third pass), and Spark retries the whole
-    barrier stage; the driver runs the interrupted pass again on the new attempt."""
+    """One application, a fit on each engine. jobPerPass: every first attempt of a statistics
+    task crashes, and Spark retries the task. resident: one worker crashes mid-fit (its third
+    pass), and Spark retries the whole barrier stage; the driver runs the interrupted pass
+    again on the new attempt."""
     run = run_script(
         SCRIPT,
         "--master",
@@ -233,18 +233,20 @@ def test_crashing_python_workers_are_retried_to_the_same_result(
         "--parquet",
         parquet_data,
         "--max-iter",
-        4,
+        3,
         "--engine",
-        engine,
+        "resident,jobPerPass",
         "--out",
         tmp_path / "retried.json",
         env={"SPARK_GMM_FAULT_INJECTION": "exit-first-attempt"},
     )
     retried = json.loads((tmp_path / "retried.json").read_text())
-    assert retried["engine"] == engine
-    if engine == "resident":  # the barrier stage failed and ran again
-        assert "waiting for Spark to retry the barrier stage" in run.stderr
-        assert retried["retriedStages"] > 0
-    else:
-        assert retried["failedTasks"] > 0  # the first attempts did crash
-    _assert_same_fit(retried, _reference(spark, parquet_data, 4))
+    reference = _reference(spark, parquet_data, 3)
+    resident, per_pass = retried["resident"], retried["jobPerPass"]
+    assert (resident["engine"], per_pass["engine"]) == ("resident", "jobPerPass")
+    # resident: the barrier stage failed and ran again
+    assert "waiting for Spark to retry the barrier stage" in run.stderr
+    assert resident["retriedStages"] > 0
+    _assert_same_fit(resident, reference)
+    assert per_pass["failedTasks"] > 0  # the first attempts did crash
+    _assert_same_fit(per_pass, reference)

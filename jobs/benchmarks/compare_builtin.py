@@ -2,28 +2,25 @@
 
     .venv/bin/python jobs/benchmarks/compare_builtin.py [--rows-per-blob 200] [--output FILE.json]
 
-Three well-separated blobs in 10-D scaled by 100, by 1e-4, shifted by 1e8, and in 40-D
-(plus the plain 10-D case as a control). For each case and each implementation: the adjusted
-Rand index against the true blobs, whether the fit raised, the smallest covariance
-eigenvalue and the number of distinct components. scikit-learn's ARI is the reference.
-Run by hand; the README quotes its output.
+Three well-separated blobs (``spark_gmm.datasets.blobs``, the tests' data) in 10-D scaled by
+100, by 1e-4, shifted by 1e8, and in 40-D (plus the plain 10-D case as a control). For each
+case and each implementation: the adjusted Rand index against the true blobs, whether the fit
+raised, the smallest covariance eigenvalue and the number of distinct components.
+scikit-learn's ARI is the reference. Run by hand; the README quotes its output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
+import common
 import numpy as np
 
-# the blobs are the tests' (tests/datasets.py), so the README's table and the tests measure
-# the same data
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.datasets import blobs  # noqa: E402
+# the tests' blobs, so the README's table and the tests measure the same data
+from spark_gmm.datasets import blobs
 
 CASES = [
     ("plain 10-D", 1.0, 0.0, 10),
@@ -63,24 +60,16 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="write the results as JSON here too")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.ml.clustering import GaussianMixture as BuiltinGMM
     from pyspark.ml.linalg import Vectors
-    from pyspark.sql import SparkSession
     from sklearn.metrics import adjusted_rand_score
     from sklearn.mixture import GaussianMixture as SkGMM
 
     from spark_gmm import GaussianMixture
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("compare_builtin")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
+    spark = common.session(
+        conf={"spark.app.name": "compare_builtin", "spark.sql.shuffle.partitions": "4"}
     )
-    spark.sparkContext.setLogLevel("ERROR")
     results = []
     for name, scale, offset, d in CASES:
         X, labels = blobs(args.rows_per_blob, d, seed=args.seed)

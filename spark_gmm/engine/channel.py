@@ -114,9 +114,11 @@ class Channel:
             self._send_key, self._recv_key = send_key, recv_key
 
     def fileno(self) -> int:
+        """The socket's file descriptor, so that a channel can be polled or selected on."""
         return self.sock.fileno()
 
     def close(self) -> None:
+        """Closes the socket, ignoring errors from one that is closed already."""
         try:
             self.sock.close()
         except OSError:

@@ -43,6 +43,7 @@ _SAID = set()  # engine choices and fallback reasons this process logged already
 
 
 def say_once(level: int, message: str) -> None:
+    """Logs ``message`` at ``level`` the first time this process says it, and never again."""
     if message not in _SAID:
         _SAID.add(message)
         log.log(level, message)

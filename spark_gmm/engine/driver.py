@@ -331,6 +331,8 @@ class DriverEngine(PassEngine):
         return ordered_sum(pairs, self.scale)
 
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        """The rows ``function`` keeps of every held block, joined in partition and block
+        order; None when none."""
         self.data_passes += 1
         pieces = [
             (pid, rows)

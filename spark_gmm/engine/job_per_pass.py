@@ -223,6 +223,8 @@ class JobPerPassEngine(PassEngine):
         return ordered_sum(pairs, None)  # any tree level was summed by the job
 
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        """One Spark job: the rows ``function`` keeps of every block, joined in partition and
+        block order; None when none."""
         pieces = self._collect(partial(gather, function=function), label)
         width = self.n_features + 1
         return in_order((pid, rows.reshape(-1, width)) for pid, rows in pieces)

@@ -115,6 +115,10 @@ class _Lost(Exception):
 
 @dataclass(frozen=True)
 class ResidentSettings:
+    """How a resident fit runs (:func:`plan`): its number of barrier tasks, their timeouts,
+    where the coordinator listens and what it tells the tasks to connect to, and whether the
+    channel is encrypted."""
+
     n_tasks: int
     connect_timeout: float = CONNECT_TIMEOUT
     pass_timeout: float = PASS_TIMEOUT
@@ -707,6 +711,8 @@ class ResidentEngine(PassEngine):
     def run(
         self, passes: Sequence[PassFunction], label: str, size: Optional[int] = None
     ) -> np.ndarray:
+        """The summed statistics vectors of all ``passes``, computed by the workers on the
+        rows they hold and summed per partition in partition order."""
         replies = self._exchange(
             ("sum", list(passes)),
             label,
@@ -728,6 +734,8 @@ class ResidentEngine(PassEngine):
         return ordered_sum(pairs, self.scale)
 
     def gather(self, function: GatherFunction, label: str) -> Optional[np.ndarray]:
+        """The rows ``function`` keeps of every block the workers hold, joined in partition
+        and block order; None when none."""
         width = self.n_features + 1
         replies = self._exchange(
             ("gather", function),

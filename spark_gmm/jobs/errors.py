@@ -16,12 +16,16 @@ class JobError(Exception):
 
 
 def one_line(text: str, limit: int = 600) -> str:
+    """The first non-blank line of ``text``, stripped and cut to ``limit`` characters (with
+    "..." when cut); "unknown error" when there is none."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     line = lines[0] if lines else "unknown error"
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def is_expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a problem the user can fix (bad config, input, output or model),
+    reported by its message alone rather than as a Spark or Python error."""
     from spark_gmm import CovarianceError, InvalidInputError, ModelFileError
 
     return isinstance(
@@ -67,6 +71,8 @@ def spark_error_line(exc: BaseException) -> str:
 
 
 def columns_text(df) -> str:
+    """``df``'s column names, comma-separated, for error messages: the first 25 and the
+    count when there are more."""
     names = df.columns
     shown = ", ".join(names[:25])
     return shown + (f", ... ({len(names)} columns)" if len(names) > 25 else "")

@@ -34,13 +34,43 @@ def main_fit(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_fit(job: Job) -> None:
-    from spark_gmm import GaussianMixture, tracking
+    """The fit job: checks the input and the output columns, fits a GaussianMixture, then writes
+    the model, the predictions (if asked), the training scores, the report and the resolved
+    config, and logs the fit to MLflow with --mlflow."""
+    from spark_gmm import tracking
 
     cfg = job.cfg
     tracker = tracking.fit_tracker(cfg)  # None unless --mlflow; fails now if MLflow is missing
     df, desc, demo, input_cols, features_col = start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
+    pred_col, prob_col, ll_col = _output_columns(cfg, df, desc)
+    fmt = cfg["output.format"]
+    partition_by = cfg.get("output.partition_by") or []
+    if cfg.get("output.predictions"):
+        _check_prediction_partitioning(df, partition_by, pred_col, prob_col, ll_col)
+
+    params = _estimator_params(cfg, input_cols, features_col, weight_col)
+    model = _fit(job, df, desc, params)
+    s = model.summary
+    model_path = save_model(job, model)
+
+    scored_source, pred_path = _write_predictions(job, model, df, desc, fmt, partition_by)
+    scores = _write_training_scores(job, scored_source, ll_col, model_path)
+
+    inputs = _input_description(s, desc, input_cols, features_col, weight_col, demo)
+    X, labels = plot_sample(job, scored_source, model, pred_col, s.numRows, params["seed"])
+    report = _fit_report(job, model, params, inputs, scores, model_path, pred_path)
+    write_report(job, report, model, X, labels)
+    job.write_resolved_config()
+    if tracker is not None:
+        _log_to_mlflow(job, tracker, model, params, desc)
+    log.info("done in %.1f s: %s", time.time() - job.started, job.output)
+
+
+def _output_columns(cfg, df, desc: str):
+    """(prediction, probability, log-likelihood) column names, checked to be new in ``df``
+    and distinct."""
     pred_col, prob_col, ll_col = (
         cfg["output.prediction_col"],
         cfg["output.probability_col"],
@@ -57,19 +87,25 @@ def run_fit(job: Job) -> None:
     )
     if len({pred_col, prob_col, ll_col}) < 3:
         raise JobError("prediction_col, probability_col and log_likelihood_col must differ")
-    fmt = cfg["output.format"]
-    partition_by = cfg.get("output.partition_by") or []
-    if cfg.get("output.predictions"):
-        from pyspark.sql import functions as F
+    return pred_col, prob_col, ll_col
 
-        probe = (
-            df.limit(0)
-            .withColumn(pred_col, F.lit(0))
-            .withColumn(ll_col, F.lit(0.0))
-            .withColumn(prob_col, F.array(F.lit(0.0)))
-        )
-        check_partition_by(probe, partition_by)
 
+def _check_prediction_partitioning(df, partition_by, pred_col: str, prob_col: str, ll_col: str):
+    """Checks ``partition_by`` against the columns of the predictions before the fit, on an
+    empty frame with the input's columns and the output columns."""
+    from pyspark.sql import functions as F
+
+    probe = (
+        df.limit(0)
+        .withColumn(pred_col, F.lit(0))
+        .withColumn(ll_col, F.lit(0.0))
+        .withColumn(prob_col, F.array(F.lit(0.0)))
+    )
+    check_partition_by(probe, partition_by)
+
+
+def _estimator_params(cfg, input_cols, features_col: str, weight_col: Optional[str]):
+    """The GaussianMixture params of the job's settings (also what MLflow logs)."""
     params = dict(
         k=int(cfg["model.k"]),
         covarianceType=cfg["model.covariance_type"],
@@ -79,21 +115,34 @@ def run_fit(job: Job) -> None:
         regCovar=float(cfg["model.reg_covar"]),
         initMode=cfg["model.init_mode"],
         handleInvalid=cfg["input.handle_invalid"],
-        predictionCol=pred_col,
-        probabilityCol=prob_col,
-        logLikelihoodCol=ll_col,
+        predictionCol=cfg["output.prediction_col"],
+        probabilityCol=cfg["output.probability_col"],
+        logLikelihoodCol=cfg["output.log_likelihood_col"],
         featuresCol=features_col,
     )
     if input_cols:
         params["inputCols"] = input_cols
     if weight_col:
         params["weightCol"] = weight_col
+    return params
+
+
+def _fit(job: Job, df, desc: str, params):
+    """Fits a GaussianMixture of ``params`` (from model.initial_model if set) to ``df`` and
+    logs a one-line summary of the fit; returns the model."""
+    from spark_gmm import GaussianMixture
+
     gm = GaussianMixture(**params)
-    if cfg.get("model.initial_model"):
-        initial, _ = load_model(job, cfg["model.initial_model"])
+    if job.cfg.get("model.initial_model"):
+        initial, _ = load_model(job, job.cfg["model.initial_model"])
         gm.setInitialModel(initial)
 
-    what = f"columns {', '.join(input_cols)}" if input_cols else f"vector column '{features_col}'"
+    input_cols = params.get("inputCols")
+    what = (
+        f"columns {', '.join(input_cols)}"
+        if input_cols
+        else f"vector column '{params['featuresCol']}'"
+    )
     job.describe(f"fitting k={params['k']} {params['covarianceType']} on {what} of {desc}")
     with job.timed("fit"):
         model = gm.fit(df)
@@ -107,30 +156,40 @@ def run_fit(job: Job) -> None:
         s.logLikelihood / s.totalWeight,
         s.bic,
     )
+    return model
 
-    model_path = save_model(job, model)
 
-    scored_source, pred_path = _write_predictions(job, model, df, desc, fmt, partition_by)
-
+def _write_training_scores(job: Job, scored_source, ll_col: str, model_path: str):
+    """Computes the statistics of the training log-likelihoods (the quantiles the score job's
+    anomaly.threshold_quantile reads), writes them to training_scores.json and returns them."""
     job.describe("computing the training log-likelihood quantiles")
     with job.timed("training_scores"):
         scores = score_statistics(scored_source, ll_col)
     scores["model"] = model_path
     job.write_json(TRAINING_SCORES, scores)
+    return scores
 
-    X, labels = plot_sample(job, scored_source, model, pred_col, s.numRows, params["seed"])
-    report = {
+
+def _input_description(s, desc: str, input_cols, features_col: str, weight_col, demo: bool):
+    """The report's "input" section: the source, its rows (from the fit summary ``s``) and
+    the columns the fit read."""
+    return {
+        "source": desc,
+        "rows": s.numRows + s.numSkippedRows,
+        "skippedRows": s.numSkippedRows,
+        "inputCols": input_cols,
+        "featuresCol": None if input_cols else features_col,
+        "weightCol": weight_col,
+        "demo": demo,
+    }
+
+
+def _fit_report(job: Job, model, params, inputs, scores, model_path: str, pred_path):
+    """The fit's report (report/report.json, once write_report adds the plots and timings)."""
+    return {
         "job": "fit",
         "spark": spark_info(job),
-        "input": {
-            "source": desc,
-            "rows": s.numRows + s.numSkippedRows,
-            "skippedRows": s.numSkippedRows,
-            "inputCols": input_cols,
-            "featuresCol": None if input_cols else features_col,
-            "weightCol": weight_col,
-            "demo": demo,
-        },
+        "input": inputs,
         "model": model_description(model),
         "fit": dict(
             summary_description(model),
@@ -148,17 +207,17 @@ def run_fit(job: Job) -> None:
             "config": job.out(RESOLVED_CONFIG),
         },
     }
-    write_report(job, report, model, X, labels)
-    job.write_resolved_config()
-    if tracker is not None:
-        with job.timed("mlflow"):
-            tracker.log_fit(
-                model,
-                params,
-                artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
-                extra_params={"input": desc, "spark_version": job.spark.version},
-            )
-    log.info("done in %.1f s: %s", time.time() - job.started, job.output)
+
+
+def _log_to_mlflow(job: Job, tracker, model, params, desc: str) -> None:
+    """Logs the fit (params, metrics, model, report and config) to MLflow."""
+    with job.timed("mlflow"):
+        tracker.log_fit(
+            model,
+            params,
+            artifacts=[job.out("report"), job.out(RESOLVED_CONFIG)],
+            extra_params={"input": desc, "spark_version": job.spark.version},
+        )
 
 
 def _write_predictions(job: Job, model, df, desc: str, fmt: str, partition_by):

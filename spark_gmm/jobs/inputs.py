@@ -125,6 +125,8 @@ def check_features(
 
 
 def check_numeric(df, desc: str, col: Optional[str], what: str) -> None:
+    """Checks that column ``col`` of ``df`` (described as ``desc``) exists and is numeric,
+    raising a JobError that names it as ``what``; nothing to check when ``col`` is empty."""
     from pyspark.sql.types import NumericType
 
     if not col:
@@ -183,5 +185,7 @@ def load_model(job: Job, path: str):
 
 
 def model_features(model) -> Tuple[Optional[List[str]], str]:
+    """(inputCols or None, featuresCol) of a fitted model: the columns it reads its features
+    from."""
     cols = model.getOrDefault(model.inputCols) if model.isDefined(model.inputCols) else None
     return (list(cols) if cols else None), model.getFeaturesCol()

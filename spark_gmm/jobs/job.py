@@ -43,6 +43,8 @@ class Job:
     # ---------------------------------------------------------------- Spark
 
     def start_spark(self):
+        """Starts the job's Spark session (or takes the active one), sets up its file system
+        and SQL settings, and returns the session."""
         t0 = time.perf_counter()
         self.spark, self.created_session, self.mode = start_session(self.cfg, self._temp_files)
         self.fs = FileSystem(self.spark)
@@ -79,6 +81,8 @@ class Job:
             pass
 
     def close(self) -> None:
+        """Restores the SQL settings the job changed, stops the session if the job created
+        it, and removes the job's temporary files."""
         if self.spark is not None:
             try:
                 self.spark.sparkContext.setJobDescription(None)
@@ -103,6 +107,7 @@ class Job:
     # ---------------------------------------------------------------- timing
 
     def timed(self, name: str):
+        """A context manager that adds the seconds its block takes to ``timings[name]``."""
         job = self
 
         class _Timer:
@@ -149,23 +154,32 @@ class Job:
         return path
 
     def out(self, *parts: str) -> str:
+        """The path of ``parts`` inside the output folder."""
         return self.fs.join(self.output, *parts)
 
     def write_text(self, name: str, text: str) -> str:
+        """Writes ``text`` (UTF-8) to the file ``name`` of the output folder; returns its path."""
         path = self.out(name)
         self.fs.write_bytes(path, text.encode("utf-8"))
         return path
 
     def write_json(self, name: str, data: Any) -> str:
+        """Writes ``data`` as indented JSON (NumPy values as plain ones, non-finite floats as
+        strings) to the file ``name`` of the output folder; returns its path."""
         return self.write_text(name, json.dumps(_jsonable(data), indent=2) + "\n")
 
     def write_resolved_config(self) -> str:
+        """Writes the resolved configuration as TOML to ``resolved-config.toml`` in the output
+        folder, with a header saying where the values came from; returns its path."""
         path = self.write_text(RESOLVED_CONFIG, self.cfg.to_toml(config_header(self.cfg, self)))
         log.info("resolved configuration: %s", path)
         return path
 
 
 def config_header(cfg: ResolvedConfig, job: Optional[Job]) -> List[str]:
+    """The comment lines heading a resolved configuration: the order of the sources, which
+    keys each non-default source set, when and on what Spark it was written (given a started
+    ``job``), and how to run it again."""
     import spark_gmm
 
     header = [
@@ -207,6 +221,8 @@ def _jsonable(value):
 
 
 def spark_info(job: Job) -> Dict[str, Any]:
+    """The job's Spark and Python environment for its report: Spark version, master, mode,
+    application id, the driver's spark_gmm and Python, and the executors' environments."""
     import spark_gmm
 
     sc = job.spark.sparkContext

@@ -10,6 +10,8 @@ from spark_gmm.jobs.job import Job
 
 
 def check_new_columns(df, desc: str, names: Dict[str, str]) -> None:
+    """Raises a JobError naming the flags whose output column names (``names``: flag -> name,
+    empty for none) are columns of ``df`` (described as ``desc``) already."""
     taken = [f"{name} ({flag})" for flag, name in names.items() if name and name in df.columns]
     if taken:
         raise JobError(
@@ -19,6 +21,8 @@ def check_new_columns(df, desc: str, names: Dict[str, str]) -> None:
 
 
 def check_partition_by(df, cols: Sequence[str]) -> None:
+    """Checks that every column of ``cols`` is in the output ``df`` and holds plain values
+    (no arrays, maps, structs or vectors) that a partitioned write can split on."""
     from pyspark.sql.types import ArrayType, MapType, StructType, UserDefinedType
 
     fields = {f.name: f.dataType for f in df.schema.fields}
@@ -64,6 +68,9 @@ def for_format(df, fmt: str, probability_col: Optional[str], k: int):
 def write_frame(
     job: Job, df, path: str, fmt: str, partition_by: Sequence[str] = (), num_files: int = 0
 ) -> None:
+    """Writes ``df`` to ``path`` in format ``fmt`` (CSV with a header), partitioned by the
+    ``partition_by`` columns, repartitioned into ``num_files`` first when given; an existing
+    path is an error unless output.overwrite."""
     from pyspark.sql import functions as F
 
     if num_files:

@@ -20,6 +20,8 @@ log = logging.getLogger("spark_gmm")
 
 
 def model_description(model) -> Dict[str, Any]:
+    """The model for the report: k, covariance type, feature count and names, parameter count,
+    and each component's weight, mean and full covariance."""
     from spark_gmm.plot import feature_names, mixture_of
 
     mixture = mixture_of(model)
@@ -43,6 +45,8 @@ def model_description(model) -> Dict[str, Any]:
 
 
 def summary_description(model) -> Dict[str, Any]:
+    """The fit's summary for the report (iterations, convergence, log-likelihood, BIC, AIC,
+    row counts, cluster sizes, engine); empty when the model has no summary."""
     if not model.hasSummary:
         return {}
     s = model.summary
@@ -168,6 +172,8 @@ def html_report(
     plot_status: str,
     table=None,
 ) -> str:
+    """The one-page HTML report: the summary rows, the model selection ``table`` when given,
+    the components, and the plots embedded as PNG data (else ``plot_status``)."""
     body = ["<h2>Summary</h2>", _html_table(summary_rows)]
     if table is not None and len(table):
         body += [

@@ -25,6 +25,9 @@ def main_sample(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_sample(job: Job) -> None:
+    """Runs the sample job: loads the model, draws ``sample.n`` rows from it, writes them to
+    samples/ in the output folder (one column per input column with output.expand), then
+    summary.json and the resolved configuration."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 

@@ -34,6 +34,9 @@ def main_select(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_select(job: Job) -> None:
+    """Runs the select job: fits every k and covariance type of the grid, writes the
+    criteria table (selection.csv, selection.json), the best model, its training scores,
+    the report and the resolved configuration."""
     from spark_gmm import GaussianMixture
     from spark_gmm.selection import GaussianMixtureSelector
 

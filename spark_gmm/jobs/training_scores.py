@@ -88,6 +88,8 @@ def _float(value) -> Optional[float]:
 
 
 def read_training_scores(job: Job, path: str) -> Dict[str, Any]:
+    """The training scores saved at ``path`` (a ``training_scores.json``), or a JobError
+    saying why they cannot be read."""
     try:
         exists = job.fs.exists(path)
     except Exception as exc:  # noqa: BLE001

@@ -32,7 +32,6 @@ import tempfile
 import time
 import traceback
 
-import _session  # noqa: E402  (also puts the repo root on sys.path)
 import numpy as np
 
 N_PER_BLOB = 100
@@ -504,31 +503,22 @@ def harness_facts(spark) -> dict:
         except Exception as exc:  # noqa: BLE001
             facts[name] = f"ERROR {type(exc).__name__}: {exc}"[:1000]
 
-    def arrow_udf_probe():
-        import pyarrow.compute as pc
-        from pyspark.sql.functions import arrow_udf
+    # DataFrame features the package relies on: toArrow (the driver engine, PySpark >= 4),
+    # persist / unpersist (the job-per-pass engine's cached blocks), vector_to_array (data)
+    if hasattr(df, "toArrow"):
+        check("toArrow_num_rows", lambda: df.toArrow().num_rows)
 
-        @arrow_udf("double")
-        def plus1(a: pa.Array) -> pa.Array:
-            return pc.add(a, 1.0)
+    def persist_probe():
+        from pyspark.storagelevel import StorageLevel
 
-        return [
-            r[0]
-            for r in spark.range(3).selectExpr("cast(id as double) x").select(plus1("x")).collect()
-        ]
-
-    check("arrow_udf", arrow_udf_probe)
-    check("toArrow_num_rows", lambda: df.toArrow().num_rows)
-
-    def cache_probe():
         d = spark.range(10)
-        d.cache()
+        d.persist(StorageLevel.MEMORY_AND_DISK)
         d.count()
-        lvl = str(d.storageLevel)
+        cached = d.storageLevel
         d.unpersist()
-        return [lvl, str(d.storageLevel)]
+        return [cached.useMemory and cached.useDisk, d.storageLevel.useMemory]
 
-    check("cache_storageLevel", cache_probe)
+    check("persist_unpersist", persist_probe)
 
     def v2a_probe():
         from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -540,7 +530,29 @@ def harness_facts(spark) -> dict:
     return facts
 
 
+def collect_facts(spark, modules, workdir: str, harness: bool = True) -> dict:
+    """The facts of every module's run in ``spark`` (and the harness probes): what ``main``
+    writes, also called in the test process with its own session (tests/test_dropin.py)."""
+    result = {"spark_version": spark.version, "runs": {}}
+    t0 = time.monotonic()
+    try:
+        if harness:
+            result["harness"] = harness_facts(spark)
+        for i, module in enumerate(modules):
+            wd = os.path.join(workdir, f"{i}_{module.replace('.', '_')}")
+            shutil.rmtree(wd, ignore_errors=True)
+            os.makedirs(wd)
+            t = time.monotonic()
+            result["runs"][module] = run_module(spark, module, wd)
+            result["runs"][module]["seconds"] = round(time.monotonic() - t, 1)
+    finally:
+        result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
 def main(argv=None) -> int:
+    import _session  # tests/scripts (the script's folder); puts the repo root on sys.path
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--module",
@@ -555,27 +567,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     spark, mode = _session.make_session(args.master, args.remote, app_name="dropin_script")
-    result = {
-        "mode": mode,
-        "master": args.master,
-        "remote": args.remote,
-        "spark_version": spark.version,
-        "runs": {},
-    }
     workdir = args.workdir or tempfile.mkdtemp(prefix="dropin-")
-    t0 = time.monotonic()
+    result = {"mode": mode, "master": args.master, "remote": args.remote}
     try:
-        if not args.no_harness:
-            result["harness"] = harness_facts(spark)
-        for i, module in enumerate(args.module):
-            wd = os.path.join(workdir, f"{i}_{module.replace('.', '_')}")
-            shutil.rmtree(wd, ignore_errors=True)
-            os.makedirs(wd)
-            t = time.monotonic()
-            result["runs"][module] = run_module(spark, module, wd)
-            result["runs"][module]["seconds"] = round(time.monotonic() - t, 1)
+        result.update(collect_facts(spark, args.module, workdir, harness=not args.no_harness))
     finally:
-        result["seconds"] = round(time.monotonic() - t0, 1)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1, sort_keys=True, default=repr)
         try:
