@@ -254,6 +254,102 @@ def covariance_ellipse(cov2: np.ndarray, n_sigma: float = 1.0) -> Tuple[float, f
     return float(width), float(height), angle
 
 
+_ELLIPSE_LINESTYLES = ["-", "--", ":", "-."]  # by position in ``sigmas``
+
+
+def _feature_pair(model, features: Sequence[Feature]) -> Tuple[int, int]:
+    """The indices of the two distinct features a cluster plot shows."""
+    if len(features) != 2:
+        raise ValueError(f"features must name two features, got {list(features)}")
+    i, j = (_feature_index(model, f) for f in features)
+    if i == j:
+        raise ValueError("the two features must differ")
+    return i, j
+
+
+def _labelled_sample(
+    model, data, labels: Optional[np.ndarray], n: int, seed: int, prediction_col: Optional[str]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(X, labels) of at most ``n`` rows of ``data``. The labels are ``labels`` when given, else
+    the sample's ``prediction_col``, else predicted by the model on the driver."""
+    X, sampled_labels = _as_features(model, data, n, seed, prediction_col)
+    if labels is None:
+        labels = sampled_labels
+    if labels is None:
+        from spark_gmm import kernel
+
+        labels = kernel.predict(X, mixture_of(model))[0] if len(X) else np.empty(0, dtype=int)
+    labels = np.asarray(labels, dtype=int)
+    if len(X) > n:  # arrays handed in directly are capped too (plots of 10^6 points are mud)
+        keep = np.random.default_rng(seed).choice(len(X), n, replace=False)
+        X, labels = X[keep], labels[keep]
+    return X, labels
+
+
+def _draw_components(
+    ax, means: np.ndarray, covs: np.ndarray, pair: Tuple[int, int], colors, sigmas
+) -> None:
+    """For each component, in the plane of the feature pair: one covariance ellipse per entry
+    of ``sigmas`` (the first drawn thicker), then its mean as a cross."""
+    from matplotlib.patches import Ellipse
+
+    i, j = pair
+    for c in range(len(means)):
+        cov2 = covs[c][np.ix_([i, j], [i, j])]
+        for s_idx, s in enumerate(sigmas):
+            w, h, angle = covariance_ellipse(cov2, s)
+            ax.add_patch(
+                Ellipse(
+                    (means[c, i], means[c, j]),
+                    w,
+                    h,
+                    angle=angle,
+                    fill=False,
+                    edgecolor=colors[c],
+                    linewidth=2.0 if s_idx == 0 else 1.4,
+                    linestyle=_ELLIPSE_LINESTYLES[s_idx % len(_ELLIPSE_LINESTYLES)],
+                )
+            )
+        ax.plot(
+            means[c, i],
+            means[c, j],
+            marker="X",
+            markersize=9,
+            color=colors[c],
+            markeredgecolor="black",
+            markeredgewidth=0.8,
+            linestyle="none",
+        )
+
+
+def _cluster_legend(ax, weights: np.ndarray, colors, sigmas) -> None:
+    """A legend entry per cluster (with its weight), then one per ellipse line style."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            color=colors[c],
+            label=f"cluster {c} (w={weights[c]:.2f})",
+        )
+        for c in range(len(weights))
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color="0.3",
+            linestyle=_ELLIPSE_LINESTYLES[s_idx % len(_ELLIPSE_LINESTYLES)],
+            label=f"{s:g}σ ellipse",
+        )
+        for s_idx, s in enumerate(sigmas)
+    ]
+    ax.legend(handles=handles, fontsize="x-small", loc="best", framealpha=0.85)
+
+
 def plot_clusters_2d(
     model,
     data,
@@ -274,25 +370,12 @@ def plot_clusters_2d(
     clusters come from ``prediction_col`` when the DataFrame has it, else from the model), or
     an (m, d) array on the driver with ``labels`` (predicted by the model when omitted).
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Ellipse
+    # Without matplotlib this fails here, before any Spark job samples the data.
+    import matplotlib.lines  # noqa: F401
+    import matplotlib.patches  # noqa: F401
 
-    if len(features) != 2:
-        raise ValueError(f"features must name two features, got {list(features)}")
-    i, j = (_feature_index(model, f) for f in features)
-    if i == j:
-        raise ValueError("the two features must differ")
-    X, sampled_labels = _as_features(model, data, n, seed, prediction_col)
-    if labels is None:
-        labels = sampled_labels
-    if labels is None:
-        from spark_gmm import kernel
-
-        labels = kernel.predict(X, mixture_of(model))[0] if len(X) else np.empty(0, dtype=int)
-    labels = np.asarray(labels, dtype=int)
-    if len(X) > n:  # arrays handed in directly are capped too (plots of 10^6 points are mud)
-        keep = np.random.default_rng(seed).choice(len(X), n, replace=False)
-        X, labels = X[keep], labels[keep]
+    i, j = _feature_pair(model, features)
+    X, labels = _labelled_sample(model, data, labels, n, seed, prediction_col)
     weights, means, covs = _mixture(model)
     k = len(weights)
     colors = _colors(k)
@@ -304,49 +387,8 @@ def plot_clusters_2d(
         ax.scatter(
             X[:, i], X[:, j], c=point_colors, s=size, alpha=0.45, linewidths=0, rasterized=True
         )
-    styles = ["-", "--", ":", "-."]
-    for c in range(k):
-        cov2 = covs[c][np.ix_([i, j], [i, j])]
-        for s_idx, s in enumerate(sigmas):
-            w, h, angle = covariance_ellipse(cov2, s)
-            ax.add_patch(
-                Ellipse(
-                    (means[c, i], means[c, j]),
-                    w,
-                    h,
-                    angle=angle,
-                    fill=False,
-                    edgecolor=colors[c],
-                    linewidth=2.0 if s_idx == 0 else 1.4,
-                    linestyle=styles[s_idx % len(styles)],
-                )
-            )
-        ax.plot(
-            means[c, i],
-            means[c, j],
-            marker="X",
-            markersize=9,
-            color=colors[c],
-            markeredgecolor="black",
-            markeredgewidth=0.8,
-            linestyle="none",
-        )
-    handles = [
-        Line2D(
-            [],
-            [],
-            marker="o",
-            linestyle="none",
-            color=colors[c],
-            label=f"cluster {c} (w={weights[c]:.2f})",
-        )
-        for c in range(k)
-    ]
-    handles += [
-        Line2D([], [], color="0.3", linestyle=styles[s_idx % len(styles)], label=f"{s:g}σ ellipse")
-        for s_idx, s in enumerate(sigmas)
-    ]
-    ax.legend(handles=handles, fontsize="x-small", loc="best", framealpha=0.85)
+    _draw_components(ax, means, covs, (i, j), colors, sigmas)
+    _cluster_legend(ax, weights, colors, sigmas)
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.autoscale_view()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from pyspark.sql import DataFrame
 
@@ -59,49 +60,14 @@ def open_engine(
     if requested in ("auto", "driver"):
         why_not = driver_unavailable(spark, data.n_rows, data.n_features)
         if why_not is None:
-            limit, what = driver_limit(spark, data.n_features)
-            reason = (
-                within_limit(data.n_rows, data.n_features, limit, what)
-                if requested == "auto"
-                else "engine='driver'"
-            )
-            say_once(logging.INFO, f"the fit runs on the driver: {reason}")
-            engine = DriverEngine.collect(
-                data.rows,
-                data.n_rows,
-                data.total_weight,
-                data.n_features,
-                data.n_partitions,
-                aggregation_depth,
-                description,
-            )
-            engine.reason = reason
-            return engine
+            return _open_driver(data, spark, requested, aggregation_depth, description)
         if requested == "driver":
             raise ValueError(f"engine='driver' cannot run this fit: {why_not}")
     reason = "engine='jobPerPass'"
     if requested != "jobPerPass":
-        resident, why = plan(data.rows, data.n_partitions, data.n_rows * (data.n_features + 1))
-        if resident is not None:
-            try:
-                engine = ResidentEngine(
-                    data.rows,
-                    data.n_rows,
-                    data.total_weight,
-                    data.n_features,
-                    data.n_partitions,
-                    aggregation_depth,
-                    description,
-                    resident,
-                ).start()
-                engine.reason = (
-                    "engine='resident'"
-                    if requested == "resident"
-                    else f"too large for the driver engine ({why_not})"
-                )
-                return engine
-            except ResidentUnavailable as exc:
-                why = str(exc)
+        engine, why = _try_resident(data, requested, aggregation_depth, description, why_not)
+        if engine is not None:
+            return engine
         if requested == "resident":
             raise RuntimeError(f"engine='resident' cannot run here: {why}")
         reason = (
@@ -118,3 +84,61 @@ def open_engine(
     )
     engine.reason = reason
     return engine
+
+
+def _open_driver(
+    data: FitRows, spark, requested: str, aggregation_depth: int, description: str
+) -> DriverEngine:
+    """The driver engine, with the rows collected to the driver, for a fit it can run; logs
+    (once) that the fit runs there and why."""
+    limit, what = driver_limit(spark, data.n_features)
+    reason = (
+        within_limit(data.n_rows, data.n_features, limit, what)
+        if requested == "auto"
+        else "engine='driver'"
+    )
+    say_once(logging.INFO, f"the fit runs on the driver: {reason}")
+    engine = DriverEngine.collect(
+        data.rows,
+        data.n_rows,
+        data.total_weight,
+        data.n_features,
+        data.n_partitions,
+        aggregation_depth,
+        description,
+    )
+    engine.reason = reason
+    return engine
+
+
+def _try_resident(
+    data: FitRows,
+    requested: str,
+    aggregation_depth: int,
+    description: str,
+    why_not: Optional[str],
+) -> Tuple[Optional[ResidentEngine], Optional[str]]:
+    """(the started resident engine, None), or (None, why it cannot run here). ``why_not`` is
+    why the driver engine does not run the fit (for the engine's ``reason``)."""
+    resident, why = plan(data.rows, data.n_partitions, data.n_rows * (data.n_features + 1))
+    if resident is not None:
+        try:
+            engine = ResidentEngine(
+                data.rows,
+                data.n_rows,
+                data.total_weight,
+                data.n_features,
+                data.n_partitions,
+                aggregation_depth,
+                description,
+                resident,
+            ).start()
+            engine.reason = (
+                "engine='resident'"
+                if requested == "resident"
+                else f"too large for the driver engine ({why_not})"
+            )
+            return engine, None
+        except ResidentUnavailable as exc:
+            why = str(exc)
+    return None, why

@@ -81,70 +81,100 @@ def start_session(cfg: ResolvedConfig, temp_files: List[str]):
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit / pyspark
     conf: Dict[str, str] = {}
     if submitted:
-        if cfg.get("spark.master"):
-            log.warning("spark.master is ignored under spark-submit (its --master wins)")
-        if cfg.get("spark.properties_file"):
-            log.warning(
-                "spark.properties_file is ignored under spark-submit: pass "
-                "--properties-file to spark-submit"
-            )
-        from pyspark import SparkConf, SparkContext
-
-        SparkContext._ensure_initialized()  # attach to spark-submit's JVM to read its conf
-        present = SparkConf()
+        present = _attach_to_spark_submit(cfg)
         mode = "spark-submit"
     else:
-        conf["spark.ui.showConsoleProgress"] = "false"
-        props = (
-            read_properties(cfg["spark.properties_file"])
-            if cfg.get("spark.properties_file")
-            else {}
-        )
-        # the master: --master / spark.master, else the properties file's, else local[*]
-        master = (
-            cfg.get("spark.master")
-            or (cfg.get("spark.conf") or {}).get("spark.master")
-            or props.get("spark.master")
-            or "local[*]"
-        )
-        _local_environment(master)
-        if master.startswith("local"):
-            conf["spark.driver.host"] = "127.0.0.1"
-            conf["spark.driver.bindAddress"] = "127.0.0.1"
-        conf.update(props)
-        conf["spark.master"] = master
-        conf["spark.pyspark.python"] = sys.executable
-        conf["spark.pyspark.driver.python"] = sys.executable
         present = None
-        mode = "local" if master.startswith("local") else "client"
+        mode = _local_settings(cfg, conf)
     conf.update({k: v for k, v in (cfg.get("spark.conf") or {}).items() if k != "spark.master"})
-    for var in BLAS_THREAD_VARS:  # one BLAS thread per task: tasks already fill the cores
-        key = f"spark.executorEnv.{var}"
-        if key not in conf and not (present is not None and present.contains(key)):
-            conf[key] = "1"
+    _one_blas_thread_per_task(conf, present)
     if not submitted:
-        level = cfg["spark.log_level"]
-        fd, log4j = tempfile.mkstemp(prefix="spark-gmm-log4j2-", suffix=".properties")
-        with os.fdopen(fd, "w") as fh:
-            quiet = _LOG4J2_QUIET if level in ("WARN", "ERROR", "FATAL", "OFF") else ""
-            fh.write(_LOG4J2.format(level=level.lower(), quiet=quiet))
-        temp_files.append(log4j)
-        java_opts = conf.get("spark.driver.extraJavaOptions", "")
-        if "log4j2.configurationFile" not in java_opts:
-            conf["spark.driver.extraJavaOptions"] = (
-                f"{java_opts} -Dlog4j2.configurationFile=file:{log4j}".strip()
-            )
-    builder = SparkSession.builder.appName(cfg["spark.app_name"])
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    try:
-        spark = builder.getOrCreate()
-    except Exception as exc:  # noqa: BLE001
-        raise JobError(f"Spark did not start: {spark_error_line(exc)}") from None
+        _log_config_file(cfg, conf, temp_files)
+    spark = _create_session(cfg, conf)
     spark.sparkContext.setLogLevel(cfg["spark.log_level"])
     if submitted and cfg["spark.log_level"] in ("WARN", "ERROR", "FATAL", "OFF"):
         _quiet_loggers(spark)
     return spark, True, mode
+
+
+def _attach_to_spark_submit(cfg: ResolvedConfig):
+    """The SparkConf spark-submit prepared (read from its JVM, which this attaches to); warns
+    about the job's settings that spark-submit's own options override."""
+    if cfg.get("spark.master"):
+        log.warning("spark.master is ignored under spark-submit (its --master wins)")
+    if cfg.get("spark.properties_file"):
+        log.warning(
+            "spark.properties_file is ignored under spark-submit: pass "
+            "--properties-file to spark-submit"
+        )
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # attach to spark-submit's JVM to read its conf
+    return SparkConf()
+
+
+def _local_settings(cfg: ResolvedConfig, conf: Dict[str, str]) -> str:
+    """Adds to ``conf`` the settings of a session this process starts (the properties file's,
+    the master, the Python of the workers), prepares the environment for it, and returns the
+    mode: "local", or "client" for a cluster master."""
+    conf["spark.ui.showConsoleProgress"] = "false"
+    props = (
+        read_properties(cfg["spark.properties_file"]) if cfg.get("spark.properties_file") else {}
+    )
+    # the master: --master / spark.master, else the properties file's, else local[*]
+    master = (
+        cfg.get("spark.master")
+        or (cfg.get("spark.conf") or {}).get("spark.master")
+        or props.get("spark.master")
+        or "local[*]"
+    )
+    _local_environment(master)
+    if master.startswith("local"):
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    conf.update(props)
+    conf["spark.master"] = master
+    conf["spark.pyspark.python"] = sys.executable
+    conf["spark.pyspark.driver.python"] = sys.executable
+    return "local" if master.startswith("local") else "client"
+
+
+def _one_blas_thread_per_task(conf: Dict[str, str], present) -> None:
+    """Sets the executors' BLAS thread variables to 1 unless ``conf`` or the SparkConf already
+    ``present`` sets them: tasks already fill the cores."""
+    for var in BLAS_THREAD_VARS:
+        key = f"spark.executorEnv.{var}"
+        if key not in conf and not (present is not None and present.contains(key)):
+            conf[key] = "1"
+
+
+def _log_config_file(cfg: ResolvedConfig, conf: Dict[str, str], temp_files: List[str]) -> None:
+    """Writes the log4j2 configuration of the driver to a temporary file (appended to
+    ``temp_files``) and points the driver's Java options at it, unless they name one already."""
+    level = cfg["spark.log_level"]
+    fd, log4j = tempfile.mkstemp(prefix="spark-gmm-log4j2-", suffix=".properties")
+    with os.fdopen(fd, "w") as fh:
+        quiet = _LOG4J2_QUIET if level in ("WARN", "ERROR", "FATAL", "OFF") else ""
+        fh.write(_LOG4J2.format(level=level.lower(), quiet=quiet))
+    temp_files.append(log4j)
+    java_opts = conf.get("spark.driver.extraJavaOptions", "")
+    if "log4j2.configurationFile" not in java_opts:
+        conf["spark.driver.extraJavaOptions"] = (
+            f"{java_opts} -Dlog4j2.configurationFile=file:{log4j}".strip()
+        )
+
+
+def _create_session(cfg: ResolvedConfig, conf: Dict[str, str]):
+    """The session of the job's app name with ``conf`` (a JobError when Spark does not start)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(cfg["spark.app_name"])
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001
+        raise JobError(f"Spark did not start: {spark_error_line(exc)}") from None
 
 
 # Loggers whose WARNs are noise for a job (a Java stack trace for every existence check of a
