@@ -3,7 +3,8 @@
 
 * The first quickstart command, verbatim (taken from the README), makes its own ``.venv``
   (dependencies from the package index, as a user gets them) and writes the demo report with
-  its PNG plots and the HTML page.
+  its PNG plots and the HTML page; its stderr has a progress line per EM iteration, and its
+  local-mode workers run the venv's interpreter with one BLAS thread.
 * ``pip wheel --no-deps -w dist .`` builds the wheel; it replaces the editable install in that
   environment (``pip install`` checks its dependencies), and its console script
   ``spark-gmm-fit`` runs the fit job from a folder outside the copy.
@@ -101,16 +102,40 @@ def fresh_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def quickstart(fresh_copy):
+def quickstart_run(fresh_copy):
+    """(the fresh copy, the finished process of the README's first command run in it)."""
     command = quickstart_command(1)
     assert "jobs/fit.py --demo --output out/demo" in command, command
-    _run(command, cwd=fresh_copy, env=_clean_env(fresh_copy.parent), shell=True)
-    return fresh_copy
+    proc = _run(command, cwd=fresh_copy, env=_clean_env(fresh_copy.parent), shell=True)
+    return fresh_copy, proc
 
 
-def test_first_quickstart_command_writes_the_plots_and_the_page(quickstart):
+@pytest.fixture(scope="module")
+def quickstart(quickstart_run):
+    return quickstart_run[0]
+
+
+def test_first_quickstart_command_writes_the_plots_and_the_page(quickstart_run):
+    quickstart, proc = quickstart_run
     report_dir = quickstart / "out" / "demo" / "report"
     report = json.loads((report_dir / "report.json").read_text())
+    assert "Traceback" not in proc.stderr
+    # progress: one log line per EM iteration on stderr
+    iterations = [
+        line for line in proc.stderr.splitlines() if "INFO spark_gmm: EM iteration" in line
+    ]
+    assert len(iterations) == report["fit"]["numIter"] >= 1
+    assert "change" in iterations[0] and iterations[0].rstrip().endswith(" s")
+    # local mode: the workers run the venv's interpreter with single-threaded BLAS
+    spark = report["spark"]
+    assert spark["mode"] == "local" and spark["master"] == "local[*]"
+    venv_python = str(quickstart / ".venv" / "bin" / "python")
+    assert {e["executable"] for e in _executors(report)} == {venv_python}
+    assert all(
+        e["blasThreads"]["OMP_NUM_THREADS"] == "1"
+        and e["blasThreads"]["OPENBLAS_NUM_THREADS"] == "1"
+        for e in spark["executors"]
+    )
     assert report["plots"]["status"] == "5 plot(s) written", report["plots"]
     assert sorted(p.name for p in report_dir.glob("*.png")) == PNGS
     for png in PNGS:

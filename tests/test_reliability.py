@@ -17,9 +17,9 @@ from spark_gmm import GaussianMixture, kernel
 from spark_gmm.checkpoint import Checkpoint
 from tests.conftest import SCRIPTS_DIR, script_env
 from tests.datasets import blobs
+from tests.scripts.reliability_fit import FIT, fitted
 
 SCRIPT = SCRIPTS_DIR / "reliability_fit.py"
-FIT = dict(k=3, seed=2, tol=0.0)  # as in tests/scripts/reliability_fit.py
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,7 @@ def parquet_data(spark, tmp_path_factory):
 
 
 def _reference(spark, path, max_iter):
-    model = GaussianMixture(maxIter=max_iter, **FIT).fit(spark.read.parquet(path))
-    return {
-        "weights": model.weights,
-        "means": model.means.tolist(),
-        "covariances": model.covariances.tolist(),
-        "numIter": model.summary.numIter,
-        "history": model.summary.logLikelihoodHistory,
-        "logLikelihood": model.summary.logLikelihood,
-    }
+    return fitted(GaussianMixture(maxIter=max_iter, **FIT).fit(spark.read.parquet(path)))
 
 
 def _assert_same_fit(got, expected):
@@ -113,17 +105,7 @@ def test_fit_with_checkpoints_equals_fit_without(spark, parquet_data, tmp_path):
     model = GaussianMixture(
         maxIter=12, checkpointDir=str(tmp_path / "cp"), checkpointInterval=3, **FIT
     ).fit(spark.read.parquet(parquet_data))
-    _assert_same_fit(
-        {
-            "weights": model.weights,
-            "means": model.means.tolist(),
-            "covariances": model.covariances.tolist(),
-            "numIter": model.summary.numIter,
-            "history": model.summary.logLikelihoodHistory,
-            "logLikelihood": model.summary.logLikelihood,
-        },
-        plain,
-    )
+    _assert_same_fit(fitted(model), plain)
     assert os.listdir(tmp_path / "cp") == []  # a finished fit leaves no checkpoint
 
 

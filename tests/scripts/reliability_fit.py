@@ -1,16 +1,27 @@
 """Fit a GaussianMixture on a Parquet file and write the parameters as JSON.
 
-Used by tests/test_reliability.py: killed mid-fit and started again (checkpoints), or run
-under ``--master local[2,3]`` with SPARK_GMM_FAULT_INJECTION set (task retries).
+Used by tests/test_reliability.py (which imports ``FIT`` and ``fitted``): killed mid-fit and
+started again (checkpoints), or run under ``--master local[2,3]`` with
+SPARK_GMM_FAULT_INJECTION set (task retries).
 """
 
 import argparse
 import json
 import logging
 
-from _session import add_session_args, make_session
-
 FIT = dict(k=3, seed=2, tol=0.0)
+
+
+def fitted(model) -> dict:
+    """What the tests compare of a fit: its parameters, iterations and log-likelihoods."""
+    return {
+        "weights": model.weights,
+        "means": model.means.tolist(),
+        "covariances": model.covariances.tolist(),
+        "numIter": model.summary.numIter,
+        "history": model.summary.logLikelihoodHistory,
+        "logLikelihood": model.summary.logLikelihood,
+    }
 
 
 def fit(spark, args, engine: str) -> dict:
@@ -32,12 +43,7 @@ def fit(spark, args, engine: str) -> dict:
     ]
     stages = [info for info in stages if info is not None]
     return {
-        "weights": model.weights,
-        "means": model.means.tolist(),
-        "covariances": model.covariances.tolist(),
-        "numIter": model.summary.numIter,
-        "history": model.summary.logLikelihoodHistory,
-        "logLikelihood": model.summary.logLikelihood,
+        **fitted(model),
         "failedTasks": sum(info.numFailedTasks for info in stages),
         "retriedStages": sum(1 for info in stages if info.currentAttemptId > 0),
         "engine": model.summary.engine,
@@ -45,6 +51,8 @@ def fit(spark, args, engine: str) -> dict:
 
 
 def main():
+    from _session import add_session_args, make_session  # tests/scripts, the script's folder
+
     parser = add_session_args(argparse.ArgumentParser())
     parser.add_argument("--parquet", required=True)
     parser.add_argument("--out", required=True)
