@@ -267,6 +267,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit code 2), like the jobs' errors."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
+        """Exits with status 2 and the one line ``<prog>: error: <message> (see --help)``."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

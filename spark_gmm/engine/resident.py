@@ -253,6 +253,7 @@ class _Coordinator:
             return int(self._thread.is_alive()) + len(self._pending)
 
     def close(self):
+        """Stops accepting: closes the listening socket and every connection not yet taken."""
         self._closed.set()
         self.server.close()
         with self._lock:
