@@ -681,6 +681,11 @@ def test_fit_input_errors(table_dir, fitted, tmp_path, capsys, spark):
             "already has column(s) region (--log-likelihood-col)",
         ),
         (
+            ["--input", points, "--input-cols", "x,y", "--probability-col", "prediction"],
+            "the output column names must differ: --prediction-col prediction, "
+            "--probability-col prediction, --log-likelihood-col logLikelihood",
+        ),
+        (
             ["--input", csv, "--format", "csv", "--input-cols", "x,region"],
             "one non-numeric value makes the whole column a string",
         ),
@@ -807,6 +812,20 @@ def test_score_errors(fitted, table_dir, tmp_path, capsys, spark):
         (
             ["--model", fitted / "model", "--input", predictions],
             "already has column(s) prediction (--prediction-col)",
+        ),
+        (
+            [
+                "--model",
+                fitted / "model",
+                "--input",
+                points,
+                "--threshold",
+                "-4",
+                "--anomaly-column",
+                "logLikelihood",
+            ],
+            "the output column names must differ: --prediction-col prediction, --probability-col "
+            "probability, --log-likelihood-col logLikelihood, --anomaly-column logLikelihood",
         ),
         (["--model", fitted / "model", "--input", nan_rows], "1 with NaN, infinite or null"),
         (

@@ -8,13 +8,12 @@ import time
 from typing import Optional, Sequence
 
 from spark_gmm import config as _config
-from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.inputs import check_numeric, load_model, start_on_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
 from spark_gmm.jobs.outputs import (
-    check_new_columns,
     check_partition_by,
     for_format,
+    output_columns,
     save_model,
     write_frame,
 )
@@ -44,7 +43,7 @@ def run_fit(job: Job) -> None:
     df, desc, demo, input_cols, features_col = start_on_input(job, FIT_OUTPUTS)
     weight_col = cfg.get("input.weight_col")
     check_numeric(df, desc, weight_col, "weight column")
-    pred_col, prob_col, ll_col = _output_columns(cfg, df, desc)
+    pred_col, prob_col, ll_col, _ = output_columns(cfg, df, desc)
     fmt = cfg["output.format"]
     partition_by = cfg.get("output.partition_by") or []
     if cfg.get("output.predictions"):
@@ -66,28 +65,6 @@ def run_fit(job: Job) -> None:
     if tracker is not None:
         _log_to_mlflow(job, tracker, model, params, desc)
     log.info("done in %.1f s: %s", time.time() - job.started, job.output)
-
-
-def _output_columns(cfg, df, desc: str):
-    """(prediction, probability, log-likelihood) column names, checked to be new in ``df``
-    and distinct."""
-    pred_col, prob_col, ll_col = (
-        cfg["output.prediction_col"],
-        cfg["output.probability_col"],
-        cfg["output.log_likelihood_col"],
-    )
-    check_new_columns(
-        df,
-        desc,
-        {
-            "--prediction-col": pred_col,
-            "--probability-col": prob_col,
-            "--log-likelihood-col": ll_col,
-        },
-    )
-    if len({pred_col, prob_col, ll_col}) < 3:
-        raise JobError("prediction_col, probability_col and log_likelihood_col must differ")
-    return pred_col, prob_col, ll_col
 
 
 def _check_prediction_partitioning(df, partition_by, pred_col: str, prob_col: str, ll_col: str):

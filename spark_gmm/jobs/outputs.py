@@ -20,6 +20,25 @@ def check_new_columns(df, desc: str, names: Dict[str, str]) -> None:
         )
 
 
+def output_columns(cfg, df, desc: str, anomaly_col: Optional[str] = None):
+    """The job's output column names (prediction, probability, log-likelihood, and the
+    anomaly flag when given), checked to be new in ``df`` and distinct from each other."""
+    names = {
+        "--prediction-col": cfg["output.prediction_col"],
+        "--probability-col": cfg["output.probability_col"],
+        "--log-likelihood-col": cfg["output.log_likelihood_col"],
+        "--anomaly-column": anomaly_col,
+    }
+    check_new_columns(df, desc, names)
+    given = {flag: name for flag, name in names.items() if name}
+    if len(set(given.values())) < len(given):
+        raise JobError(
+            "the output column names must differ: "
+            + ", ".join(f"{flag} {name}" for flag, name in given.items())
+        )
+    return tuple(names.values())
+
+
 def check_partition_by(df, cols: Sequence[str]) -> None:
     """Checks that every column of ``cols`` is in the output ``df`` and holds plain values
     (no arrays, maps, structs or vectors) that a partitioned write can split on."""

@@ -12,7 +12,7 @@ from spark_gmm.data import quote_name
 from spark_gmm.jobs.errors import JobError
 from spark_gmm.jobs.inputs import check_features, load_model, model_features, read_input
 from spark_gmm.jobs.job import RESOLVED_CONFIG, Job, spark_info
-from spark_gmm.jobs.outputs import check_new_columns, check_partition_by, for_format, write_frame
+from spark_gmm.jobs.outputs import check_partition_by, for_format, output_columns, write_frame
 from spark_gmm.jobs.runner import run_job
 from spark_gmm.jobs.training_scores import TRAINING_SCORES, quantile_threshold, read_training_scores
 
@@ -42,7 +42,8 @@ def run_score(job: Job) -> None:
     with job.timed("read"):
         df, desc = read_input(job)
     input_cols, features_col = _feature_columns(cfg, df, desc, model, d)
-    pred_col, prob_col, ll_col, anomaly_col = _output_columns(cfg, df, desc, threshold)
+    anomaly_col = cfg["anomaly.column"] if threshold is not None else None
+    pred_col, prob_col, ll_col, anomaly_col = output_columns(cfg, df, desc, anomaly_col)
     _set_model_columns(model, cfg, features_col, input_cols, pred_col, prob_col, ll_col)
     report = _validate_features(job, df, desc, features_col, input_cols, d)
 
@@ -132,30 +133,6 @@ def _feature_columns(cfg, df, desc: str, model, d: int):
             f"({', '.join(input_cols)})"
         )
     return input_cols, features_col
-
-
-def _output_columns(cfg, df, desc: str, threshold: Optional[float]):
-    """(prediction, probability, log-likelihood, anomaly or None) column names, checked to be
-    new in ``df`` and distinct; the anomaly column only with a ``threshold``."""
-    pred_col, prob_col, ll_col = (
-        cfg["output.prediction_col"],
-        cfg["output.probability_col"],
-        cfg["output.log_likelihood_col"],
-    )
-    anomaly_col = cfg["anomaly.column"] if threshold is not None else None
-    check_new_columns(
-        df,
-        desc,
-        {
-            "--prediction-col": pred_col,
-            "--probability-col": prob_col,
-            "--log-likelihood-col": ll_col,
-            "--anomaly-column": anomaly_col,
-        },
-    )
-    if len({pred_col, prob_col, ll_col, anomaly_col or ""}) < 4:
-        raise JobError("the output column names must differ")
-    return pred_col, prob_col, ll_col, anomaly_col
 
 
 def _set_model_columns(model, cfg, features_col, input_cols, pred_col, prob_col, ll_col) -> None:
