@@ -950,9 +950,10 @@ def split_heaviest(params: MixtureParams, targets: Sequence[int]) -> MixturePara
 
 @dataclass
 class EMResult:
-    """One candidate's fit. ``history`` holds the mean per-row (weighted) log-likelihood of
-    each iteration's E-step; ``final_stats`` is a pass at the returned parameters;
-    ``recoveries`` counts collapsed components that were re-seeded."""
+    """One candidate's fit. ``history`` holds each iteration's objective (for maximum
+    likelihood the mean per-row weighted log-likelihood of its E-step, see :func:`run_em`);
+    ``final_stats`` is a pass at the returned parameters; ``recoveries`` counts collapsed
+    components that were re-seeded."""
 
     params: MixtureParams
     n_iter: int = 0
@@ -1042,7 +1043,20 @@ def params_from_dict(data: dict) -> MixtureParams:
     )
 
 
-StatsFunction = Callable[[Sequence[MixtureParams]], List[SufficientStats]]
+StatsFunction = Callable[[Sequence[Any]], List[SufficientStats]]
+# One EM update: (statistics of the E-step at ``state``, ``state``) -> (the next state, this
+# iteration's objective, whose change against the previous one's decides convergence).
+UpdateFunction = Callable[[SufficientStats, Any], Tuple[Any, float]]
+
+
+def maximum_likelihood_update(reg_covar: float) -> UpdateFunction:
+    """The update of maximum-likelihood EM: the M-step (:func:`m_step`), objective the mean
+    per-row (weighted) log-likelihood of the E-step (scikit-learn's GaussianMixture)."""
+
+    def update(stats: SufficientStats, state: MixtureParams):
+        return m_step(stats, reg_covar), stats.log_likelihood / stats.weight_sum
+
+    return update
 
 
 def run_em(
@@ -1057,10 +1071,16 @@ def run_em(
     on_recovery: Optional[Callable[[int, int, Sequence[int]], None]] = None,
     resume: Optional[EMState] = None,
     on_state: Optional[Callable[[EMState], None]] = None,
+    update: Optional[UpdateFunction] = None,
 ) -> List[EMResult]:
     """Advances every candidate together: one ``compute_stats`` call (one data pass) per
-    iteration for all candidates still running. A candidate stops when the change of its mean
-    per-row log-likelihood is below ``tol`` (scikit-learn's rule) or after ``max_iter``.
+    iteration for all candidates still running. A candidate stops when the change of its
+    objective is below ``tol`` (scikit-learn's rule) or after ``max_iter``.
+
+    ``update`` turns each candidate's statistics into its next state and the iteration's
+    objective: by default :func:`maximum_likelihood_update` (states are MixtureParams, the
+    objective the mean per-row log-likelihood); ``spark_gmm.variational`` plugs the
+    variational Bayesian update in here. ``compute_stats`` receives the states.
 
     With ``recover_collapsed``, components that :func:`collapsed_components` finds are
     re-seeded by :func:`split_heaviest` (at most k events per candidate, so a k larger than
@@ -1070,6 +1090,7 @@ def run_em(
     sees the state after every iteration (for checkpoints), and ``resume`` continues from
     such a state instead of ``initial``: the result is the same as an uninterrupted run.
     """
+    update = update or maximum_likelihood_update(reg_covar)
     state = resume if resume is not None else EMState.start(initial)
     results = state.results
     while state.active and state.iteration < max_iter:
@@ -1083,13 +1104,12 @@ def run_em(
             res = results[i]
             if stats.weight_sum <= 0:
                 raise ValueError("the total weight of the rows is zero")
-            ll = stats.log_likelihood / stats.weight_sum
-            change = ll - res.history[-1] if res.history else math.inf
-            res.history.append(ll)
-            res.params = m_step(stats, reg_covar)
+            res.params, objective = update(stats, res.params)
+            change = objective - res.history[-1] if res.history else math.inf
+            res.history.append(objective)
             res.n_iter = iteration
             if on_iteration:
-                on_iteration(iteration, i, ll, change, seconds)
+                on_iteration(iteration, i, objective, change, seconds)
             targets = collapsed_components(stats) if recover_collapsed else []
             targets = targets[: max(res.params.k - res.recoveries, 0)] if res.params.k > 1 else []
             if len(targets):
