@@ -748,6 +748,26 @@ def hard_assignment_stats(
     return stats
 
 
+def responsibility_stats(
+    X: np.ndarray,
+    sample_weight: Optional[np.ndarray],
+    resp: np.ndarray,
+    shift: np.ndarray,
+    covariance_type: str,
+) -> SufficientStats:
+    """Statistics of given responsibilities resp (n, k) of rows X (n, d), moments around
+    ``shift`` (k, d); counts by each row's largest responsibility, no log-likelihood (a
+    start from chosen responsibilities, as scikit-learn's ``_initialize``)."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    stats = SufficientStats.zeros(np.asarray(shift, dtype=np.float64), covariance_type)
+    _add_moments(stats, X, np.asarray(resp, dtype=np.float64) * w[:, None])
+    stats.counts += np.bincount(np.argmax(resp, axis=1), minlength=stats.shift.shape[0])
+    stats.weight_sum += float(w.sum())
+    stats.n_rows += X.shape[0]
+    return stats
+
+
 def random_resp_stats(
     X: np.ndarray,
     sample_weight: Optional[np.ndarray],
