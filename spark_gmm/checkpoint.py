@@ -80,7 +80,13 @@ class Checkpoint:
                 None if a is None else a.tolist()
                 for a in (explicit.means, explicit.weights, explicit.covariances)
             ],
-            "data": [report.n_input_rows, report.n_skipped, report.n_features, report.total_weight],
+            "data": [
+                report.n_input_rows,
+                report.n_skipped,
+                report.n_features,
+                report.total_weight,
+                report.n_incomplete,
+            ],
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return cls(os.path.join(settings.checkpoint_dir, f"spark_gmm-{digest[:24]}.json"), digest)

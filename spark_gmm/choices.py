@@ -7,7 +7,10 @@ the engine package's (``engine.ENGINES``)."""
 import zlib
 
 INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
-HANDLE_INVALID = ("error", "skip")
+# error: any null, NaN or infinite feature is an error; skip: such rows are dropped; keep: rows
+# with null or NaN features are kept and those features marginalised (infinite ones and rows
+# with every feature missing are still an error)
+HANDLE_INVALID = ("error", "skip", "keep")
 CRITERIA = ("bic", "aic")
 
 # GaussianMixture's defaults (its keyword arguments repeat them, as pyspark.ml's do:

@@ -90,7 +90,9 @@ def _input_options(features_help: str, cols_help: str) -> List[Option]:
             "str",
             _ESTIMATOR["handleInvalid"],
             "Rows with null, NaN or infinite features: 'error' stops the job naming the "
-            "column, 'skip' drops them (the report counts them).",
+            "column, 'skip' drops them (the report counts them), 'keep' keeps rows with null "
+            "or NaN features and marginalises those features (the report counts them; "
+            "infinite values and rows with every feature missing stay an error).",
             choices=HANDLE_INVALID,
         ),
     ]

@@ -55,15 +55,9 @@ def resolve_features(
         ]
         if wrong:
             raise InvalidInputError(f"inputCols must be numeric, got {', '.join(wrong)}")
+        # A null column is a null element: a missing feature (handleInvalid decides).
         cols = [F.col(quote_name(c)).cast(DoubleType()) for c in input_cols]
-        # A null in any column makes the row invalid, as a null vector would be.
-        any_null = (
-            F.greatest(*[F.col(quote_name(c)).isNull() for c in input_cols])
-            if len(input_cols) > 1
-            else F.col(quote_name(input_cols[0])).isNull()
-        )
-        array = F.when(any_null, F.lit(None)).otherwise(F.array(*cols))
-        return FeatureSource(f"inputCols {list(input_cols)}", array, len(input_cols))
+        return FeatureSource(f"inputCols {list(input_cols)}", F.array(*cols), len(input_cols))
     if features_col not in fields:
         raise InvalidInputError(
             f"features column '{features_col}' not found; the DataFrame has columns "
@@ -96,14 +90,35 @@ def _row_is_valid(array: Column) -> Column:
     return array.isNotNull() & ~bad_element
 
 
+def _is_missing(x: Column) -> Column:
+    return x.isNull() | F.isnan(x)
+
+
+def _row_flags(array: Column, handle_invalid: str):
+    """(valid, infinite, empty, incomplete) expressions of a features array: valid rows are
+    fitted; the others are counted as null, infinite (an infinite element) or empty (every
+    element missing, under 'keep'); incomplete: valid rows with a missing element ('keep')."""
+    # null elements compare as null: coalesced, or one would make the whole row's flag null
+    infinite = array.isNotNull() & F.exists(
+        array, lambda x: F.coalesce(F.abs(x) == float("inf"), F.lit(False))
+    )
+    if handle_invalid != "keep":
+        return _row_is_valid(array), infinite, F.lit(False), F.lit(False)
+    empty = array.isNotNull() & ~infinite & F.forall(array, _is_missing)
+    valid = array.isNotNull() & ~infinite & ~empty
+    return valid, infinite, empty, valid & F.exists(array, _is_missing)
+
+
 @dataclass(frozen=True)
 class InputReport:
-    """What validation found: row counts and the feature dimension."""
+    """What validation found: row counts and the feature dimension; ``n_incomplete`` rows
+    (of the valid ones) have missing features, kept under handleInvalid='keep'."""
 
     n_input_rows: int
     n_skipped: int
     n_features: int
     total_weight: float
+    n_incomplete: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -121,16 +136,24 @@ def prepare(
     """Validates the input in one aggregation job and returns (prepared DataFrame, report).
 
     The prepared DataFrame has columns ``FEATURES`` (array<double>, all rows valid and of one
-    size) and ``WEIGHT`` (double >= 0); it keeps the input's partitioning.
+    size; under 'keep' with null or NaN elements for missing features) and ``WEIGHT``
+    (double >= 0); it keeps the input's partitioning.
     """
     with_cols = unvalidated_rows(df, source, weight_col)
     x, w = F.col(FEATURES), F.col(WEIGHT)
-    is_valid = _row_is_valid(x)
+    is_valid, infinite, empty, incomplete = _row_flags(x, handle_invalid)
+
+    def count(condition: Column) -> Column:
+        return F.sum(F.when(condition, 1).otherwise(0))
+
     stats = (
         with_cols.agg(
             F.count(F.lit(1)).alias("n"),
-            F.sum(F.when(~is_valid | x.isNull(), 1).otherwise(0)).alias("invalid"),
-            F.sum(F.when(x.isNull(), 1).otherwise(0)).alias("nulls"),
+            count(~is_valid | x.isNull()).alias("invalid"),
+            count(x.isNull()).alias("nulls"),
+            count(infinite).alias("infinite"),
+            count(empty).alias("empty"),
+            count(incomplete).alias("incomplete"),
             F.min(F.when(is_valid, F.size(x))).alias("min_size"),
             F.max(F.when(is_valid, F.size(x))).alias("max_size"),
             F.sum(
@@ -153,11 +176,36 @@ def unvalidated_rows(df: DataFrame, source: FeatureSource, weight_col: Optional[
     return df.select(source.array.alias(FEATURES), _weight_column(df, weight_col).alias(WEIGHT))
 
 
-def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray, w: np.ndarray) -> dict:
+def row_validity(
+    row_null: np.ndarray, infinite: np.ndarray, n_missing: np.ndarray, sizes: np.ndarray, mode: str
+):
+    """(valid, empty, incomplete) (n,) bool of rows held in NumPy, as :func:`_row_flags`
+    decides them in Spark: from each row's nullness, whether it has an infinite element, its
+    count of missing (null or NaN) elements and its size, under handleInvalid ``mode``."""
+    present = ~row_null & ~infinite
+    if mode != "keep":
+        valid = present & (n_missing == 0)
+        return valid, np.zeros_like(valid), np.zeros_like(valid)
+    empty = present & (n_missing == sizes)
+    valid = present & ~empty
+    return valid, empty, valid & (n_missing > 0)
+
+
+def input_stats(
+    X_valid: np.ndarray,
+    nulls: int,
+    n: int,
+    sizes: np.ndarray,
+    w: np.ndarray,
+    infinite: int = 0,
+    empty: int = 0,
+    incomplete: int = 0,
+) -> dict:
     """The statistics :func:`prepare` aggregates in Spark, from rows held in NumPy: ``n``
-    rows, ``nulls`` of them null, ``X_valid`` (n,) whether each row is valid (non-null, every
-    element finite), ``sizes`` (n,) each row's number of features, ``w`` (n,) weights (NaN
-    where null)."""
+    rows, ``nulls`` of them null, ``X_valid`` (n,) whether each row is valid
+    (:func:`row_validity`), ``sizes`` (n,) each row's number of features, ``w`` (n,) weights
+    (NaN where null), and the counts of rows with an infinite element, of rows with every
+    element missing and of valid rows with a missing element."""
     invalid = int(n - np.count_nonzero(X_valid))
     valid_sizes = sizes[X_valid]
     valid_w = w[X_valid]
@@ -166,6 +214,9 @@ def input_stats(X_valid: np.ndarray, nulls: int, n: int, sizes: np.ndarray, w: n
         "n": n,
         "invalid": invalid,
         "nulls": nulls,
+        "infinite": infinite,
+        "empty": empty,
+        "incomplete": incomplete,
         "min_size": int(valid_sizes.min()) if valid_sizes.size else None,
         "max_size": int(valid_sizes.max()) if valid_sizes.size else None,
         "bad_weights": bad_weights,
@@ -185,6 +236,8 @@ def check_input(
     n, invalid = int(stats["n"]), int(stats["invalid"] or 0)
     if n == 0:
         raise InvalidInputError(f"the input DataFrame is empty: no rows in {source.description}")
+    if invalid and handle_invalid == "keep":
+        raise InvalidInputError(_unkept(stats, source, invalid, n))
     if invalid and handle_invalid == "error":
         nulls = int(stats["nulls"] or 0)
         what = []
@@ -194,7 +247,8 @@ def check_input(
             what.append(f"{invalid - nulls} with NaN, infinite or null values")
         raise InvalidInputError(
             f"{source.description} has {invalid} invalid row(s) of {n} ({', '.join(what)}); "
-            "clean them or set handleInvalid='skip' to drop them"
+            "clean them or set handleInvalid='skip' to drop them (or 'keep' to keep rows with "
+            "null or NaN features, marginalised)"
         )
     if invalid == n:
         raise InvalidInputError(
@@ -223,7 +277,22 @@ def check_input(
         raise InvalidInputError(
             f"weight column '{weight_col}' sums to zero over the valid rows: nothing to fit"
         )
-    return InputReport(n, invalid, lo, total_weight)
+    return InputReport(n, invalid, lo, total_weight, int(stats.get("incomplete") or 0))
+
+
+def _unkept(stats: dict, source: FeatureSource, invalid: int, n: int) -> str:
+    """The error of rows that handleInvalid='keep' cannot keep: null rows and rows with
+    every feature missing (nothing to marginalise over), rows with infinite values."""
+    counts = (
+        (int(stats["nulls"] or 0), "null (every feature missing)"),
+        (int(stats.get("empty") or 0), "with every feature null or NaN"),
+        (int(stats.get("infinite") or 0), "with infinite values"),
+    )
+    what = ", ".join(f"{count} {label}" for count, label in counts if count)
+    return (
+        f"{source.description} has {invalid} row(s) of {n} that handleInvalid='keep' cannot "
+        f"keep ({what}); clean them or set handleInvalid='skip' to drop them"
+    )
 
 
 def _weight_column(df: DataFrame, weight_col: Optional[str]) -> Column:

@@ -40,7 +40,7 @@ from spark_gmm.persistence import (
     load_child,
     read_data,
 )
-from spark_gmm.scoring import sampling_function, scoring_function
+from spark_gmm.scoring import check_scored_rows, sampling_function, scoring_function
 from spark_gmm.summary import GaussianMixtureSummary
 
 log = logging.getLogger("spark_gmm")
@@ -423,8 +423,7 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
             raise ValueError(
                 f"expected a vector of {self._mixture.d} features, got shape {x.shape}"
             )
-        if not np.all(np.isfinite(x)):
-            raise ValueError("the vector has NaN or infinite values")
+        check_scored_rows(x[None, :], "the vector", self.getHandleInvalid() == "keep")
         return x[None, :]
 
     def predict(self, value) -> int:
@@ -477,7 +476,11 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         ]
         scored = dataset.withColumn(_FEATURES, source.array).mapInArrow(
             scoring_function(
-                self._mixture, source.description, kinds, [outputs[kind] for kind in kinds]
+                self._mixture,
+                source.description,
+                kinds,
+                [outputs[kind] for kind in kinds],
+                keep_missing=self.getHandleInvalid() == "keep",
             ),
             StructType(dataset.schema.fields + fields),
         )

@@ -119,6 +119,12 @@ def _open_fit_engine(dataset: DataFrame, settings: FitSettings):
         if settings.engine != "driver":  # likely a fit for the executors: their Python
             start_python_workers(dataset.sparkSession)  # workers start while Spark validates
         prepared, report = prepare(dataset, source, settings.weight_col, settings.handle_invalid)
+    if report.n_incomplete:
+        log.info(
+            "%d of %d rows have missing features, marginalised (handleInvalid=keep)",
+            report.n_incomplete,
+            report.n_rows,
+        )
     if report.n_skipped:
         log.warning(
             "skipped %d of %d rows with null, NaN or infinite features (handleInvalid=skip)",
@@ -161,6 +167,7 @@ def _initialise_and_run_em(
             weighted=bool(settings.weight_col),
             fixed=settings.fixed,
             explicit=settings.explicit,
+            n_incomplete=report.n_incomplete,
         )
     pass_number = itertools.count(1)
 

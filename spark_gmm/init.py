@@ -7,7 +7,9 @@ an M-step, as scikit-learn's 'random'), 'randomFromData' (k distinct rows as mea
 covariance for every component); or fixed initial parameters (a model or explicit arrays) for
 every candidate. The two k-means modes measure distances in standard deviations of each
 feature (of the sample), so that the start does not depend on the features' units
-(scikit-learn uses the raw units; mclust scales too). Every step is a pass of the fit's pass
+(scikit-learn uses the raw units; mclust scales too). Rows with missing features
+(handleInvalid='keep') take no part in any mode: the samples, assignments and moments are
+those of the complete rows. Every step is a pass of the fit's pass
 engine (:mod:`spark_gmm.engine`), shared by all candidates: on the driver and resident engines
 no step starts a Spark job.
 """
@@ -81,7 +83,8 @@ def _sample_rows(engine: PassEngine, n_rows: int, seed: int, limit: int):
 
 
 def _distinct_of_block(X: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """Up to k distinct rows of positive weight of one block, weight 1 appended."""
+    """Up to k distinct complete rows of positive weight of one block, weight 1 appended."""
+    X, w = kernel.complete_rows(X, w)
     rows = np.unique(X[w > 0], axis=0)[:k]
     return np.column_stack([rows, np.ones(len(rows))])
 
@@ -273,11 +276,19 @@ def initial_params(
     weighted: bool,
     fixed: Optional[kernel.MixtureParams] = None,
     explicit: Optional[ExplicitInit] = None,
+    n_incomplete: int = 0,
 ) -> List[kernel.MixtureParams]:
-    """Initial parameters of every candidate, with the data passes shared between them."""
+    """Initial parameters of every candidate, with the data passes shared between them. Of
+    the ``n_rows`` valid rows, ``n_incomplete`` have missing features (handleInvalid='keep'):
+    every initialisation mode uses the complete rows only."""
     k_max = max(c.k for c in candidates)
+    n_rows -= n_incomplete
     if n_rows < k_max:
-        raise InvalidInputError(f"only {n_rows} valid row(s), fewer than k={k_max}: lower k")
+        what = "valid row(s)" if not n_incomplete else "row(s) without missing features"
+        raise InvalidInputError(
+            f"only {n_rows} {what}, fewer than k={k_max}: lower k"
+            + (" (the initialisation uses the complete rows)" if n_incomplete else "")
+        )
     if fixed is not None:
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
     if explicit is not None:

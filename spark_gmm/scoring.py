@@ -15,21 +15,46 @@ from spark_gmm.engine.tasks import task_scope
 
 
 def scoring_function(
-    params: kernel.MixtureParams, description: str, kinds: List[str], names: List[str]
+    params: kernel.MixtureParams,
+    description: str,
+    kinds: List[str],
+    names: List[str],
+    keep_missing: bool = False,
 ):
     """mapInArrow function: batches of (input columns..., features array) -> (input columns...,
-    the outputs named in kinds: probability array, prediction int, logLikelihood double)."""
+    the outputs named in kinds: probability array, prediction int, logLikelihood double).
+    With ``keep_missing`` (handleInvalid='keep'), null and NaN features are marginalised."""
     k, d = params.k, params.d
 
     def score(batches):
         with task_scope():
             for batch in batches:
-                yield _score_batch(batch, params, k, d, description, kinds, names)
+                yield _score_batch(batch, params, k, d, description, kinds, names, keep_missing)
 
     return score
 
 
-def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names):
+def check_scored_rows(X: np.ndarray, description: str, keep_missing: bool) -> None:
+    """An error unless every row of X can be scored: finite features, or under
+    ``keep_missing`` null/NaN features with at least one present and none infinite."""
+    if keep_missing:
+        if np.isinf(X).any():
+            raise ValueError(
+                f"{description} has infinite values; set handleInvalid='skip' to drop those rows"
+            )
+        if X.shape[1] and np.isnan(X).all(axis=1).any():
+            raise ValueError(
+                f"{description} has a row with every feature null or NaN (handleInvalid='keep' "
+                "needs one present); set handleInvalid='skip' to drop such rows"
+            )
+    elif not np.all(np.isfinite(X)):
+        raise ValueError(
+            f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
+            "those rows, or 'keep' to marginalise the null and NaN features"
+        )
+
+
+def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names, keep_missing):
     features = batch.column(batch.num_columns - 1)
     n = len(features)
     if features.null_count:
@@ -39,11 +64,7 @@ def _score_batch(batch: pa.RecordBatch, params, k, d, description, kinds, names)
         bad = int(lengths[lengths != d][0])
         raise ValueError(f"{description} has a vector of size {bad}; the model expects {d}")
     X = list_array_to_numpy(features, d)
-    if not np.all(np.isfinite(X)):
-        raise ValueError(
-            f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
-            "those rows"
-        )
+    check_scored_rows(X, description, keep_missing)
     labels, proba, logp = kernel.predict(X, params)
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
     outputs = {

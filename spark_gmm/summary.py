@@ -99,6 +99,12 @@ class GaussianMixtureSummary:
         return self._report.n_skipped
 
     @property
+    def numIncompleteRows(self) -> int:
+        """Rows fitted with missing (null or NaN) features, marginalised
+        (handleInvalid='keep'); 0 under the other modes."""
+        return self._report.n_incomplete
+
+    @property
     def totalWeight(self) -> float:
         """Sum of the fitted rows' weights (their count without weightCol)."""
         return self._result.final_stats.weight_sum

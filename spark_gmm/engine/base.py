@@ -153,7 +153,7 @@ class PassEngine:
         return rows[:, :-1], rows[:, -1]
 
     def first_row(self) -> np.ndarray:
-        """The first row of the data (an origin for offset-safe moments)."""
+        """The first complete row of the data (an origin for offset-safe moments)."""
         rows = self.gather(_first_row_of_block, "first row")
         if rows is None:
             raise ValueError("no rows reached the pass")
@@ -161,4 +161,5 @@ class PassEngine:
 
 
 def _first_row_of_block(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return np.append(X[0], w[0])[None, :]
+    X, w = kernel.complete_rows(X, w)  # an origin needs every feature
+    return np.append(X[0], w[0])[None, :] if X.shape[0] else np.empty((0, X.shape[1] + 1))

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from spark_gmm.engine.tasks import task_scope
 from spark_gmm.hashing import row_hash
+from spark_gmm.kernel import has_missing, missing_pattern_keys
 
 if TYPE_CHECKING:
     from spark_gmm.kernel import SufficientStats
@@ -67,9 +68,17 @@ def canonical(X: np.ndarray, w: np.ndarray):
     holding different rows (about n**2 / 2**(65 - bits) pairs: none expected at 1M rows,
     ~300 at 18M) are sorted by value. Equal rows need no order among themselves.
 
+    Rows with missing features (NaN, every NaN written as the same NaN first) then follow the
+    complete ones, grouped by their pattern of missing features in the order of
+    :func:`spark_gmm.kernel.missing_pattern_keys` (hash order within a pattern): the kernel
+    marginalises one pattern at a time, and a block then holds each pattern in one run.
+
     The partition is held whole meanwhile: its rows twice (input and output) and 16 bytes a
     row of keys and indices."""
     n = X.shape[0]
+    missing = has_missing(X)
+    if missing:
+        X = np.where(np.isnan(X), np.nan, X)
     if n < 2:
         return X + 0.0, w + 0.0
     bits = (n - 1).bit_length()
@@ -95,6 +104,9 @@ def canonical(X: np.ndarray, w: np.ndarray):
                 rows = slice(tied[first_tie[run]], tied[last_tie[run]] + 2)
                 by_value = np.lexsort((w[rows], *X[rows].T[::-1]))
                 X[rows], w[rows] = X[rows][by_value], w[rows][by_value]
+    if missing:
+        by_pattern = np.argsort(missing_pattern_keys(np.isnan(X)), kind="stable")
+        X, w = X[by_pattern], w[by_pattern]
     return X, w
 
 

@@ -25,7 +25,14 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_gmm.data import FeatureSource, InputReport, check_input, input_stats, unvalidated_rows
+from spark_gmm.data import (
+    FeatureSource,
+    InputReport,
+    check_input,
+    input_stats,
+    row_validity,
+    unvalidated_rows,
+)
 from spark_gmm.engine.base import PassEngine, in_order, ordered_sum, tree_scale
 from spark_gmm.engine.blocks import (
     FEATURES,
@@ -183,7 +190,7 @@ def collect_small(
     n = 0 if table is None else table.num_rows
     if n > max_rows:
         return None
-    held = _validated(table, n)
+    held = _validated(table, n, handle_invalid)
     report = check_input(held.stats, source, weight_col, handle_invalid)
     if report.n_features != d_hint:  # the limit as the other path computes it
         limit, what = driver_limit(spark, report.n_features)
@@ -206,12 +213,13 @@ class _Collected:
     values: np.ndarray  # every element of the non-null rows, row after row (NaN for nulls)
     sizes: np.ndarray  # (n,) each row's number of elements (0 when null)
     w: np.ndarray  # (n,) weights (NaN for nulls)
-    valid: np.ndarray  # (n,) non-null, every element finite
+    valid: np.ndarray  # (n,) rows to fit (spark_gmm.data.row_validity)
     stats: dict  # spark_gmm.data.input_stats
 
 
-def _validated(table: Optional[pa.Table], n: int) -> _Collected:
-    """The collected rows (pid, FEATURES, WEIGHT) and what validation counts of them."""
+def _validated(table: Optional[pa.Table], n: int, handle_invalid: str) -> _Collected:
+    """The collected rows (pid, FEATURES, WEIGHT) and what validation counts of them under
+    ``handle_invalid``."""
     if table is None or n == 0:
         empty = np.empty(0)
         return _Collected(
@@ -236,17 +244,20 @@ def _validated(table: Optional[pa.Table], n: int) -> _Collected:
         .astype(np.float64, copy=False)
     )
     row_of_value = np.repeat(np.arange(n), sizes)
-    bad_rows = np.bincount(row_of_value[~np.isfinite(values)], minlength=n) > 0
-    valid = ~row_null & ~bad_rows
+    infinite = np.bincount(row_of_value[np.isinf(values)], minlength=n) > 0
+    n_missing = np.bincount(row_of_value[np.isnan(values)], minlength=n)
+    valid, empty, incomplete = row_validity(row_null, infinite, n_missing, sizes, handle_invalid)
     w = pc.fill_null(table.column(WEIGHT), float("nan")).to_numpy().astype(np.float64, copy=False)
     pid = table.column("pid").to_numpy().astype(np.int64, copy=False)
+    counts = (np.count_nonzero(flags) for flags in (row_null, infinite, empty, incomplete))
+    nulls, n_infinite, n_empty, n_incomplete = (int(c) for c in counts)
     return _Collected(
         pid,
         values,
         sizes,
         w,
         valid,
-        input_stats(valid, int(np.count_nonzero(row_null)), n, sizes, w),
+        input_stats(valid, nulls, n, sizes, w, n_infinite, n_empty, n_incomplete),
     )
 
 

@@ -125,9 +125,11 @@ def _fit(job: Job, df, desc: str, params):
         model = gm.fit(df)
     s = model.summary
     log.info(
-        "fitted: %d rows (%d skipped), %d iterations, %s, mean log-likelihood %.6g, BIC %.6g",
+        "fitted: %d rows (%d skipped, %d with missing features), %d iterations, %s, "
+        "mean log-likelihood %.6g, BIC %.6g",
         s.numRows,
         s.numSkippedRows,
+        s.numIncompleteRows,
         s.numIter,
         "converged" if s.converged else "NOT converged (raise max_iter?)",
         s.logLikelihood / s.totalWeight,
@@ -154,6 +156,7 @@ def _input_description(s, desc: str, input_cols, features_col: str, weight_col, 
         "source": desc,
         "rows": s.numRows + s.numSkippedRows,
         "skippedRows": s.numSkippedRows,
+        "incompleteRows": s.numIncompleteRows,
         "inputCols": input_cols,
         "featuresCol": None if input_cols else features_col,
         "weightCol": weight_col,

@@ -225,6 +225,7 @@ def _input_description(report, desc: str, input_cols, features_col: str):
         "source": desc,
         "rows": report.n_input_rows,
         "skippedRows": report.n_skipped,
+        "incompleteRows": report.n_incomplete,
         "inputCols": input_cols,
         "featuresCol": None if input_cols else features_col,
     }
