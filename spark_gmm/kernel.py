@@ -499,36 +499,40 @@ class _Marginal:
     conditional: np.ndarray
 
 
-def _marginal(params: MixtureParams, pattern: np.ndarray) -> _Marginal:
-    """The :class:`_Marginal` of a missing-feature ``pattern`` (d,) bool, derived once per
-    parameters object and pattern."""
-    cache = params.derived("marginals", lambda _: {})
-    key = pattern.tobytes()
-    if key not in cache:
-        cache[key] = _build_marginal(params, pattern)
-    return cache[key]
-
-
-def _build_marginal(params: MixtureParams, pattern: np.ndarray) -> _Marginal:
-    observed, missing = np.flatnonzero(~pattern), np.flatnonzero(pattern)
+def _marginals(params: MixtureParams, patterns: Sequence[np.ndarray]) -> List[_Marginal]:
+    """The :class:`_Marginal` of each missing-feature pattern (d,) bool, derived in one
+    batch of LAPACK calls per number of missing features. Derived per call (per block), not
+    cached across blocks: what a block computes depends on that block alone, so every engine
+    holding the same blocks gets the same bits."""
     covariances = params.full_covariances()
-    s_oo = covariances[:, observed[:, None], observed]
-    s_om = covariances[:, observed[:, None], missing]
-    s_mm = covariances[:, missing[:, None], missing]
-    # a principal submatrix of a positive definite matrix is positive definite
-    chol = np.linalg.cholesky(s_oo)
-    chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(len(observed)), chol.shape))
-    precision_chol = np.swapaxes(chol_inv, 1, 2)  # upper: P P^T = inv(S_oo)
-    regression = precision_chol @ (chol_inv @ s_om)
-    conditional = s_mm - np.swapaxes(s_om, 1, 2) @ regression
-    return _Marginal(
-        observed,
-        missing,
-        precision_chol,
-        -np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1),
-        regression,
-        0.5 * (conditional + np.swapaxes(conditional, 1, 2)),
-    )
+    out: List[Optional[_Marginal]] = [None] * len(patterns)
+    by_count: dict = {}
+    for i, pattern in enumerate(patterns):
+        by_count.setdefault(int(pattern.sum()), []).append(i)
+    for indices in by_count.values():
+        observed = np.array([np.flatnonzero(~patterns[i]) for i in indices])  # (g, o)
+        missing = np.array([np.flatnonzero(patterns[i]) for i in indices])  # (g, m)
+        s_oo = covariances[:, observed[:, :, None], observed[:, None, :]]  # (k, g, o, o)
+        s_om = covariances[:, observed[:, :, None], missing[:, None, :]]
+        s_mm = covariances[:, missing[:, :, None], missing[:, None, :]]
+        # a principal submatrix of a positive definite matrix is positive definite
+        chol = np.linalg.cholesky(s_oo)
+        chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(observed.shape[1]), chol.shape))
+        precision_chol = np.swapaxes(chol_inv, -1, -2)  # upper: P P^T = inv(S_oo)
+        regression = precision_chol @ (chol_inv @ s_om)
+        conditional = s_mm - np.swapaxes(s_om, -1, -2) @ regression
+        conditional = 0.5 * (conditional + np.swapaxes(conditional, -1, -2))
+        log_det = -np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (k, g)
+        for g, i in enumerate(indices):
+            out[i] = _Marginal(
+                observed[g],
+                missing[g],
+                precision_chol[:, g],
+                log_det[:, g],
+                regression[:, g],
+                conditional[:, g],
+            )
+    return out
 
 
 def missing_pattern_keys(absent: np.ndarray) -> np.ndarray:
@@ -564,8 +568,8 @@ def _incomplete_full(X, w, absent, params, log_weights, block, stats):
     responsibilities (n, k), labels (n,)); their moments added into ``stats`` when given."""
     n, k, d = X.shape[0], params.k, params.d
     log_prob_norm, resp_out, labels_out = np.empty(n), np.empty((n, k)), np.empty(n, np.intp)
-    for pattern, group in _pattern_groups(absent):
-        marginal = _marginal(params, pattern)
+    groups = _pattern_groups(absent)
+    for (_, group), marginal in zip(groups, _marginals(params, [p for p, _ in groups])):
         obs, mis = marginal.observed, marginal.missing
         means_o = params.means[:, obs]
         for rows in _chunks(group, block):
@@ -574,7 +578,7 @@ def _incomplete_full(X, w, absent, params, log_weights, block, stats):
             y = diff @ marginal.precision_chol
             weighted = -0.5 * (np.einsum("kro,kro->kr", y, y) + len(obs) * _LOG_2PI)
             weighted += (marginal.log_det + log_weights)[:, None]
-            log_prob_norm[rows], resp, labels_out[rows] = _normalise(weighted, axis=0)
+            log_prob_norm[rows], resp, labels_out[rows] = _normalise_components(weighted)
             resp_out[rows] = resp.T
             if stats is None:
                 continue
@@ -589,6 +593,16 @@ def _incomplete_full(X, w, absent, params, log_weights, block, stats):
                 rw.sum(axis=1)[:, None, None] * marginal.conditional
             )
     return log_prob_norm, resp_out, labels_out
+
+
+def _normalise_components(weighted: np.ndarray):
+    """:func:`_normalise` of (k, n) log-probabilities whose per-row maximum is finite (those
+    of rows with missing features: a marginal density is finite), without its guards."""
+    top = weighted.max(axis=0)
+    resp = np.exp(weighted - top)
+    total = resp.sum(axis=0)
+    resp /= total
+    return np.log(total) + top, resp, weighted.argmax(axis=0)
 
 
 def _chunks(rows, block: int):
