@@ -5,6 +5,9 @@ from importlib import import_module
 # Imported on first use (PEP 562), so that the Python workers of a fit, which import
 # spark_gmm.kernel and spark_gmm.engine.blocks, do not also import pyspark.ml and the estimator.
 _EXPORTS = {
+    "BayesianGaussianMixture": "spark_gmm.bayesian",
+    "BayesianGaussianMixtureModel": "spark_gmm.bayesian",
+    "BayesianGaussianMixtureSummary": "spark_gmm.bayesian",
     "CovarianceError": "spark_gmm.kernel",
     "GaussianMixture": "spark_gmm.estimator",
     "GaussianMixtureModel": "spark_gmm.estimator",

@@ -43,3 +43,26 @@ SELECTOR_DEFAULTS = {
     "covarianceTypes": ["full"],
     "criterion": "bic",
 }
+
+# BayesianGaussianMixture's defaults: scikit-learn's BayesianGaussianMixture (n_components=1,
+# tol=1e-3 on the lower bound, reg_covar=1e-6, max_iter=100, n_init=1, kmeans init, a
+# Dirichlet-process prior); the priors' None means scikit-learn's data-dependent default
+# (spark_gmm.variational.priors_from_moments).
+BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS = {
+    "featuresCol": "features",
+    "predictionCol": "prediction",
+    "probabilityCol": "probability",
+    "k": 1,
+    "maxIter": 100,
+    "tol": 1e-3,
+    "seed": zlib.crc32(b"BayesianGaussianMixture"),
+    "aggregationDepth": 2,
+    "covarianceType": "full",
+    "regCovar": 1e-6,
+    "logLikelihoodCol": "",
+    "handleInvalid": "error",
+    "initMode": "kmeans",
+    "nInit": 1,
+    "engine": "auto",
+    "weightConcentrationPriorType": "dirichlet_process",
+}

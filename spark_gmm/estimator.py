@@ -50,7 +50,7 @@ _FEATURES = "__gmm_features"
 NUM_PARAMETERS_METADATA = "spark_gmm.numParameters"
 
 
-class _ParamSetters:
+class MixtureSetters:
     """setX methods shared by estimator and model (each returns self)."""
 
     def setFeaturesCol(self, value: str):
@@ -78,7 +78,7 @@ class _ParamSetters:
         return self._set(handleInvalid=value)
 
 
-class GaussianMixture(_ParamSetters, Estimator, _GaussianMixtureParams, PersistentStage):
+class GaussianMixture(MixtureSetters, Estimator, _GaussianMixtureParams, PersistentStage):
     """Gaussian mixture model fitted by distributed EM.
 
     >>> gm = GaussianMixture(k=3, covarianceType="full", seed=7)
@@ -328,35 +328,28 @@ def model_of(
     return model
 
 
-class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, PersistentStage):
-    """A fitted mixture: weights (k,), means (k, d), covariances in covarianceType's layout."""
+class FittedMixture(MixtureSetters, Model, PersistentStage):
+    """What every fitted mixture model offers, whatever fitted it: its components, scoring
+    (``transform``, one-row ``predict``, ``score``/``bic``/``aic``), sampling and the summary.
+    ``_mixture`` is the mixture that scores rows; the components and ``sample`` use
+    :meth:`_generative` (the same mixture unless a subclass says otherwise). Subclasses add
+    their Params mixin and their persistence."""
 
     def __init__(self):
         super().__init__()
         self._mixture: Optional[kernel.MixtureParams] = None
-        self._summary: Optional[GaussianMixtureSummary] = None
+        self._summary = None
 
-    @classmethod
-    def _create(cls, params: kernel.MixtureParams, uid: Optional[str] = None):
-        model = cls()
-        if uid is not None:
-            model._resetUid(uid)
-        model._mixture = params
-        model._set(k=params.k, covarianceType=params.covariance_type)
-        return model
-
-    @classmethod
-    def fromArrays(cls, weights, means, covariances, covarianceType: str = "full"):
-        """A model from explicit parameters (for warm starts and tests); covariances in the
-        layout of covarianceType: full (k, d, d), tied (d, d), diag (k, d), spherical (k,)."""
-        return cls._create(kernel.MixtureParams(weights, means, covariances, covarianceType))
+    def _generative(self) -> kernel.MixtureParams:
+        """The mixture of the components the model reports and samples from."""
+        return self._mixture
 
     # ------------------------------------------------------------------ fitted values
 
     @property
     def weights(self) -> List[float]:
         """Mixing weights of the k components (a list of floats summing to 1)."""
-        return self._mixture.weights.tolist()
+        return self._generative().weights.tolist()
 
     @property
     def means(self) -> np.ndarray:
@@ -389,10 +382,11 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
     def gaussians(self) -> List[MultivariateGaussian]:
         """The components as Spark's MultivariateGaussian objects (mean, full covariance), as the
         built-in model gives them."""
-        d = self._mixture.d
+        mixture = self._generative()
+        d = mixture.d
         return [
             MultivariateGaussian(DenseVector(mean), DenseMatrix(d, d, cov.ravel(order="F")))
-            for mean, cov in zip(self._mixture.means, self._mixture.full_covariances())
+            for mean, cov in zip(mixture.means, mixture.full_covariances())
         ]
 
     @property
@@ -409,8 +403,8 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         return self._summary is not None
 
     @property
-    def summary(self) -> "GaussianMixtureSummary":
-        """The GaussianMixtureSummary of the fit that made this model (an error after load)."""
+    def summary(self):
+        """The summary of the fit that made this model (an error after load)."""
         if self._summary is None:
             raise RuntimeError(f"No training summary available for this {type(self).__name__}")
         return self._summary
@@ -513,7 +507,8 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
         spark = SparkSession.active()
         ids = spark.range(0, n, numPartitions=numPartitions) if numPartitions else spark.range(0, n)
         drawn = ids.mapInArrow(
-            sampling_function(self._mixture, seed, n), "features array<double>, component int"
+            sampling_function(self._generative(), seed, n),
+            "features array<double>, component int",
         )
         return drawn.select(
             array_to_vector(F.col("features")).alias(self.getFeaturesCol()), F.col("component")
@@ -546,6 +541,30 @@ class GaussianMixtureModel(_ParamSetters, Model, _GaussianMixtureParams, Persist
     def _criteria_inputs(self, dataset: DataFrame):
         total, weight = self._evaluate(dataset)
         return total, self.numParameters, weight
+
+
+class GaussianMixtureModel(FittedMixture, _GaussianMixtureParams):
+    """A fitted mixture: weights (k,), means (k, d), covariances in covarianceType's layout."""
+
+    @classmethod
+    def _create(cls, params: kernel.MixtureParams, uid: Optional[str] = None):
+        model = cls()
+        if uid is not None:
+            model._resetUid(uid)
+        model._mixture = params
+        model._set(k=params.k, covarianceType=params.covariance_type)
+        return model
+
+    @classmethod
+    def fromArrays(cls, weights, means, covariances, covarianceType: str = "full"):
+        """A model from explicit parameters (for warm starts and tests); covariances in the
+        layout of covarianceType: full (k, d, d), tied (d, d), diag (k, d), spherical (k,)."""
+        return cls._create(kernel.MixtureParams(weights, means, covariances, covarianceType))
+
+    @property
+    def summary(self) -> "GaussianMixtureSummary":
+        """The GaussianMixtureSummary of the fit that made this model (an error after load)."""
+        return super().summary
 
     # ------------------------------------------------------------------ persistence
 

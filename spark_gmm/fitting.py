@@ -13,19 +13,33 @@ import logging
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+import numpy as np
 from pyspark.sql import DataFrame
 from threadpoolctl import threadpool_limits
 
-from spark_gmm import kernel
+from spark_gmm import kernel, variational
 from spark_gmm.checkpoint import Checkpoint
 from spark_gmm.data import InputReport, prepare, resolve_features
 from spark_gmm.engine.choose import FitRows, open_engine, say_once
 from spark_gmm.engine.driver import collect_small
 from spark_gmm.engine.partitions import limited
 from spark_gmm.engine.resident import start_python_workers
-from spark_gmm.init import Candidate, ExplicitInit, initial_params
+from spark_gmm.init import Candidate, ExplicitInit, data_moments, initial_starts
 
 log = logging.getLogger("spark_gmm")
+
+
+@dataclass(frozen=True)
+class VariationalSettings:
+    """A variational Bayesian fit (BayesianGaussianMixture): the prior on the weights and the
+    priors the user gave (None: scikit-learn's default, from the data's moments)."""
+
+    prior_type: str
+    weight_concentration_prior: Optional[float] = None
+    mean_precision_prior: Optional[float] = None
+    mean_prior: Optional[tuple] = None
+    degrees_of_freedom_prior: Optional[float] = None
+    covariance_prior: Optional[object] = None  # nested lists in the type's layout
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class FitSettings:
     checkpoint_dir: Optional[str] = None  # EM state saved here every checkpoint_interval
     checkpoint_interval: int = 10  # iterations; < 1 disables
     engine: str = "auto"  # one of spark_gmm.engine.choose.ENGINES
+    variational: Optional[VariationalSettings] = None  # a Bayesian fit; None: maximum likelihood
 
 
 @dataclass
@@ -63,11 +78,19 @@ class FitOutcome:
     data_passes: int
     engine: str  # driver | resident | jobPerPass
     engine_reason: str = ""  # why the fit ran on that engine
+    variational: bool = False  # results hold VariationalParams and lower bounds
 
     def best(self, indices: Optional[Sequence[int]] = None) -> int:
-        """Index of the candidate with the highest final log-likelihood (first on ties)."""
+        """Index of the candidate with the highest final log-likelihood (first on ties); of
+        a variational fit, with the highest last lower bound (scikit-learn's choice)."""
         indices = range(len(self.results)) if indices is None else indices
+        if self.variational:
+            return max(indices, key=lambda i: (_last(self.results[i].history), -i))
         return max(indices, key=lambda i: (self.results[i].log_likelihood, -i))
+
+
+def _last(history: List[float]) -> float:
+    return history[-1] if history else -float("inf")
 
 
 def fit_candidates(
@@ -89,7 +112,13 @@ def fit_candidates(
         limits.restore_original_limits()
         engine.close(failed=failed)  # an error or an interrupt cancels what still runs
     return FitOutcome(
-        list(candidates), results, report, engine.data_passes, engine.name, engine.reason
+        list(candidates),
+        results,
+        report,
+        engine.data_passes,
+        engine.name,
+        engine.reason,
+        settings.variational is not None,
     )
 
 
@@ -157,7 +186,7 @@ def _initialise_and_run_em(
     resume = checkpoint.load() if checkpoint else None
     init = None
     if resume is None:
-        init = initial_params(
+        init = initial_starts(
             engine,
             report.n_rows,
             report.n_features,
@@ -175,39 +204,107 @@ def _initialise_and_run_em(
         if state.iteration % settings.checkpoint_interval == 0 or not state.active:
             checkpoint.save(state)
 
+    def em_stats(params):
+        return engine.em_stats(params, f"EM pass {next(pass_number)}")
+
+    if settings.variational is None:
+        update, compute_stats = None, em_stats
+        if init is not None:  # initial responsibilities -> parameters: one M-step
+            init = [_as_params(start, settings.reg_covar) for start in init]
+    else:
+        init, update = _variational_start(engine, init, candidates, settings, report)
+        compute_stats = variational.variational_stats_function(em_stats)
     results = kernel.run_em(
-        lambda params: engine.em_stats(params, f"EM pass {next(pass_number)}"),
+        compute_stats,
         init,
         settings.max_iter,
         settings.tol,
         settings.reg_covar,
-        on_iteration=_iteration_logger(candidates),
-        recover_collapsed=settings.recover_collapsed,
+        on_iteration=_iteration_logger(
+            candidates, "mean log-likelihood" if settings.variational is None else "lower bound"
+        ),
+        recover_collapsed=settings.recover_collapsed and settings.variational is None,
         on_recovery=_log_recovery,
         resume=resume,
         on_state=on_state if checkpoint else None,
+        update=update,
     )
     if checkpoint:
         checkpoint.remove()  # the fit is complete: nothing to resume
     return results
 
 
-def _iteration_logger(candidates: Sequence[Candidate]):
-    """The ``on_iteration`` callback of EM: logs each iteration's mean log-likelihood, its
-    change and time, naming the candidate when there are several."""
+def _as_params(start, reg_covar: float) -> kernel.MixtureParams:
+    """Initial parameters of a start of :func:`initial_starts`: statistics of initial
+    responsibilities through one M-step, parameters as they are."""
+    if isinstance(start, kernel.SufficientStats):
+        return kernel.m_step(start, reg_covar)
+    return start
+
+
+def _variational_start(engine, starts, candidates, settings: FitSettings, report):
+    """(initial VariationalParams per candidate, the update of the variational fit): the
+    priors (scikit-learn's defaults from one pass of the data's moments, where the user set
+    none), and scikit-learn's ``_initialize`` from the statistics of each candidate's initial
+    responsibilities; a start given as parameters ('randomFromData') takes its
+    responsibilities from one E-step pass."""
+    v = settings.variational
+    mean, cov = data_moments(engine, engine.first_row(), full=True)
+    weight = report.total_weight
+    priors = {
+        (c.k, c.covariance_type): variational.priors_from_moments(
+            c.k,
+            c.covariance_type,
+            mean,
+            cov * weight,
+            weight,
+            v.prior_type,
+            v.weight_concentration_prior,
+            v.mean_precision_prior,
+            None if v.mean_prior is None else np.asarray(v.mean_prior, dtype=np.float64),
+            v.degrees_of_freedom_prior,
+            v.covariance_prior,
+        )
+        for c in candidates
+    }
+    as_params = [i for i, start in enumerate(starts) if isinstance(start, kernel.MixtureParams)]
+    if as_params:
+        stats = engine.em_stats([starts[i] for i in as_params], "initial responsibilities")
+        starts = list(starts)
+        for i, s in zip(as_params, stats):
+            starts[i] = s
+    states = [
+        variational.initial_state(start, priors[(c.k, c.covariance_type)], settings.reg_covar)
+        for c, start in zip(candidates, starts)
+    ]
+    updates = {
+        key: variational.variational_update(p, settings.reg_covar) for key, p in priors.items()
+    }
+
+    def update(stats, state):
+        return updates[(state.k, state.covariance_type)](stats, state)
+
+    return states, update
+
+
+def _iteration_logger(candidates: Sequence[Candidate], objective: str):
+    """The ``on_iteration`` callback of EM: logs each iteration's ``objective`` (the mean
+    log-likelihood, or the lower bound of a variational fit), its change and time, naming the
+    candidate when there are several."""
     multiple = len(candidates) > 1
 
-    def on_iteration(iteration, i, mean_ll, change, seconds):
+    def on_iteration(iteration, i, value, change, seconds):
         who = (
             f" [candidate {i}: k={candidates[i].k} {candidates[i].covariance_type}]"
             if multiple
             else ""
         )
         log.info(
-            "EM iteration %d%s: mean log-likelihood %.8g, change %.3g, %.2f s",
+            "EM iteration %d%s: %s %.8g, change %.3g, %.2f s",
             iteration,
             who,
-            mean_ll,
+            objective,
+            value,
             change,
             seconds,
         )

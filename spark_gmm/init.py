@@ -173,8 +173,8 @@ def _sample_and_distinct(engine: PassEngine, n_rows: int, candidates: Sequence[C
 
 def _random_responsibilities_init(
     engine: PassEngine, n_rows: int, candidates: Sequence[Candidate], reg_covar: float
-) -> List[kernel.MixtureParams]:
-    """'random': random responsibilities for every row, then one M-step per candidate."""
+) -> List[kernel.SufficientStats]:
+    """'random': the statistics of random responsibilities for every row, per candidate."""
     X, _, _ = _sample_and_distinct(engine, n_rows, candidates)
     origin = X[0]
     functions = [
@@ -190,10 +190,9 @@ def _random_responsibilities_init(
     shifts = [
         kernel.moment_shift(np.repeat(origin[None], c.k, 0), c.covariance_type) for c in candidates
     ]
-    stats = engine.stats(
+    return engine.stats(
         functions, shifts, [c.covariance_type for c in candidates], "random responsibilities"
     )
-    return [kernel.m_step(s, reg_covar) for s in stats]
 
 
 def _random_rows_init(
@@ -240,25 +239,33 @@ def _hard_assignment_init(
     reg_covar: float,
     mode: str,
     lloyd: bool,
-) -> List[kernel.MixtureParams]:
-    """'kmeans' (``lloyd``) and 'k-means++': centers per (k, seed), refined by Lloyd
-    iterations if ``lloyd``, then one assignment pass for all the candidates and one M-step
-    from the hard assignments per candidate."""
-    centers, scale = _kmeans_plus_plus_centers(engine, n_rows, candidates)
-    if lloyd:
-        centers = _lloyd(engine, centers, scale)
-    stats = engine.hard_assignment_stats(
+) -> List[kernel.SufficientStats]:
+    """'kmeans' (``lloyd``) and 'k-means++': the statistics of hard assignments to centers
+    per (k, seed) (:func:`initial_centers`), in one pass for all the candidates."""
+    centers, scale = initial_centers(engine, n_rows, candidates, lloyd)
+    return engine.hard_assignment_stats(
         [centers[(c.k, c.seed)] for c in candidates],
         [c.covariance_type for c in candidates],
         f"{mode} assignment",
         scale,
     )
-    return [kernel.m_step(s, reg_covar) for s in stats]
+
+
+def initial_centers(
+    engine: PassEngine, n_rows: int, candidates: Sequence[Candidate], lloyd: bool
+) -> Tuple[Dict[Tuple[int, int], np.ndarray], np.ndarray]:
+    """(centers per (k, seed), the scale of the distances): k-means++ seeds on the driver
+    sample, refined by Lloyd iterations over all the rows if ``lloyd`` ('kmeans')."""
+    centers, scale = _kmeans_plus_plus_centers(engine, n_rows, candidates)
+    if lloyd:
+        centers = _lloyd(engine, centers, scale)
+    return centers, scale
 
 
 # The initialisation of each mode of spark_gmm.choices.INIT_MODES, called with
-# (engine, n_rows, candidates, reg_covar).
-_INIT_BY_MODE: Dict[str, Callable[..., List[kernel.MixtureParams]]] = {
+# (engine, n_rows, candidates, reg_covar): statistics of initial responsibilities, or
+# initial parameters, per candidate.
+_INIT_BY_MODE: Dict[str, Callable[..., list]] = {
     "kmeans": partial(_hard_assignment_init, mode="kmeans", lloyd=True),
     "k-means++": partial(_hard_assignment_init, mode="k-means++", lloyd=False),
     "random": _random_responsibilities_init,
@@ -278,9 +285,43 @@ def initial_params(
     explicit: Optional[ExplicitInit] = None,
     n_incomplete: int = 0,
 ) -> List[kernel.MixtureParams]:
-    """Initial parameters of every candidate, with the data passes shared between them. Of
-    the ``n_rows`` valid rows, ``n_incomplete`` have missing features (handleInvalid='keep'):
-    every initialisation mode uses the complete rows only."""
+    """Initial parameters of every candidate: :func:`initial_starts`, the statistics of
+    initial responsibilities turned into parameters by one M-step."""
+    starts = initial_starts(
+        engine,
+        n_rows,
+        n_features,
+        candidates,
+        init_mode,
+        reg_covar,
+        weighted,
+        fixed,
+        explicit,
+        n_incomplete,
+    )
+    return [
+        kernel.m_step(start, reg_covar) if isinstance(start, kernel.SufficientStats) else start
+        for start in starts
+    ]
+
+
+def initial_starts(
+    engine: PassEngine,
+    n_rows: int,
+    n_features: int,
+    candidates: Sequence[Candidate],
+    init_mode: str,
+    reg_covar: float,
+    weighted: bool,
+    fixed: Optional[kernel.MixtureParams] = None,
+    explicit: Optional[ExplicitInit] = None,
+    n_incomplete: int = 0,
+) -> list:
+    """The start of every candidate, with the data passes shared between them: the
+    statistics of its initial responsibilities ('kmeans', 'k-means++', 'random': scikit-learn
+    starts from responsibilities too) or its initial parameters ('randomFromData', fixed or
+    explicit ones). Of the ``n_rows`` valid rows, ``n_incomplete`` have missing features
+    (handleInvalid='keep'): every initialisation mode uses the complete rows only."""
     k_max = max(c.k for c in candidates)
     n_rows -= n_incomplete
     if n_rows < k_max:

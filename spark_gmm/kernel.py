@@ -1167,10 +1167,13 @@ def kmeans_plus_plus(
 # --------------------------------------------------------------------------- M-step
 
 
-def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
-    """New parameters from summed statistics; ``reg_covar`` is added to every variance."""
+def gaussian_moments(stats: SufficientStats, reg_covar: float):
+    """(nk (k,), means (k, d), covariances in the type's layout) of summed statistics:
+    scikit-learn's ``_estimate_gaussian_parameters`` (nk = resp + 10 eps, so that an empty
+    component divides by no zero; ``reg_covar`` added to every variance). No check that the
+    covariances are positive definite (:class:`MixtureParams` makes it)."""
     t = stats.covariance_type
-    nk = stats.resp + 10.0 * np.finfo(np.float64).eps  # as scikit-learn: no empty division
+    nk = stats.resp + 10.0 * np.finfo(np.float64).eps
     delta = stats.first / nk[:, None]
     means = stats.shift + delta
     d = means.shape[1]
@@ -1185,7 +1188,14 @@ def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
     else:
         var = np.maximum(stats.second / nk[:, None] - delta**2, 0.0)
         cov = (var.mean(axis=1) if t == "spherical" else var) + reg_covar
-    return MixtureParams(nk / nk.sum(), means, cov, t)
+    return nk, means, cov
+
+
+def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
+    """New parameters from summed statistics (:func:`gaussian_moments`, the weights nk
+    normalised); ``reg_covar`` is added to every variance."""
+    nk, means, cov = gaussian_moments(stats, reg_covar)
+    return MixtureParams(nk / nk.sum(), means, cov, stats.covariance_type)
 
 
 def collapsed_components(stats: SufficientStats) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The Params mixin shared by GaussianMixture and GaussianMixtureModel.
+"""The Params mixins: one shared by GaussianMixture and GaussianMixtureModel, one by
+BayesianGaussianMixture and its model, both on a base of the params every mixture has.
 
 Spark's built-in names and defaults where they exist (featuresCol, predictionCol,
 probabilityCol, k, maxIter, seed, weightCol, aggregationDepth); scikit-learn's meaning for
@@ -21,9 +22,15 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
-from spark_gmm.choices import GAUSSIAN_MIXTURE_DEFAULTS, HANDLE_INVALID, INIT_MODES
+from spark_gmm.choices import (
+    BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS,
+    GAUSSIAN_MIXTURE_DEFAULTS,
+    HANDLE_INVALID,
+    INIT_MODES,
+)
 from spark_gmm.engine import ENGINES
 from spark_gmm.kernel import COVARIANCE_TYPES
+from spark_gmm.variational import WEIGHT_CONCENTRATION_PRIOR_TYPES
 
 
 def one_of(name, allowed):
@@ -59,11 +66,11 @@ def _nested_floats(value):
 
     array = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(array)):
-        raise ValueError("initial values must be finite numbers")
+        raise ValueError("values must be finite numbers")
     return array.tolist()
 
 
-class _GaussianMixtureParams(
+class _MixtureParams(
     HasFeaturesCol,
     HasPredictionCol,
     HasProbabilityCol,
@@ -73,9 +80,9 @@ class _GaussianMixtureParams(
     HasWeightCol,
     HasAggregationDepth,
     HasInputCols,
-    HasCheckpointInterval,
 ):
-    """Params shared by the estimator and the model."""
+    """Params every mixture estimator and model has: the columns, k and covarianceType, the
+    EM settings, the initialisation and the pass engine (defaults set by each subclass)."""
 
     k = Param(
         Params._dummy(),
@@ -108,7 +115,10 @@ class _GaussianMixtureParams(
         Params._dummy(),
         "handleInvalid",
         "What to do with rows whose features are null, NaN or infinite: 'error' (the default) "
-        "raises an error naming the column; 'skip' drops them (fit reports how many).",
+        "raises an error naming the column; 'skip' drops them (fit reports how many); 'keep' "
+        "keeps rows with null or NaN features and marginalises those features in the fit and "
+        "in transform (exact EM for values missing at random; infinite values and rows with "
+        "every feature missing stay an error).",
         typeConverter=one_of("handleInvalid", HANDLE_INVALID),
     )
     initMode = Param(
@@ -128,6 +138,63 @@ class _GaussianMixtureParams(
         "iteration and the highest final log-likelihood wins.",
         typeConverter=_at_least("nInit", 1, TypeConverters.toInt),
     )
+    engine = Param(
+        Params._dummy(),
+        "engine",
+        "How the passes of a fit run: 'driver' collects the rows to the driver once and runs "
+        "every pass there (small tables); 'resident' holds the rows in the Python workers of "
+        "one barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job "
+        "per pass over cached blocks; 'auto' (the default) is the driver up to "
+        "spark.gmm.driver.maxBytes of rows (12 MiB by default), else resident wherever a "
+        "barrier stage can run, else job-per-pass, and says once why.",
+        typeConverter=one_of("engine", ENGINES),
+    )
+
+    def getK(self) -> int:
+        """Gets the value of :py:attr:`k` or its default value."""
+        return self.getOrDefault(self.k)
+
+    def getCovarianceType(self) -> str:
+        """Gets the value of :py:attr:`covarianceType` or its default value."""
+        return self.getOrDefault(self.covarianceType)
+
+    def getRegCovar(self) -> float:
+        """Gets the value of :py:attr:`regCovar` or its default value."""
+        return self.getOrDefault(self.regCovar)
+
+    def getLogLikelihoodCol(self) -> str:
+        """Gets the value of :py:attr:`logLikelihoodCol` or its default value."""
+        return self.getOrDefault(self.logLikelihoodCol)
+
+    def getHandleInvalid(self) -> str:
+        """Gets the value of :py:attr:`handleInvalid` or its default value."""
+        return self.getOrDefault(self.handleInvalid)
+
+    def getInitMode(self) -> str:
+        """Gets the value of :py:attr:`initMode` or its default value."""
+        return self.getOrDefault(self.initMode)
+
+    def getNInit(self) -> int:
+        """Gets the value of :py:attr:`nInit` or its default value."""
+        return self.getOrDefault(self.nInit)
+
+    def getEngine(self) -> str:
+        """Gets the value of :py:attr:`engine` or its default value."""
+        return self.getOrDefault(self.engine)
+
+    def _opt(self, param):
+        """The value of an optional param (no default), or None when unset."""
+        return self.getOrDefault(param) if self.isDefined(param) else None
+
+    def _seed(self) -> int:
+        """The seed, or the stable default when seed=None, as a non-negative 31-bit int."""
+        seed = self.getOrDefault(self.seed)
+        return int(seed if seed is not None else self._defaultParamMap[self.seed]) % (2**31)
+
+
+class _GaussianMixtureParams(_MixtureParams, HasCheckpointInterval):
+    """Params shared by GaussianMixture and GaussianMixtureModel."""
+
     recoverCollapsed = Param(
         Params._dummy(),
         "recoverCollapsed",
@@ -165,17 +232,6 @@ class _GaussianMixtureParams(
         "settings on the same data resumes from it. Unset (the default): no checkpoints.",
         typeConverter=TypeConverters.toString,
     )
-    engine = Param(
-        Params._dummy(),
-        "engine",
-        "How the passes of a fit run: 'driver' collects the rows to the driver once and runs "
-        "every pass there (small tables); 'resident' holds the rows in the Python workers of "
-        "one barrier stage for the whole fit (one Spark job); 'jobPerPass' runs one Spark job "
-        "per pass over cached blocks; 'auto' (the default) is the driver up to "
-        "spark.gmm.driver.maxBytes of rows (12 MiB by default), else resident wherever a "
-        "barrier stage can run, else job-per-pass, and says once why.",
-        typeConverter=one_of("engine", ENGINES),
-    )
     initialModel = Param(
         Params._dummy(),
         "initialModel",
@@ -188,45 +244,13 @@ class _GaussianMixtureParams(
         super().__init__(*args)
         self._setDefault(**GAUSSIAN_MIXTURE_DEFAULTS)
 
-    def getK(self) -> int:
-        """Gets the value of :py:attr:`k` or its default value."""
-        return self.getOrDefault(self.k)
-
-    def getCovarianceType(self) -> str:
-        """Gets the value of :py:attr:`covarianceType` or its default value."""
-        return self.getOrDefault(self.covarianceType)
-
-    def getRegCovar(self) -> float:
-        """Gets the value of :py:attr:`regCovar` or its default value."""
-        return self.getOrDefault(self.regCovar)
-
-    def getLogLikelihoodCol(self) -> str:
-        """Gets the value of :py:attr:`logLikelihoodCol` or its default value."""
-        return self.getOrDefault(self.logLikelihoodCol)
-
-    def getHandleInvalid(self) -> str:
-        """Gets the value of :py:attr:`handleInvalid` or its default value."""
-        return self.getOrDefault(self.handleInvalid)
-
-    def getInitMode(self) -> str:
-        """Gets the value of :py:attr:`initMode` or its default value."""
-        return self.getOrDefault(self.initMode)
-
     def getInitialModel(self):
         """Gets the value of :py:attr:`initialModel` or its default value."""
         return self.getOrDefault(self.initialModel)
 
-    def getNInit(self) -> int:
-        """Gets the value of :py:attr:`nInit` or its default value."""
-        return self.getOrDefault(self.nInit)
-
     def getRecoverCollapsed(self) -> bool:
         """Gets the value of :py:attr:`recoverCollapsed` or its default value."""
         return self.getOrDefault(self.recoverCollapsed)
-
-    def getEngine(self) -> str:
-        """Gets the value of :py:attr:`engine` or its default value."""
-        return self.getOrDefault(self.engine)
 
     def getCheckpointDir(self) -> str:
         """Gets the value of :py:attr:`checkpointDir` or its default value."""
@@ -244,18 +268,9 @@ class _GaussianMixtureParams(
         """Gets the value of :py:attr:`initialCovariances` or its default value."""
         return self.getOrDefault(self.initialCovariances)
 
-    def _opt(self, param):
-        """The value of an optional param (no default), or None when unset."""
-        return self.getOrDefault(param) if self.isDefined(param) else None
-
-    def _seed(self) -> int:
-        """The seed, or the stable default when seed=None, as a non-negative 31-bit int."""
-        seed = self.getOrDefault(self.seed)
-        return int(seed if seed is not None else self._defaultParamMap[self.seed]) % (2**31)
-
 
 # The tol doc is ours, not Spark's: it is scale-free.
-_GaussianMixtureParams.tol = Param(
+_MixtureParams.tol = Param(
     Params._dummy(),
     "tol",
     "Convergence tolerance on the change of the mean per-row (weighted) log-likelihood "
@@ -263,9 +278,103 @@ _GaussianMixtureParams.tol = Param(
     "log-likelihood instead, which depends on the row count. 0 runs maxIter iterations.",
     typeConverter=_at_least("tol", 0.0, TypeConverters.toFloat),
 )
-_GaussianMixtureParams.maxIter = Param(
+_MixtureParams.maxIter = Param(
     Params._dummy(),
     "maxIter",
     "Maximum number of EM iterations (>= 0).",
     typeConverter=_at_least("maxIter", 0, TypeConverters.toInt),
+)
+
+
+class _BayesianGaussianMixtureParams(_MixtureParams):
+    """Params shared by BayesianGaussianMixture and its model: scikit-learn's
+    BayesianGaussianMixture's priors in Spark's naming. An unset prior takes scikit-learn's
+    default, computed from the data in one pass."""
+
+    weightConcentrationPriorType = Param(
+        Params._dummy(),
+        "weightConcentrationPriorType",
+        "Prior on the weights: 'dirichlet_process' (the default; stick-breaking, an infinite "
+        "mixture truncated at k) or 'dirichlet_distribution' (a finite mixture).",
+        typeConverter=one_of("weightConcentrationPriorType", WEIGHT_CONCENTRATION_PRIOR_TYPES),
+    )
+    weightConcentrationPrior = Param(
+        Params._dummy(),
+        "weightConcentrationPrior",
+        "Dirichlet concentration of each component on the weights (> 0; unset: 1 / k). "
+        "Smaller values put more weight on fewer components.",
+        typeConverter=TypeConverters.toFloat,
+    )
+    meanPrecisionPrior = Param(
+        Params._dummy(),
+        "meanPrecisionPrior",
+        "Precision prior on the means (> 0; unset: 1). Larger values pull the means to meanPrior.",
+        typeConverter=TypeConverters.toFloat,
+    )
+    meanPrior = Param(
+        Params._dummy(),
+        "meanPrior",
+        "Prior on the means (numFeatures numbers; unset: the data's mean).",
+        typeConverter=TypeConverters.toListFloat,
+    )
+    degreesOfFreedomPrior = Param(
+        Params._dummy(),
+        "degreesOfFreedomPrior",
+        "Degrees-of-freedom prior of the Wishart on the precisions (> numFeatures - 1; "
+        "unset: numFeatures).",
+        typeConverter=TypeConverters.toFloat,
+    )
+    covariancePrior = Param(
+        Params._dummy(),
+        "covariancePrior",
+        "Covariance prior of the Wishart, in covarianceType's layout of one component: full "
+        "and tied d x d, diag d numbers, spherical one number (unset: the data's covariance, "
+        "as scikit-learn's default).",
+        typeConverter=_nested_floats,
+    )
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._setDefault(**BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS)
+
+    def getWeightConcentrationPriorType(self) -> str:
+        """Gets the value of :py:attr:`weightConcentrationPriorType` or its default value."""
+        return self.getOrDefault(self.weightConcentrationPriorType)
+
+    def getWeightConcentrationPrior(self) -> float:
+        """Gets the value of :py:attr:`weightConcentrationPrior` (None when unset)."""
+        return self._opt(self.weightConcentrationPrior)
+
+    def getMeanPrecisionPrior(self) -> float:
+        """Gets the value of :py:attr:`meanPrecisionPrior` (None when unset)."""
+        return self._opt(self.meanPrecisionPrior)
+
+    def getMeanPrior(self):
+        """Gets the value of :py:attr:`meanPrior` (None when unset)."""
+        return self._opt(self.meanPrior)
+
+    def getDegreesOfFreedomPrior(self) -> float:
+        """Gets the value of :py:attr:`degreesOfFreedomPrior` (None when unset)."""
+        return self._opt(self.degreesOfFreedomPrior)
+
+    def getCovariancePrior(self):
+        """Gets the value of :py:attr:`covariancePrior` (None when unset)."""
+        return self._opt(self.covariancePrior)
+
+
+# The Bayesian mixture's tol and nInit mean scikit-learn's BayesianGaussianMixture's.
+_BayesianGaussianMixtureParams.tol = Param(
+    Params._dummy(),
+    "tol",
+    "Convergence tolerance on the change of the variational lower bound between iterations "
+    "(scikit-learn's BayesianGaussianMixture: the total over the rows, not a mean). 0 runs "
+    "maxIter iterations.",
+    typeConverter=_at_least("tol", 0.0, TypeConverters.toFloat),
+)
+_BayesianGaussianMixtureParams.nInit = Param(
+    Params._dummy(),
+    "nInit",
+    "Number of runs from different seeds; all advance together in one data pass per "
+    "iteration and the highest final lower bound wins.",
+    typeConverter=_at_least("nInit", 1, TypeConverters.toInt),
 )

@@ -417,27 +417,6 @@ class VariationalParams:
 # --------------------------------------------------------------------------- M-step
 
 
-def gaussian_moments(stats: SufficientStats, reg_covar: float):
-    """(nk (k,), means xk (k, d), covariances sk) of the statistics, scikit-learn's
-    ``_estimate_gaussian_parameters`` (nk = resp + 10 eps, reg_covar on every variance): the
-    arithmetic of :func:`spark_gmm.kernel.m_step` without its positive-definiteness check,
-    which the prior makes unnecessary."""
-    t = stats.covariance_type
-    nk = stats.resp + _EPS10
-    delta = stats.first / nk[:, None]
-    means = stats.shift + delta
-    d = means.shape[1]
-    if t in ("full", "tied"):
-        scatter = stats.second - nk[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
-        cov = scatter / nk[:, None, None] if t == "full" else scatter.sum(axis=0) / nk.sum()
-        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-        cov[..., np.arange(d), np.arange(d)] += reg_covar
-    else:
-        var = np.maximum(stats.second / nk[:, None] - delta**2, 0.0)
-        cov = (var.mean(axis=1) if t == "spherical" else var) + reg_covar
-    return nk, means, cov
-
-
 def _weight_concentration(nk: np.ndarray, priors: VariationalPriors) -> np.ndarray:
     """scikit-learn's ``_estimate_weights``."""
     wcp = priors.weight_concentration_prior
@@ -483,7 +462,7 @@ def variational_m_step(
         )
     if stats.shift.shape[1] != priors.d:
         raise ValueError(f"statistics of {stats.shift.shape[1]} features, priors of {priors.d}")
-    nk, xk, sk = gaussian_moments(stats, reg_covar)
+    nk, xk, sk = kernel.gaussian_moments(stats, reg_covar)
     mean_precision = priors.mean_precision_prior + nk
     weighted_sums = priors.mean_precision_prior * priors.mean_prior + nk[:, None] * xk
     means = weighted_sums / mean_precision[:, None]

@@ -85,6 +85,31 @@ def test_pipeline_model_round_trip_spark_flavor_and_pyfunc(spark, mlflow, store,
     assert len(set(expected)) == 3
 
 
+def test_bayesian_mixture_round_trip_spark_flavor(spark, mlflow, store, points):
+    import mlflow.spark
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
+
+    from spark_gmm import BayesianGaussianMixture, BayesianGaussianMixtureModel
+
+    _, experiment = store
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["x", "y"], outputCol="features"),
+            BayesianGaussianMixture(k=6, seed=1),
+        ]
+    ).fit(points)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.spark.log_model(pipeline, "bgm", pip_requirements=["pyspark"])
+    loaded = mlflow.spark.load_model(f"runs:/{run.info.run_id}/bgm")
+    assert isinstance(loaded.stages[-1], BayesianGaussianMixtureModel)
+    np.testing.assert_array_equal(
+        loaded.stages[-1].weightConcentration, pipeline.stages[-1].weightConcentration
+    )
+    expected = pipeline.transform(points).select("prediction", "probability").collect()
+    assert loaded.transform(points).select("prediction", "probability").collect() == expected
+
+
 def test_fit_job_logs_model_params_and_metrics(spark, mlflow, store, points, tmp_path, capsys):
     import mlflow.spark
     from mlflow.tracking import MlflowClient
