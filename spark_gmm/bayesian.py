@@ -19,7 +19,7 @@ from pyspark.ml import Estimator
 from pyspark.sql import DataFrame
 
 from spark_gmm import kernel
-from spark_gmm.estimator import FittedMixture, MixtureSetters
+from spark_gmm.estimator import EstimatorSetters, FittedMixture, MixtureSetters
 from spark_gmm.fitting import FitSettings, VariationalSettings, fit_candidates
 from spark_gmm.init import Candidate
 from spark_gmm.params import _BayesianGaussianMixtureParams
@@ -39,7 +39,7 @@ _SAVED_ARRAYS = {
 
 
 class BayesianGaussianMixture(
-    MixtureSetters, Estimator, _BayesianGaussianMixtureParams, PersistentStage
+    MixtureSetters, EstimatorSetters, Estimator, _BayesianGaussianMixtureParams, PersistentStage
 ):
     """Variational Bayesian Gaussian mixture (scikit-learn's BayesianGaussianMixture).
 
@@ -109,50 +109,6 @@ class BayesianGaussianMixture(
     ) -> "BayesianGaussianMixture":
         """Sets params for BayesianGaussianMixture."""
         return self._set(**self._input_kwargs)
-
-    def setK(self, value: int) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`k` (the most components the mixture may use)."""
-        return self._set(k=value)
-
-    def setMaxIter(self, value: int) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`maxIter`."""
-        return self._set(maxIter=value)
-
-    def setTol(self, value: float) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`tol`."""
-        return self._set(tol=value)
-
-    def setSeed(self, value: int) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`seed`."""
-        return self._set(seed=value)
-
-    def setWeightCol(self, value: str) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`weightCol`."""
-        return self._set(weightCol=value)
-
-    def setAggregationDepth(self, value: int) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`aggregationDepth`."""
-        return self._set(aggregationDepth=value)
-
-    def setCovarianceType(self, value: str) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`covarianceType`."""
-        return self._set(covarianceType=value)
-
-    def setRegCovar(self, value: float) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`regCovar`."""
-        return self._set(regCovar=value)
-
-    def setInitMode(self, value: str) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`initMode`."""
-        return self._set(initMode=value)
-
-    def setNInit(self, value: int) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`nInit`."""
-        return self._set(nInit=value)
-
-    def setEngine(self, value: str) -> "BayesianGaussianMixture":
-        """Sets the value of :py:attr:`engine`."""
-        return self._set(engine=value)
 
     def setWeightConcentrationPriorType(self, value: str) -> "BayesianGaussianMixture":
         """Sets the value of :py:attr:`weightConcentrationPriorType`."""

@@ -13,18 +13,14 @@ INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 HANDLE_INVALID = ("error", "skip", "keep")
 CRITERIA = ("bic", "aic")
 
-# GaussianMixture's defaults (its keyword arguments repeat them, as pyspark.ml's do:
-# tests/test_estimator.py checks that the signatures agree with this).
-GAUSSIAN_MIXTURE_DEFAULTS = {
+# What every mixture estimator defaults to (each estimator's keyword arguments repeat its
+# defaults, as pyspark.ml's do: tests/test_estimator.py checks that the signatures agree).
+_MIXTURE_DEFAULTS = {
     "featuresCol": "features",
     "predictionCol": "prediction",
     "probabilityCol": "probability",
-    "k": 2,
     "maxIter": 100,
     "tol": 1e-3,
-    # A stable default: Spark hashes the class name too, but Python's str hash is randomised
-    # per process, which would make default runs unrepeatable.
-    "seed": zlib.crc32(b"GaussianMixture"),
     "aggregationDepth": 2,
     "covarianceType": "full",
     "regCovar": 1e-6,
@@ -32,9 +28,18 @@ GAUSSIAN_MIXTURE_DEFAULTS = {
     "handleInvalid": "error",
     "initMode": "kmeans",
     "nInit": 1,
+    "engine": "auto",
+}
+
+# GaussianMixture's defaults.
+GAUSSIAN_MIXTURE_DEFAULTS = {
+    **_MIXTURE_DEFAULTS,
+    "k": 2,
+    # A stable default: Spark hashes the class name too, but Python's str hash is randomised
+    # per process, which would make default runs unrepeatable.
+    "seed": zlib.crc32(b"GaussianMixture"),
     "recoverCollapsed": True,
     "checkpointInterval": 10,
-    "engine": "auto",
 }
 
 # GaussianMixtureSelector's defaults.
@@ -46,23 +51,11 @@ SELECTOR_DEFAULTS = {
 
 # BayesianGaussianMixture's defaults: scikit-learn's BayesianGaussianMixture (n_components=1,
 # tol=1e-3 on the lower bound, reg_covar=1e-6, max_iter=100, n_init=1, kmeans init, a
-# Dirichlet-process prior); the priors' None means scikit-learn's data-dependent default
+# Dirichlet-process prior); an unset prior means scikit-learn's data-dependent default
 # (spark_gmm.variational.priors_from_moments).
 BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS = {
-    "featuresCol": "features",
-    "predictionCol": "prediction",
-    "probabilityCol": "probability",
+    **_MIXTURE_DEFAULTS,
     "k": 1,
-    "maxIter": 100,
-    "tol": 1e-3,
     "seed": zlib.crc32(b"BayesianGaussianMixture"),
-    "aggregationDepth": 2,
-    "covarianceType": "full",
-    "regCovar": 1e-6,
-    "logLikelihoodCol": "",
-    "handleInvalid": "error",
-    "initMode": "kmeans",
-    "nInit": 1,
-    "engine": "auto",
     "weightConcentrationPriorType": "dirichlet_process",
 }

@@ -78,7 +78,57 @@ class MixtureSetters:
         return self._set(handleInvalid=value)
 
 
-class GaussianMixture(MixtureSetters, Estimator, _GaussianMixtureParams, PersistentStage):
+class EstimatorSetters:
+    """setX methods every mixture estimator has (each returns self)."""
+
+    def setK(self, value: int):
+        """Sets the value of :py:attr:`k`."""
+        return self._set(k=value)
+
+    def setMaxIter(self, value: int):
+        """Sets the value of :py:attr:`maxIter`."""
+        return self._set(maxIter=value)
+
+    def setTol(self, value: float):
+        """Sets the value of :py:attr:`tol`."""
+        return self._set(tol=value)
+
+    def setSeed(self, value: int):
+        """Sets the value of :py:attr:`seed`."""
+        return self._set(seed=value)
+
+    def setWeightCol(self, value: str):
+        """Sets the value of :py:attr:`weightCol`."""
+        return self._set(weightCol=value)
+
+    def setAggregationDepth(self, value: int):
+        """Sets the value of :py:attr:`aggregationDepth`."""
+        return self._set(aggregationDepth=value)
+
+    def setCovarianceType(self, value: str):
+        """Sets the value of :py:attr:`covarianceType`."""
+        return self._set(covarianceType=value)
+
+    def setRegCovar(self, value: float):
+        """Sets the value of :py:attr:`regCovar`."""
+        return self._set(regCovar=value)
+
+    def setInitMode(self, value: str):
+        """Sets the value of :py:attr:`initMode`."""
+        return self._set(initMode=value)
+
+    def setNInit(self, value: int):
+        """Sets the value of :py:attr:`nInit`."""
+        return self._set(nInit=value)
+
+    def setEngine(self, value: str):
+        """Sets the value of :py:attr:`engine`."""
+        return self._set(engine=value)
+
+
+class GaussianMixture(
+    MixtureSetters, EstimatorSetters, Estimator, _GaussianMixtureParams, PersistentStage
+):
     """Gaussian mixture model fitted by distributed EM.
 
     >>> gm = GaussianMixture(k=3, covarianceType="full", seed=7)
@@ -150,49 +200,9 @@ class GaussianMixture(MixtureSetters, Estimator, _GaussianMixtureParams, Persist
         """Sets params for GaussianMixture."""
         return self._set(**self._input_kwargs)
 
-    def setK(self, value: int) -> "GaussianMixture":
-        """Sets the value of :py:attr:`k`."""
-        return self._set(k=value)
-
-    def setMaxIter(self, value: int) -> "GaussianMixture":
-        """Sets the value of :py:attr:`maxIter`."""
-        return self._set(maxIter=value)
-
-    def setTol(self, value: float) -> "GaussianMixture":
-        """Sets the value of :py:attr:`tol`."""
-        return self._set(tol=value)
-
-    def setSeed(self, value: int) -> "GaussianMixture":
-        """Sets the value of :py:attr:`seed`."""
-        return self._set(seed=value)
-
-    def setWeightCol(self, value: str) -> "GaussianMixture":
-        """Sets the value of :py:attr:`weightCol`."""
-        return self._set(weightCol=value)
-
-    def setAggregationDepth(self, value: int) -> "GaussianMixture":
-        """Sets the value of :py:attr:`aggregationDepth`."""
-        return self._set(aggregationDepth=value)
-
-    def setCovarianceType(self, value: str) -> "GaussianMixture":
-        """Sets the value of :py:attr:`covarianceType`."""
-        return self._set(covarianceType=value)
-
-    def setRegCovar(self, value: float) -> "GaussianMixture":
-        """Sets the value of :py:attr:`regCovar`."""
-        return self._set(regCovar=value)
-
-    def setInitMode(self, value: str) -> "GaussianMixture":
-        """Sets the value of :py:attr:`initMode`."""
-        return self._set(initMode=value)
-
     def setInitialModel(self, value: "GaussianMixtureModel") -> "GaussianMixture":
         """Sets the value of :py:attr:`initialModel`."""
         return self._set(initialModel=value)
-
-    def setNInit(self, value: int) -> "GaussianMixture":
-        """Sets the value of :py:attr:`nInit`."""
-        return self._set(nInit=value)
 
     def setRecoverCollapsed(self, value: bool) -> "GaussianMixture":
         """Sets the value of :py:attr:`recoverCollapsed`."""
@@ -217,10 +227,6 @@ class GaussianMixture(MixtureSetters, Estimator, _GaussianMixtureParams, Persist
     def setCheckpointDir(self, value: str) -> "GaussianMixture":
         """Sets the value of :py:attr:`checkpointDir`."""
         return self._set(checkpointDir=value)
-
-    def setEngine(self, value: str) -> "GaussianMixture":
-        """Sets the value of :py:attr:`engine`."""
-        return self._set(engine=value)
 
     # ------------------------------------------------------------------ fit
 

@@ -24,7 +24,7 @@ from spark_gmm.engine.choose import FitRows, open_engine, say_once
 from spark_gmm.engine.driver import collect_small
 from spark_gmm.engine.partitions import limited
 from spark_gmm.engine.resident import start_python_workers
-from spark_gmm.init import Candidate, ExplicitInit, data_moments, initial_starts
+from spark_gmm.init import Candidate, ExplicitInit, as_params, data_moments, initial_starts
 
 log = logging.getLogger("spark_gmm")
 
@@ -210,7 +210,7 @@ def _initialise_and_run_em(
     if settings.variational is None:
         update, compute_stats = None, em_stats
         if init is not None:  # initial responsibilities -> parameters: one M-step
-            init = [_as_params(start, settings.reg_covar) for start in init]
+            init = [as_params(start, settings.reg_covar) for start in init]
     else:
         init, update = _variational_start(engine, init, candidates, settings, report)
         compute_stats = variational.variational_stats_function(em_stats)
@@ -232,14 +232,6 @@ def _initialise_and_run_em(
     if checkpoint:
         checkpoint.remove()  # the fit is complete: nothing to resume
     return results
-
-
-def _as_params(start, reg_covar: float) -> kernel.MixtureParams:
-    """Initial parameters of a start of :func:`initial_starts`: statistics of initial
-    responsibilities through one M-step, parameters as they are."""
-    if isinstance(start, kernel.SufficientStats):
-        return kernel.m_step(start, reg_covar)
-    return start
 
 
 def _variational_start(engine, starts, candidates, settings: FitSettings, report):

@@ -280,29 +280,23 @@ def initial_params(
     candidates: Sequence[Candidate],
     init_mode: str,
     reg_covar: float,
-    weighted: bool,
-    fixed: Optional[kernel.MixtureParams] = None,
-    explicit: Optional[ExplicitInit] = None,
-    n_incomplete: int = 0,
+    *args,
+    **kwargs,
 ) -> List[kernel.MixtureParams]:
-    """Initial parameters of every candidate: :func:`initial_starts`, the statistics of
-    initial responsibilities turned into parameters by one M-step."""
+    """Initial parameters of every candidate: :func:`initial_starts` (the same arguments),
+    each start as parameters (:func:`as_params`)."""
     starts = initial_starts(
-        engine,
-        n_rows,
-        n_features,
-        candidates,
-        init_mode,
-        reg_covar,
-        weighted,
-        fixed,
-        explicit,
-        n_incomplete,
+        engine, n_rows, n_features, candidates, init_mode, reg_covar, *args, **kwargs
     )
-    return [
-        kernel.m_step(start, reg_covar) if isinstance(start, kernel.SufficientStats) else start
-        for start in starts
-    ]
+    return [as_params(start, reg_covar) for start in starts]
+
+
+def as_params(start, reg_covar: float) -> kernel.MixtureParams:
+    """Initial parameters of a start of :func:`initial_starts`: statistics of initial
+    responsibilities through one M-step, parameters as they are."""
+    if isinstance(start, kernel.SufficientStats):
+        return kernel.m_step(start, reg_covar)
+    return start
 
 
 def initial_starts(

@@ -107,3 +107,39 @@ def test_auto_falls_back_when_the_server_is_not_on_this_machine(facts):
     assert any("cannot be assumed to reach" in w for w in remote["warnings"])
     assert remote["resident"]["error"] == "RuntimeError"
     assert remote["resident"]["message"].startswith("engine='resident' cannot run here: the ")
+
+
+def test_the_bayesian_mixture_fits_saves_and_loads_as_on_a_classic_session(facts, spark):
+    from pyspark.ml.feature import VectorAssembler
+
+    from spark_gmm import BayesianGaussianMixture
+
+    connect = facts["bayesian"]
+    assert "ok" in connect, connect
+    connect = connect["ok"]
+    df = spark.createDataFrame(blob_rows(), "id long, x double, y double").repartition(3)
+    features = VectorAssembler(inputCols=["x", "y"], outputCol="features").transform(df)
+    classic = BayesianGaussianMixture(k=6, seed=2).fit(features)
+    np.testing.assert_allclose(connect["weights"], classic.weights, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(connect["means"], classic.means, rtol=1e-6)
+    assert connect["lower_bound"] == pytest.approx(classic.summary.lowerBound, rel=1e-9)
+    np.testing.assert_allclose(
+        connect["loaded_weight_concentration"], classic.weightConcentration, rtol=1e-6
+    )
+    assert sum(w > 0.01 for w in connect["weights"]) == 3 and connect["engine"] == "driver"
+    assert len(connect["predictions"]) == 360 and len(set(connect["predictions"])) == 3
+
+
+def test_missing_features_are_kept_as_on_a_classic_session(facts, spark):
+    from tests.scripts.connect_script import missing_rows
+
+    connect = facts["missing"]
+    assert "ok" in connect, connect
+    connect = connect["ok"]
+    rows = missing_rows(spark.createDataFrame(blob_rows(), "id long, x double, y double"))
+    classic = GaussianMixture(k=3, seed=1, inputCols=["x", "y"], handleInvalid="keep").fit(
+        rows.repartition(3)
+    )
+    assert connect["incomplete"] == classic.summary.numIncompleteRows == 72 + 52 - 10
+    np.testing.assert_allclose(connect["means"], classic.means, rtol=1e-6)
+    assert len(connect["predictions"]) == 360

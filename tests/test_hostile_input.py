@@ -155,8 +155,7 @@ def test_fit_rejects_nan_inf_null_in_input_cols_and_skip_drops_them(spark, three
     with pytest.raises(
         InvalidInputError,
         match=re.escape(
-            "inputCols ['a', 'b'] has 3 invalid row(s) of 63 (3 with NaN, infinite or null "
-            "values)"
+            "inputCols ['a', 'b'] has 3 invalid row(s) of 63 (3 with NaN, infinite or null values)"
         ),
     ):
         GaussianMixture(k=2, inputCols=["a", "b"]).fit(df)

@@ -1,5 +1,6 @@
 """The README's Python examples run as written, in order, on a small table (the model path
-moved to a temporary folder): usage, columns without a VectorAssembler, the selector."""
+moved to a temporary folder): usage, columns without a VectorAssembler, the selector, missing
+values, the Bayesian mixture."""
 
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ def _python_blocks():
 
 def test_the_readme_examples_run(spark, tmp_path):
     blocks = _python_blocks()
-    assert len(blocks) == 3, "the README's Python examples changed: update this test"
+    assert len(blocks) == 5, "the README's Python examples changed: update this test"
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(c, 1.0, (100, 3)) for c in (0.0, 6.0, 12.0)])
     df = spark.createDataFrame(
@@ -32,3 +33,8 @@ def test_the_readme_examples_run(spark, tmp_path):
     exec(blocks[2], scope)
     assert len(scope["selection"].table) == 24
     assert scope["selection"].bestModel.getK() == 3
+    exec(blocks[3], scope)
+    assert scope["model"].summary.numIncompleteRows > 30
+    assert scope["scored"].count() == 300
+    exec(blocks[4], scope)
+    assert len(scope["used"]) == 3

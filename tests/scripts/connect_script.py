@@ -1,5 +1,6 @@
 """What a Spark Connect client sees of spark_gmm beyond the drop-in script: the selector, the
-errors bad input gets, and (given a second URL whose host is not this machine's loopback
+errors bad input gets, the Bayesian mixture (fit, save, load, transform), missing features
+kept, and (given a second URL whose host is not this machine's loopback
 name) the fallback of engine='auto' where the server's executors may not reach the client.
 
     python tests/scripts/connect_script.py --remote sc://localhost:15002 \
@@ -13,6 +14,7 @@ rows on a classic session.
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -93,6 +95,49 @@ def error_facts(spark, df):
     return facts
 
 
+def bayesian_facts(spark, df, workdir):
+    from pyspark.ml.feature import VectorAssembler
+
+    from spark_gmm import BayesianGaussianMixture, BayesianGaussianMixtureModel
+
+    features = VectorAssembler(inputCols=["x", "y"], outputCol="features").transform(df)
+    model = BayesianGaussianMixture(k=6, seed=2).fit(features)
+    path = os.path.join(workdir, "bayesian-model")
+    model.write().overwrite().save(path)
+    loaded = BayesianGaussianMixtureModel.load(path)
+    predictions = loaded.transform(features).orderBy("id").select("prediction").collect()
+    return {
+        "weights": model.weights,
+        "means": model.means.tolist(),
+        "lower_bound": model.summary.lowerBound,
+        "engine": model.summary.engine,
+        "loaded_weight_concentration": loaded.weightConcentration.tolist(),
+        "predictions": [r.prediction for r in predictions],
+    }
+
+
+def missing_rows(df):
+    """The rows with y null in every fifth and x NaN in every seventh (never both)."""
+    from pyspark.sql import functions as F
+
+    df = df.withColumn("y", F.when(F.col("id") % 5 == 0, F.lit(None)).otherwise(F.col("y")))
+    nan_x = (F.col("id") % 7 == 1) & (F.col("id") % 5 != 0)
+    return df.withColumn("x", F.when(nan_x, F.lit(float("nan"))).otherwise(F.col("x")))
+
+
+def missing_facts(spark, df):
+    from spark_gmm import GaussianMixture
+
+    rows = missing_rows(df)
+    model = GaussianMixture(k=3, seed=1, inputCols=["x", "y"], handleInvalid="keep").fit(rows)
+    scored = model.transform(rows).orderBy("id").select("prediction").collect()
+    return {
+        "incomplete": model.summary.numIncompleteRows,
+        "means": model.means.tolist(),
+        "predictions": [r.prediction for r in scored],
+    }
+
+
 def remote_facts(url, rows):
     """engine='auto' and 'resident' through a URL whose host is not a loopback name."""
     import logging
@@ -136,6 +181,9 @@ def main():
         df = spark.createDataFrame(rows, "id long, x double, y double").repartition(3)
         facts["selection"] = attempt(lambda: selection_facts(spark, df))
         facts["errors"] = error_facts(spark, df)
+        workdir = os.path.dirname(os.path.abspath(args.out))
+        facts["bayesian"] = attempt(lambda: bayesian_facts(spark, df, workdir))
+        facts["missing"] = attempt(lambda: missing_facts(spark, df))
     finally:
         spark.stop()
     if args.remote_alias:
