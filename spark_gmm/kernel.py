@@ -483,58 +483,6 @@ def complete_rows(X: np.ndarray, sample_weight: Optional[np.ndarray]):
     return X[keep], None if sample_weight is None else np.asarray(sample_weight)[keep]
 
 
-@dataclass(frozen=True, eq=False)
-class _Marginal:
-    """One pattern of missing features under full/tied parameters: observed (o,) and missing
-    (m,) feature indices, the precision Cholesky factors (k, o, o) and their log-determinants
-    (k,) of the observed features' marginal covariances, the regression (k, o, m) of the
-    missing features on the observed ones (S_oo^-1 S_om) and their conditional covariances
-    (k, m, m)."""
-
-    observed: np.ndarray
-    missing: np.ndarray
-    precision_chol: np.ndarray
-    log_det: np.ndarray
-    regression: np.ndarray
-    conditional: np.ndarray
-
-
-def _marginals(params: MixtureParams, patterns: Sequence[np.ndarray]) -> List[_Marginal]:
-    """The :class:`_Marginal` of each missing-feature pattern (d,) bool, derived in one
-    batch of LAPACK calls per number of missing features. Derived per call (per block), not
-    cached across blocks: what a block computes depends on that block alone, so every engine
-    holding the same blocks gets the same bits."""
-    covariances = params.full_covariances()
-    out: List[Optional[_Marginal]] = [None] * len(patterns)
-    by_count: dict = {}
-    for i, pattern in enumerate(patterns):
-        by_count.setdefault(int(pattern.sum()), []).append(i)
-    for indices in by_count.values():
-        observed = np.array([np.flatnonzero(~patterns[i]) for i in indices])  # (g, o)
-        missing = np.array([np.flatnonzero(patterns[i]) for i in indices])  # (g, m)
-        s_oo = covariances[:, observed[:, :, None], observed[:, None, :]]  # (k, g, o, o)
-        s_om = covariances[:, observed[:, :, None], missing[:, None, :]]
-        s_mm = covariances[:, missing[:, :, None], missing[:, None, :]]
-        # a principal submatrix of a positive definite matrix is positive definite
-        chol = np.linalg.cholesky(s_oo)
-        chol_inv = np.linalg.solve(chol, np.broadcast_to(np.eye(observed.shape[1]), chol.shape))
-        precision_chol = np.swapaxes(chol_inv, -1, -2)  # upper: P P^T = inv(S_oo)
-        regression = precision_chol @ (chol_inv @ s_om)
-        conditional = s_mm - np.swapaxes(s_om, -1, -2) @ regression
-        conditional = 0.5 * (conditional + np.swapaxes(conditional, -1, -2))
-        log_det = -np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)  # (k, g)
-        for g, i in enumerate(indices):
-            out[i] = _Marginal(
-                observed[g],
-                missing[g],
-                precision_chol[:, g],
-                log_det[:, g],
-                regression[:, g],
-                conditional[:, g],
-            )
-    return out
-
-
 def missing_pattern_keys(absent: np.ndarray) -> np.ndarray:
     """A key per row of its pattern of missing features (``absent`` (n, d) bool): uint64 (the
     pattern's bits, feature 0 lowest) for d <= 64, else the packed bits as bytes. Complete
@@ -547,52 +495,133 @@ def missing_pattern_keys(absent: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(codes).view(np.dtype((np.void, codes.shape[1]))).ravel()
 
 
-def _pattern_groups(absent: np.ndarray):
-    """Rows' missing masks (n, d) -> [(pattern (d,) bool, rows)], one per pattern. Rows
-    already grouped by pattern (the engines' blocks are: :func:`spark_gmm.engine.blocks.
-    canonical`) give one slice per run; otherwise index arrays, in input order."""
+def _pattern_index(absent: np.ndarray):
+    """Rows' missing masks (n, d) -> (the distinct patterns (p, d) bool, ``order``, bounds
+    (p + 1,)): the rows of pattern g are ``order[bounds[g]:bounds[g + 1]]``. Rows already
+    grouped by pattern (the engines' blocks are: :func:`spark_gmm.engine.blocks.canonical`)
+    are read run by run and ``order`` is None (the rows as they are); others are sorted."""
     keys = missing_pattern_keys(absent)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    if len(np.unique(keys[starts])) == len(starts):
-        ends = np.r_[starts[1:], len(keys)]
-        return [(absent[a], slice(a, b)) for a, b in zip(starts, ends)]
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
-    return [(absent[first[g]], rows) for g, rows in enumerate(groups)]
+    if len(np.unique(keys[starts])) == len(starts):  # one run per pattern
+        return absent[starts], None, np.r_[starts, len(keys)]
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    return absent[order[starts]], order, np.r_[starts, len(keys)]
+
+
+def _precisions(params: MixtureParams) -> np.ndarray:
+    """Full/tied precision matrices (k, d, d), from the precision Cholesky factors."""
+    chol = _full_cholesky(params)
+    return chol @ np.swapaxes(chol, 1, 2)
+
+
+# A pattern with at least this many rows in a block is marginalised on its own (its matrices
+# applied to all its rows by matrix products); the rows of rarer patterns are marginalised
+# together, per count of missing features, each row gathering its pattern's matrices.
+GROUP_ROWS = 64
 
 
 def _incomplete_full(X, w, absent, params, log_weights, block, stats):
-    """E-step of full/tied rows with missing features, pattern by pattern: (log p (n,),
-    responsibilities (n, k), labels (n,)); their moments added into ``stats`` when given."""
-    n, k, d = X.shape[0], params.k, params.d
-    log_prob_norm, resp_out, labels_out = np.empty(n), np.empty((n, k)), np.empty(n, np.intp)
-    groups = _pattern_groups(absent)
-    for (_, group), marginal in zip(groups, _marginals(params, [p for p, _ in groups])):
-        obs, mis = marginal.observed, marginal.missing
-        means_o = params.means[:, obs]
-        for rows in _chunks(group, block):
-            x_o = X[rows][:, obs]
-            diff = x_o[None] - means_o[:, None, :]  # (k, r, o)
-            y = diff @ marginal.precision_chol
-            weighted = -0.5 * (np.einsum("kro,kro->kr", y, y) + len(obs) * _LOG_2PI)
-            weighted += (marginal.log_det + log_weights)[:, None]
-            log_prob_norm[rows], resp, labels_out[rows] = _normalise_components(weighted)
-            resp_out[rows] = resp.T
-            if stats is None:
+    """E-step of full/tied rows with missing features: (log p (n,), responsibilities (n, k),
+    labels (n,)); their moments added into ``stats`` when given.
+
+    With the precision L = inv(S) and z the row minus the mean, missing entries zero: the
+    conditional expectation of the missing deviations is -inv(L_mm) (L z)_m, and the row
+    completed with it, f, gives the marginal's Mahalanobis distance as f^T L f (a sum of
+    squares through the precision Cholesky factor), log det S_oo = log det S + log det L_mm,
+    and the conditional covariance inv(L_mm). So only the m x m blocks L_mm depend on the
+    pattern: they are derived per pattern (one batch per count of missing features)."""
+    n, k = X.shape[0], params.k
+    out = (np.empty(n), np.empty((n, k)), np.empty(n, np.intp))
+    patterns, order, bounds = _pattern_index(absent)
+    sizes, counts = np.diff(bounds), patterns.sum(axis=1)
+    factors = (params.derived("precisions", _precisions), _full_cholesky(params), log_weights)
+    everything = slice(None)
+
+    def rows_of(g):
+        a, b = int(bounds[g]), int(bounds[g + 1])
+        return slice(a, b) if order is None else order[a:b]
+
+    def marginalise(rows, missing, cov_mm, log_det_mm):
+        log_p, resp, labels = _marginal_rows(
+            X[rows], absent[rows], w[rows], missing, cov_mm, log_det_mm, params, factors, stats
+        )
+        out[0][rows], out[1][rows], out[2][rows] = log_p, resp.T, labels
+        return resp * w[rows]
+
+    for count in np.unique(counts):
+        these = np.flatnonzero(counts == count)
+        missing = np.nonzero(patterns[these])[1].reshape(len(these), count)  # (p, c)
+        block_mm = factors[0][:, missing[:, :, None], missing[:, None, :]]  # (k, p, c, c)
+        cov_mm = np.linalg.inv(block_mm)  # the conditional covariances
+        log_det_mm = np.linalg.slogdet(block_mm)[1]  # (k, p)
+        pattern_weight = np.zeros((k, len(these)))  # sum of r w over each pattern's rows
+        rare = []
+        for q, g in enumerate(these):
+            if sizes[g] < GROUP_ROWS:
+                rare.append(q)
                 continue
-            rw = resp * w[rows]
-            filled = np.empty((k, x_o.shape[0], d))  # each component's completed rows - shift
-            filled[:, :, obs] = x_o[None] - stats.shift[:, None, obs]
-            filled[:, :, mis] = diff @ marginal.regression
-            filled[:, :, mis] += (params.means[:, mis] - stats.shift[:, mis])[:, None, :]
-            stats.first += (rw[:, None, :] @ filled)[:, 0]
-            stats.second += np.swapaxes(filled * rw[:, :, None], 1, 2) @ filled
-            stats.second[:, mis[:, None], mis] += (
-                rw.sum(axis=1)[:, None, None] * marginal.conditional
+            for rows in _chunks(rows_of(g), block):
+                rw = marginalise(rows, missing[q], cov_mm[:, q], log_det_mm[:, q, None])
+                pattern_weight[:, q] += rw.sum(axis=1)
+        if rare:
+            starts, ends = bounds[these[rare]], bounds[these[rare] + 1]
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+            rows = rows if order is None else order[rows]
+            position = np.repeat(rare, sizes[these[rare]])
+            for start in range(0, len(rows), block):
+                at = position[start : start + block]
+                rw = marginalise(
+                    rows[start : start + block], missing[at], cov_mm[:, at], log_det_mm[:, at]
+                )
+                for j in range(k):
+                    pattern_weight[j] += np.bincount(at, weights=rw[j], minlength=len(these))
+        if stats is not None:  # each pattern's conditional covariance, weighted
+            np.add.at(
+                stats.second,
+                (everything, missing[:, :, None], missing[:, None, :]),
+                pattern_weight[:, :, None, None] * cov_mm,
             )
-    return log_prob_norm, resp_out, labels_out
+    return out
+
+
+def _marginal_rows(X, absent, w, missing, cov_mm, log_det_mm, params, factors, stats):
+    """(log p (r,), responsibilities (k, r), labels (r,)) of rows X (r, d) with c missing
+    features each (see :func:`_incomplete_full`); their first and second moments added into
+    ``stats`` when given (the conditional covariances by the caller, per pattern).
+
+    One pattern for all the rows: ``missing`` (c,), its conditional covariances ``cov_mm``
+    (k, c, c) and log det L_mm ``log_det_mm`` (k, 1); or one per row: (r, c), (k, r, c, c)
+    and (k, r). ``factors``: the precisions (k, d, d), their Cholesky factors and the log
+    weights."""
+    precisions, chol, log_weights = factors
+    k, d = params.k, params.d
+    r = X.shape[0]
+    observed = (~absent).astype(np.float64)
+    deviations = np.where(absent, 0.0, X)[None] - params.means[:, None, :]  # (k, r, d)
+    deviations *= observed  # zero at the missing features
+    pulled = deviations @ precisions  # L z, of which the missing features' entries count
+    if missing.ndim == 1:
+        deviations[:, :, missing] = -pulled[:, :, missing] @ cov_mm  # cov_mm is symmetric
+    else:  # each row's missing features, as positions in the flattened (k, r, d) arrays
+        flat = (np.arange(k * r).reshape(k, r, 1) * d + missing[None]).reshape(-1)
+        pulled = pulled.reshape(-1)[flat].reshape(k, r, -1)
+        deviations.reshape(-1)[flat] = -np.einsum("krcm,krm->krc", cov_mm, pulled).reshape(-1)
+    # deviations: now the completed rows - means
+    y = deviations @ chol
+    np.square(y, out=y)
+    weighted = -0.5 * (y @ np.ones(d) + (d - missing.shape[-1]) * _LOG_2PI)
+    weighted += np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)[:, None]
+    weighted -= 0.5 * log_det_mm
+    weighted += log_weights[:, None]
+    log_p, resp, labels = _normalise_components(weighted)
+    if stats is not None:
+        rw = resp * w
+        filled = deviations
+        filled += (params.means - stats.shift)[:, None, :]  # the completed rows - shift
+        stats.first += (rw[:, None, :] @ filled)[:, 0]
+        stats.second += np.swapaxes(filled * rw[:, :, None], 1, 2) @ filled
+    return log_p, resp, labels
 
 
 def _normalise_components(weighted: np.ndarray):
@@ -628,15 +657,16 @@ def _incomplete_diagonal(X, w, absent, params, log_weights, block, stats):
     offsets = params.means - centre
     log_prob_norm, resp_out, labels_out = np.empty(n), np.empty((n, k)), np.empty(n, np.intp)
     for rows in _chunks(slice(0, n), block):
-        Xb, ab = X[rows], absent[rows]
+        ab = absent[rows]
         observed = (~ab).astype(np.float64)
+        Xb = np.where(ab, 0.0, X[rows])  # missing features as 0, then masked again below
         if far:
             maha = np.empty((Xb.shape[0], k))
             for j in range(k):
-                dev = np.where(ab, 0.0, Xb - params.means[j])
+                dev = (Xb - params.means[j]) * observed
                 maha[:, j] = (dev * dev) @ precisions[j]
         else:
-            Xc = np.where(ab, 0.0, Xb - centre)
+            Xc = (Xb - centre) * observed
             maha = (Xc * Xc) @ precisions.T
             maha -= 2.0 * (Xc @ (offsets * precisions).T)
             maha += observed @ (offsets**2 * precisions).T

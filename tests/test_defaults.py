@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from spark_gmm import GaussianMixture, config
-from spark_gmm.choices import GAUSSIAN_MIXTURE_DEFAULTS, SELECTOR_DEFAULTS
+from spark_gmm import BayesianGaussianMixture, GaussianMixture, config
+from spark_gmm.choices import (
+    BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS,
+    GAUSSIAN_MIXTURE_DEFAULTS,
+    SELECTOR_DEFAULTS,
+)
 from spark_gmm.selection import GaussianMixtureSelector
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +31,12 @@ def _keyword_defaults(function):
 
 @pytest.mark.parametrize(
     "stage, defaults",
-    [(GaussianMixture, GAUSSIAN_MIXTURE_DEFAULTS), (GaussianMixtureSelector, SELECTOR_DEFAULTS)],
-    ids=["GaussianMixture", "GaussianMixtureSelector"],
+    [
+        (GaussianMixture, GAUSSIAN_MIXTURE_DEFAULTS),
+        (GaussianMixtureSelector, SELECTOR_DEFAULTS),
+        (BayesianGaussianMixture, BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS),
+    ],
+    ids=["GaussianMixture", "GaussianMixtureSelector", "BayesianGaussianMixture"],
 )
 @pytest.mark.parametrize("method", ["__init__", "setParams"])
 def test_keyword_arguments_and_params_share_the_defaults(stage, defaults, method):

@@ -115,9 +115,14 @@ def incomplete_rows():
 
 @pytest.mark.parametrize("covariance_type", kernel.COVARIANCE_TYPES)
 @pytest.mark.parametrize("far", [False, True], ids=["near", "far"])
-def test_em_with_missing_features_equals_the_equations(incomplete_rows, covariance_type, far):
+@pytest.mark.parametrize("group_rows", [1, 10**9], ids=["per-pattern", "gathered"])
+def test_em_with_missing_features_equals_the_equations(
+    incomplete_rows, covariance_type, far, group_rows, monkeypatch
+):
     """Three EM iterations, in blocks of 37 rows, against the row-by-row reference. 'far':
-    a component 2,000 standard deviations away takes the kernel's per-component paths."""
+    a component 2,000 standard deviations away takes the kernel's per-component paths;
+    full/tied rows marginalised pattern by pattern, or all gathered per row."""
+    monkeypatch.setattr(kernel, "GROUP_ROWS", group_rows)
     X, w = incomplete_rows
     params = _start(X, 2, covariance_type, offset=2000.0 if far else 0.0)
     for _ in range(3):
@@ -135,9 +140,11 @@ def test_em_with_missing_features_equals_the_equations(incomplete_rows, covarian
 
 
 @pytest.mark.parametrize("covariance_type", kernel.COVARIANCE_TYPES)
+@pytest.mark.parametrize("group_rows", [1, 10**9], ids=["per-pattern", "gathered"])
 def test_predict_gives_the_marginal_density_of_the_observed_features(
-    incomplete_rows, covariance_type
+    incomplete_rows, covariance_type, group_rows, monkeypatch
 ):
+    monkeypatch.setattr(kernel, "GROUP_ROWS", group_rows)
     X, _ = incomplete_rows
     params = _start(X, 3, covariance_type)
     labels, proba, log_p = kernel.predict(X, params, block_rows=50)
