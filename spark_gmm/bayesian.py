@@ -137,11 +137,6 @@ class BayesianGaussianMixture(
     # ------------------------------------------------------------------ fit
 
     def _settings(self) -> FitSettings:
-        if self.getHandleInvalid() == "keep":
-            raise ValueError(
-                "handleInvalid='keep' is not available for BayesianGaussianMixture (its lower "
-                "bound is that of complete rows); use 'skip' or GaussianMixture"
-            )
         return FitSettings(
             features_col=self.getFeaturesCol(),
             input_cols=self._opt(self.inputCols),
@@ -192,8 +187,9 @@ class BayesianGaussianMixtureModel(FittedMixture, _BayesianGaussianMixtureParams
     scikit-learn's ``predict_proba`` and ``predict``; the logLikelihood column is the log
     density of the mixture whose weights are the variational ones (exp E[log weight],
     normalised), which scikit-learn's ``score_samples`` exceeds by the constant
-    :attr:`logWeightNormaliser`. ``weights``, ``gaussians`` and ``sample`` are those of the
-    mixture of expected weights, means and covariances."""
+    :attr:`logWeightNormaliser`; ``score``, ``bic``, ``aic`` and the summary's logLikelihood
+    are on the same scale. ``weights``, ``gaussians`` and ``sample`` are those of the mixture
+    of expected weights, means and covariances."""
 
     def __init__(self):
         super().__init__()

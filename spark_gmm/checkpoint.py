@@ -80,13 +80,10 @@ class Checkpoint:
                 None if a is None else a.tolist()
                 for a in (explicit.means, explicit.weights, explicit.covariances)
             ],
-            "data": [
-                report.n_input_rows,
-                report.n_skipped,
-                report.n_features,
-                report.total_weight,
-                report.n_incomplete,
-            ],
+            # rows with missing features only when there are some: the fingerprints of
+            # complete inputs stay those of earlier versions (their checkpoints resume)
+            "data": [report.n_input_rows, report.n_skipped, report.n_features, report.total_weight]
+            + ([report.n_incomplete] if report.n_incomplete else []),
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return cls(os.path.join(settings.checkpoint_dir, f"spark_gmm-{digest[:24]}.json"), digest)

@@ -11,6 +11,9 @@ INIT_MODES = ("kmeans", "k-means++", "random", "randomFromData")
 # with null or NaN features are kept and those features marginalised (infinite ones and rows
 # with every feature missing are still an error)
 HANDLE_INVALID = ("error", "skip", "keep")
+# BayesianGaussianMixture's: its variational bound and per-component constants are those of
+# complete rows, so it does not keep rows with missing features
+BAYESIAN_HANDLE_INVALID = ("error", "skip")
 CRITERIA = ("bic", "aic")
 
 # What every mixture estimator defaults to (each estimator's keyword arguments repeat its

@@ -247,8 +247,13 @@ def check_input(
             what.append(f"{invalid - nulls} with NaN, infinite or null values")
         raise InvalidInputError(
             f"{source.description} has {invalid} invalid row(s) of {n} ({', '.join(what)}); "
-            "clean them or set handleInvalid='skip' to drop them (or 'keep' to keep rows with "
-            "null or NaN features, marginalised)"
+            "clean them or set handleInvalid='skip' to drop them"
+            + (
+                " (or GaussianMixture's 'keep' to keep the rows with null or NaN features, "
+                "marginalised)"
+                if invalid - nulls - int(stats.get("infinite") or 0) > 0
+                else ""
+            )
         )
     if invalid == n:
         raise InvalidInputError(

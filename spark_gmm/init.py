@@ -317,18 +317,29 @@ def initial_starts(
     explicit ones). Of the ``n_rows`` valid rows, ``n_incomplete`` have missing features
     (handleInvalid='keep'): every initialisation mode uses the complete rows only."""
     k_max = max(c.k for c in candidates)
-    n_rows -= n_incomplete
     if n_rows < k_max:
-        what = "valid row(s)" if not n_incomplete else "row(s) without missing features"
-        raise InvalidInputError(
-            f"only {n_rows} {what}, fewer than k={k_max}: lower k"
-            + (" (the initialisation uses the complete rows)" if n_incomplete else "")
-        )
-    if fixed is not None:
+        raise InvalidInputError(f"only {n_rows} valid row(s), fewer than k={k_max}: lower k")
+    if fixed is not None:  # reads no rows
         return [check_fixed(fixed, c, n_features, "initialModel") for c in candidates]
+    n_complete = n_rows - n_incomplete
+    if explicit is None:
+        needed = k_max
+    else:  # explicit covariances read no rows; otherwise the data covariance is taken
+        needed = 0 if explicit.covariances is not None else 1
+    if n_complete < needed:
+        raise InvalidInputError(
+            f"only {n_complete} row(s) without missing features; the initialisation "
+            + (
+                "(initialMeans without initialCovariances: the data covariance) "
+                if explicit is not None
+                else f"(initMode={init_mode!r}) "
+            )
+            + f"uses those and needs {needed}: lower k, give initialModel or initial "
+            "parameters, or fill some features"
+        )
     if explicit is not None:
         return [_explicit_params(engine, explicit, c, n_features, reg_covar) for c in candidates]
-    return _INIT_BY_MODE[init_mode](engine, n_rows, candidates, reg_covar)
+    return _INIT_BY_MODE[init_mode](engine, n_complete, candidates, reg_covar)
 
 
 def _explicit_params(

@@ -465,8 +465,9 @@ def _normalise(weighted: np.ndarray, axis: int = 1):
 # and add their conditional covariance C = S_mm - S_mo S_oo^-1 S_om to the second moment
 # (pomegranate's and Ghahramani & Jordan's EM). Diag/spherical components make the features
 # independent (x^_m = mu_m, C = the variances of m): every such row is handled at once with
-# masks. Full/tied rows are grouped by their pattern of missing features, each pattern's
-# matrices derived once per parameters. Complete rows never enter this path.
+# masks. Full/tied rows need per pattern of missing features only the m x m blocks of the
+# precision (:func:`_incomplete_full`), derived per block. Complete rows never enter this
+# path: a block's complete rows take the E-step above, its others come after them.
 
 
 def has_missing(X: np.ndarray) -> bool:
@@ -530,59 +531,91 @@ def _incomplete_full(X, w, absent, params, log_weights, block, stats):
     completed with it, f, gives the marginal's Mahalanobis distance as f^T L f (a sum of
     squares through the precision Cholesky factor), log det S_oo = log det S + log det L_mm,
     and the conditional covariance inv(L_mm). So only the m x m blocks L_mm depend on the
-    pattern: they are derived per pattern (one batch per count of missing features)."""
-    n, k = X.shape[0], params.k
-    out = (np.empty(n), np.empty((n, k)), np.empty(n, np.intp))
-    patterns, order, bounds = _pattern_index(absent)
-    sizes, counts = np.diff(bounds), patterns.sum(axis=1)
-    factors = (params.derived("precisions", _precisions), _full_cholesky(params), log_weights)
-    everything = slice(None)
+    pattern: they are derived per pattern, one batch per count of missing features (at most
+    TEMPORARY_ELEMENTS values of them at a time)."""
+    rows = _IncompleteRows(X, w, absent, params, log_weights, stats)
+    k = params.k
+    for count in np.unique(rows.counts):
+        piece = max(1, TEMPORARY_ELEMENTS // (k * count * count))
+        of_count = np.flatnonzero(rows.counts == count)
+        for first in range(0, len(of_count), piece):
+            rows.marginalise_patterns(of_count[first : first + piece], min(block, piece))
+    return rows.out
 
-    def rows_of(g):
-        a, b = int(bounds[g]), int(bounds[g + 1])
-        return slice(a, b) if order is None else order[a:b]
 
-    def marginalise(rows, missing, cov_mm, log_det_mm):
-        log_p, resp, labels = _marginal_rows(
-            X[rows], absent[rows], w[rows], missing, cov_mm, log_det_mm, params, factors, stats
-        )
-        out[0][rows], out[1][rows], out[2][rows] = log_p, resp.T, labels
-        return resp * w[rows]
+class _IncompleteRows:
+    """A block's full/tied rows with missing features, grouped by pattern
+    (:func:`_pattern_index`), and the E-step outputs filled in as they are marginalised."""
 
-    for count in np.unique(counts):
-        these = np.flatnonzero(counts == count)
-        missing = np.nonzero(patterns[these])[1].reshape(len(these), count)  # (p, c)
-        block_mm = factors[0][:, missing[:, :, None], missing[:, None, :]]  # (k, p, c, c)
+    def __init__(self, X, w, absent, params, log_weights, stats):
+        n = X.shape[0]
+        self.X, self.w, self.absent, self.params, self.stats = X, w, absent, params, stats
+        self.out = (np.empty(n), np.empty((n, params.k)), np.empty(n, np.intp))
+        self.patterns, self.order, self.bounds = _pattern_index(absent)
+        self.sizes, self.counts = np.diff(self.bounds), self.patterns.sum(axis=1)
+        precisions = params.derived("precisions", _precisions)
+        self.factors = (precisions, _full_cholesky(params), log_weights)
+
+    def rows_of(self, patterns: np.ndarray) -> np.ndarray:
+        """The rows of ``patterns`` (indices into the block's patterns), pattern after
+        pattern, as indices."""
+        ranges = [np.arange(self.bounds[g], self.bounds[g + 1]) for g in patterns]
+        rows = np.concatenate(ranges)
+        return rows if self.order is None else self.order[rows]
+
+    def marginalise_patterns(self, these: np.ndarray, block: int) -> None:
+        """Marginalises the rows of the patterns ``these`` (one count of missing features):
+        a frequent pattern's rows by matrix products with its matrices, the rarer patterns'
+        rows together, ``block`` at a time, each gathering its pattern's; then adds each
+        pattern's conditional covariance, weighted by its rows' responsibilities, into the
+        statistics."""
+        k, count = self.params.k, int(self.counts[these[0]])
+        missing = np.nonzero(self.patterns[these])[1].reshape(len(these), count)  # (p, c)
+        block_mm = self.factors[0][:, missing[:, :, None], missing[:, None, :]]  # (k, p, c, c)
         cov_mm = np.linalg.inv(block_mm)  # the conditional covariances
         log_det_mm = np.linalg.slogdet(block_mm)[1]  # (k, p)
         pattern_weight = np.zeros((k, len(these)))  # sum of r w over each pattern's rows
-        rare = []
-        for q, g in enumerate(these):
-            if sizes[g] < GROUP_ROWS:
-                rare.append(q)
-                continue
-            for rows in _chunks(rows_of(g), block):
-                rw = marginalise(rows, missing[q], cov_mm[:, q], log_det_mm[:, q, None])
+        frequent = self.sizes[these] >= GROUP_ROWS
+        for q in np.flatnonzero(frequent):
+            end = int(self.bounds[these[q] + 1])
+            for start in range(int(self.bounds[these[q]]), end, block):
+                rows = slice(start, min(start + block, end))  # the rows in the block's order
+                rows = rows if self.order is None else self.order[rows]
+                rw = self.marginalise(rows, missing[q], cov_mm[:, q], log_det_mm[:, q, None])
                 pattern_weight[:, q] += rw.sum(axis=1)
-        if rare:
-            starts, ends = bounds[these[rare]], bounds[these[rare] + 1]
-            rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
-            rows = rows if order is None else order[rows]
-            position = np.repeat(rare, sizes[these[rare]])
-            for start in range(0, len(rows), block):
-                at = position[start : start + block]
-                rw = marginalise(
-                    rows[start : start + block], missing[at], cov_mm[:, at], log_det_mm[:, at]
-                )
-                for j in range(k):
-                    pattern_weight[j] += np.bincount(at, weights=rw[j], minlength=len(these))
-        if stats is not None:  # each pattern's conditional covariance, weighted
+        rare = np.flatnonzero(~frequent)
+        rows = self.rows_of(these[rare]) if len(rare) else np.empty(0, np.intp)
+        position = np.repeat(rare, self.sizes[these[rare]])
+        for start in range(0, len(rows), block):
+            at = position[start : start + block]
+            rw = self.marginalise(
+                rows[start : start + block], missing[at], cov_mm[:, at], log_det_mm[:, at]
+            )
+            for j in range(k):
+                pattern_weight[j] += np.bincount(at, weights=rw[j], minlength=len(these))
+        if self.stats is not None:
             np.add.at(
-                stats.second,
-                (everything, missing[:, :, None], missing[:, None, :]),
+                self.stats.second,
+                (slice(None), missing[:, :, None], missing[:, None, :]),
                 pattern_weight[:, :, None, None] * cov_mm,
             )
-    return out
+
+    def marginalise(self, rows, missing, cov_mm, log_det_mm) -> np.ndarray:
+        """:func:`_marginal_rows` of ``rows``, its outputs stored; returns r w (k, r)."""
+        X, w = self.X[rows], self.w[rows]
+        log_p, resp, labels = _marginal_rows(
+            X,
+            self.absent[rows],
+            w,
+            missing,
+            cov_mm,
+            log_det_mm,
+            self.params,
+            self.factors,
+            self.stats,
+        )
+        self.out[0][rows], self.out[1][rows], self.out[2][rows] = log_p, resp.T, labels
+        return resp * w
 
 
 def _marginal_rows(X, absent, w, missing, cov_mm, log_det_mm, params, factors, stats):
@@ -634,13 +667,6 @@ def _normalise_components(weighted: np.ndarray):
     return np.log(total) + top, resp, weighted.argmax(axis=0)
 
 
-def _chunks(rows, block: int):
-    """A group's rows (a slice or an index array) in pieces of at most ``block`` rows."""
-    if isinstance(rows, slice):
-        return [slice(a, min(a + block, rows.stop)) for a in range(rows.start, rows.stop, block)]
-    return [rows[a : a + block] for a in range(0, len(rows), block)]
-
-
 def _incomplete_diagonal(X, w, absent, params, log_weights, block, stats):
     """E-step of diag/spherical rows with missing features, in blocks of rows: (log p (n,),
     responsibilities (n, k), labels (n,)); their moments added into ``stats`` when given.
@@ -656,7 +682,8 @@ def _incomplete_diagonal(X, w, absent, params, log_weights, block, stats):
     centre = _center(params.means)
     offsets = params.means - centre
     log_prob_norm, resp_out, labels_out = np.empty(n), np.empty((n, k)), np.empty(n, np.intp)
-    for rows in _chunks(slice(0, n), block):
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
         ab = absent[rows]
         observed = (~ab).astype(np.float64)
         Xb = np.where(ab, 0.0, X[rows])  # missing features as 0, then masked again below

@@ -24,6 +24,7 @@ from pyspark.ml.param.shared import (
 
 from spark_gmm.choices import (
     BAYESIAN_GAUSSIAN_MIXTURE_DEFAULTS,
+    BAYESIAN_HANDLE_INVALID,
     GAUSSIAN_MIXTURE_DEFAULTS,
     HANDLE_INVALID,
     INIT_MODES,
@@ -331,6 +332,16 @@ class _BayesianGaussianMixtureParams(_MixtureParams):
         "and tied d x d, diag d numbers, spherical one number (unset: the data's covariance, "
         "as scikit-learn's default).",
         typeConverter=_nested_floats,
+    )
+
+    handleInvalid = Param(
+        Params._dummy(),
+        "handleInvalid",
+        "What to do with rows whose features are null, NaN or infinite: 'error' (the default) "
+        "raises an error naming the column; 'skip' drops them (fit reports how many). "
+        "('keep' is GaussianMixture's: the variational bound and constants here are those "
+        "of complete rows.)",
+        typeConverter=one_of("handleInvalid", BAYESIAN_HANDLE_INVALID),
     )
 
     def __init__(self, *args):

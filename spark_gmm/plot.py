@@ -400,12 +400,16 @@ def plot_clusters_2d(
 
 
 def plot_log_likelihood(history, *, ax=None, title: Optional[str] = None):
-    """Mean per-row log-likelihood per EM iteration. ``history``: a list of values, a training
-    summary, or a model with a summary."""
-    converged = None
+    """Mean per-row log-likelihood per EM iteration (the lower bound, of a Bayesian mixture's
+    summary). ``history``: a list of values, a training summary, or a model with a
+    summary."""
+    converged, label = None, "mean log-likelihood per row"
     if hasattr(history, "summary") and hasattr(history, "hasSummary"):
         history = history.summary
-    if hasattr(history, "logLikelihoodHistory"):
+    if hasattr(history, "lowerBoundHistory"):
+        converged, label = history.converged, "lower bound"
+        history = history.lowerBoundHistory
+    elif hasattr(history, "logLikelihoodHistory"):
         converged = history.converged
         history = history.logLikelihoodHistory
     values = np.asarray(list(history), dtype=np.float64)
@@ -413,7 +417,7 @@ def plot_log_likelihood(history, *, ax=None, title: Optional[str] = None):
     iterations = np.arange(1, len(values) + 1)
     ax.plot(iterations, values, marker="o", markersize=4, linewidth=1.5, color="tab:blue")
     ax.set_xlabel("EM iteration")
-    ax.set_ylabel("mean log-likelihood per row")
+    ax.set_ylabel(label)
     if len(values):
         ax.set_xlim(0.5, len(values) + 0.5)
     from matplotlib.ticker import MaxNLocator

@@ -48,9 +48,10 @@ def check_scored_rows(X: np.ndarray, description: str, keep_missing: bool) -> No
                 "needs one present); set handleInvalid='skip' to drop such rows"
             )
     elif not np.all(np.isfinite(X)):
+        keep = ", or 'keep' to marginalise the null and NaN features" if np.isnan(X).any() else ""
         raise ValueError(
             f"{description} has NaN, infinite or null values; set handleInvalid='skip' to drop "
-            "those rows, or 'keep' to marginalise the null and NaN features"
+            f"those rows{keep}"
         )
 
 

@@ -187,5 +187,7 @@ def test_given_priors_and_bad_ones(spark, three_blobs):
             BayesianGaussianMixture(k=2, **given).fit(df)
     with pytest.raises(ValueError, match="weightConcentrationPriorType"):
         BayesianGaussianMixture(weightConcentrationPriorType="pitman_yor")
-    with pytest.raises(ValueError, match="handleInvalid='keep' is not available"):
-        BayesianGaussianMixture(k=2, handleInvalid="keep").fit(df)
+    with pytest.raises(ValueError, match="handleInvalid must be one of error, skip"):
+        BayesianGaussianMixture(k=2, handleInvalid="keep")
+    with pytest.raises(ValueError, match="handleInvalid must be one of error, skip"):
+        BayesianGaussianMixtureModel().setHandleInvalid("keep")

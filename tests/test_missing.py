@@ -238,7 +238,9 @@ def test_initialisation_uses_the_complete_rows(incomplete_rows):
         for name in ("weights", "means", "covariances"):
             np.testing.assert_array_equal(getattr(kept, name), getattr(alone, name), err_msg=mode)
     with pytest.raises(
-        InvalidInputError, match="only 1 row.s. without missing features, fewer than k=2"
+        InvalidInputError,
+        match=r"only 1 row\(s\) without missing features; the initialisation "
+        r"\(initMode='kmeans'\) uses those and needs 2",
     ):
         initial_params(
             engine(np.ones(len(X), bool)), 2, 4, candidates, "kmeans", 1e-6, True, n_incomplete=1
