@@ -2,7 +2,8 @@
 against the same fit on complete data, in one local[2] session.
 
 usage: python jobs/benchmarks/bench_missing.py [--rows N] [--features D] [--k K]
-           [--missing 0,0.2] [--handle-invalid keep] [--iters 10] [--repeats 3] [--data DIR]
+           [--missing 0,0.2] [--handle-invalid keep] [--covariance-type full] [--iters 10]
+           [--repeats 3] [--data DIR]
 
 For each fraction of missing cells, rows of k blobs (common.blob_rows) have each cell null with
 that probability (missing completely at random; a row never loses every cell), written once to
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--missing", default="0,0.2", help="fractions of missing cells")
     parser.add_argument("--handle-invalid", default="keep")
+    parser.add_argument("--covariance-type", default="full")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", default="/tmp/spark-gmm-bench-missing")
@@ -101,6 +103,7 @@ def main() -> None:
                 seed=1,
                 inputCols=cols,
                 handleInvalid=args.handle_invalid,
+                covarianceType=args.covariance_type,
             ),
             df,
             args.iters,
@@ -114,6 +117,7 @@ def main() -> None:
                     "rows": args.rows,
                     "features": args.features,
                     "k": args.k,
+                    "covarianceType": args.covariance_type,
                     "missing_cells": fraction,
                     "rows_with_missing": s.numIncompleteRows
                     if hasattr(s, "numIncompleteRows")
