@@ -93,6 +93,7 @@ def test_equals_scikit_learn_from_the_same_initial_responsibilities(
     )
 
 
+@pytest.mark.compat
 def test_bit_identical_on_every_engine(spark, three_blobs):
     *_, df = three_blobs
     weighted = df.withColumn("w", (df["id"] % 2 + 1).cast("double"))
@@ -125,6 +126,7 @@ def test_an_upper_bound_of_ten_keeps_the_three_blobs(spark, three_blobs, seed):
     assert adjusted_rand_index(predicted, labels) > 0.99
 
 
+@pytest.mark.compat
 def test_persistence_and_pipelines(spark, three_blobs, tmp_path):
     *_, df = three_blobs
     pipeline = Pipeline(stages=[BayesianGaussianMixture(k=6, covarianceType="tied", seed=2)])

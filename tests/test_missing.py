@@ -263,6 +263,7 @@ def _facts(model):
     return [model.weights, model.means, model.covariances, model.summary.logLikelihoodHistory]
 
 
+@pytest.mark.compat
 def test_keep_is_bit_identical_on_every_engine(spark, mcar):
     *_, data = mcar
     weighted = data.withColumn("w", (data["id"] % 3 + 1).cast("double"))
@@ -446,7 +447,7 @@ def test_fit_job_keeps_incomplete_rows(spark, mcar, tmp_path):
     assert summary["input"]["incompleteRows"] == n_incomplete and summary["rows"] == 3000
 
 
-@pytest.mark.parametrize("mode", ["error", "skip", "keep"])
+@pytest.mark.parametrize("mode", ["error", "skip", pytest.param("keep", marks=pytest.mark.compat)])
 def test_spark_and_driver_validation_agree(spark, mode, monkeypatch):
     """The two validations (Spark's aggregation for the Spark engines, NumPy on the collected
     rows for the driver engine) count and refuse alike: missing, infinite, null and empty
