@@ -223,7 +223,7 @@ def _initialise_and_run_em(
         on_iteration=_iteration_logger(
             candidates, "mean log-likelihood" if settings.variational is None else "lower bound"
         ),
-        recover_collapsed=settings.recover_collapsed and settings.variational is None,
+        recover_collapsed=settings.recover_collapsed,
         on_recovery=_log_recovery,
         resume=resume,
         on_state=on_state if checkpoint else None,

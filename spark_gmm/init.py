@@ -273,24 +273,6 @@ _INIT_BY_MODE: Dict[str, Callable[..., list]] = {
 }
 
 
-def initial_params(
-    engine: PassEngine,
-    n_rows: int,
-    n_features: int,
-    candidates: Sequence[Candidate],
-    init_mode: str,
-    reg_covar: float,
-    *args,
-    **kwargs,
-) -> List[kernel.MixtureParams]:
-    """Initial parameters of every candidate: :func:`initial_starts` (the same arguments),
-    each start as parameters (:func:`as_params`)."""
-    starts = initial_starts(
-        engine, n_rows, n_features, candidates, init_mode, reg_covar, *args, **kwargs
-    )
-    return [as_params(start, reg_covar) for start in starts]
-
-
 def as_params(start, reg_covar: float) -> kernel.MixtureParams:
     """Initial parameters of a start of :func:`initial_starts`: statistics of initial
     responsibilities through one M-step, parameters as they are."""

@@ -77,6 +77,34 @@ def test_bench_pass_read_times_every_form(run_script):
     assert all(v == pytest.approx(first, rel=1e-12) for v in by_block.values())
 
 
+def test_bench_missing_reports_both_fractions(run_script, tmp_path):
+    """One JSON line per fraction of missing cells, counting the rows and patterns it made,
+    and the package it measured."""
+    proc = run_script(
+        BENCHMARKS / "bench_missing.py",
+        "--rows",
+        3000,
+        "--features",
+        4,
+        "--k",
+        3,
+        "--iters",
+        2,
+        "--repeats",
+        1,
+        "--data",
+        tmp_path / "data",
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    complete, missing, package = lines
+    assert complete["missing_cells"] == 0.0 and complete["rows_with_missing"] == 0
+    assert complete["missing_patterns"] == 0 and complete["s_per_iter"] > 0
+    # each of 4 cells missing with probability 0.2: 1 - 0.8**4 = 59 % of the rows
+    assert 0.5 < missing["rows_with_missing"] / 3000 < 0.68
+    assert 10 <= missing["missing_patterns"] <= 14  # 2**4 - 2 possible
+    assert package["spark_gmm"].endswith("spark_gmm")
+
+
 def test_bench_connect_fits_alike_on_both_sessions(run_script, tmp_path, connect_url):
     """The same fit on a classic session and through the session's Connect server (both on the
     resident engine) ends at the same log-likelihood."""

@@ -10,7 +10,7 @@ import pytest
 from spark_gmm import kernel
 from spark_gmm.engine.base import PassEngine, in_order
 from spark_gmm.engine.blocks import accumulate, gather
-from spark_gmm.init import Candidate, initial_params
+from spark_gmm.init import Candidate, as_params, initial_starts
 
 
 class LocalPasses(PassEngine):
@@ -30,6 +30,15 @@ class LocalPasses(PassEngine):
 
     def gather(self, function, label):
         return in_order((i, gather([part], function)) for i, part in enumerate(self.parts))
+
+
+def initial_params(engine, n_rows, n_features, candidates, init_mode, reg_covar, *args, **kw):
+    """Each candidate's start (:func:`spark_gmm.init.initial_starts`) as parameters, as the
+    maximum-likelihood fit takes them."""
+    starts = initial_starts(
+        engine, n_rows, n_features, candidates, init_mode, reg_covar, *args, **kw
+    )
+    return [as_params(start, reg_covar) for start in starts]
 
 
 def _fit(passes, n_rows, k, covariance_type, seeds, init_mode="kmeans"):

@@ -22,9 +22,10 @@ from spark_gmm import GaussianMixture, kernel
 from spark_gmm.data import InvalidInputError
 from spark_gmm.engine import ENGINES
 from spark_gmm.engine.blocks import canonical
-from spark_gmm.init import Candidate, initial_params
+from spark_gmm.init import Candidate
 from spark_gmm.selection import GaussianMixtureSelector
 from tests.datasets import blobs, vector_df
+from tests.test_init import initial_params
 
 FEATURES_ONLY = StructType([StructField("features", VectorUDT())])
 
@@ -482,3 +483,51 @@ def test_spark_and_driver_validation_agree(spark, mode, monkeypatch):
             assert "1 with every feature null or NaN, 2 with infinite values" in outcomes[0]
         if mode == "skip":
             assert outcomes[0].n_skipped == len(rows) - 30
+
+
+def test_fixed_and_explicit_starts_need_no_complete_rows(incomplete_rows):
+    """Every row missing a feature: an initialModel or explicit means and covariances start
+    the fit (they read no rows); explicit means alone take the data covariance of the
+    complete rows, and say so when there are none."""
+    from spark_gmm.engine.blocks import partition_blocks
+    from spark_gmm.engine.driver import DriverEngine
+    from spark_gmm.init import ExplicitInit
+
+    X, w = incomplete_rows
+    rows = np.isnan(X).any(axis=1)
+    engine = DriverEngine(
+        partition_blocks(np.zeros(rows.sum(), np.int64), X[rows], w[rows], 4), 4, 1, 2
+    )
+    n = int(rows.sum())
+    candidates = [Candidate(2, "full", 3)]
+    fixed = _start(X, 2, "full")
+    args = (engine, n, 4, candidates, "kmeans", 1e-6, True)
+    started = initial_params(*args, fixed=fixed, n_incomplete=n)[0]
+    np.testing.assert_array_equal(started.means, fixed.means)
+    explicit = ExplicitInit(fixed.means, fixed.weights, fixed.covariances)
+    started = initial_params(*args, explicit=explicit, n_incomplete=n)[0]
+    np.testing.assert_array_equal(started.covariances, fixed.covariances)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"only 0 row\(s\) without missing features.*"
+        r"initialMeans without initialCovariances.*needs 1",
+    ):
+        initial_params(*args, explicit=ExplicitInit(fixed.means), n_incomplete=n)
+
+
+def test_checkpoints_of_complete_inputs_keep_their_names():
+    """A fit of complete rows finds the checkpoint an earlier version wrote: its fingerprint
+    (the file name) is the one 3bedf65 computed for these settings and rows; rows with
+    missing features make another."""
+    from spark_gmm.checkpoint import Checkpoint
+    from spark_gmm.data import InputReport
+    from spark_gmm.fitting import FitSettings
+
+    settings = FitSettings(
+        "features", None, None, "error", 2, "kmeans", 1e-6, 100, 1e-3, True, checkpoint_dir="/ck"
+    )
+    candidates = [Candidate(3, "full", 7)]
+    complete = Checkpoint.for_fit(settings, candidates, InputReport(100, 2, 4, 98.0))
+    assert complete.path.endswith("spark_gmm-fd6e53558abf11843d0a28d5.json")
+    incomplete = Checkpoint.for_fit(settings, candidates, InputReport(100, 2, 4, 98.0, 5))
+    assert incomplete.path != complete.path

@@ -58,6 +58,17 @@ def timing_passes(kernel, times: list):
     kernel.run_em = timed_run_em
 
 
+def missing_patterns(path: Path) -> int:
+    """The number of distinct patterns of missing cells among the rows at ``path`` that
+    miss any."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path))
+    absent = np.column_stack([np.asarray(table.column(c).is_null()) for c in table.column_names])
+    incomplete = absent[absent.any(axis=1)]
+    return len(np.unique(np.packbits(incomplete, axis=1), axis=0)) if len(incomplete) else 0
+
+
 def per_iteration(make, df, iters: int, repeats: int, times: list):
     """(median seconds of an EM pass, the last fit's model) as the docstring says."""
     make(iters).fit(df)  # warm-up
@@ -119,6 +130,7 @@ def main() -> None:
                     "k": args.k,
                     "covarianceType": args.covariance_type,
                     "missing_cells": fraction,
+                    "missing_patterns": missing_patterns(path),
                     "rows_with_missing": s.numIncompleteRows
                     if hasattr(s, "numIncompleteRows")
                     else 0,
